@@ -1,0 +1,173 @@
+//! Small dense linear algebra on top of nalgebra (pure Rust: wasm32, no LAPACK).
+
+use crate::rng::Rng;
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    // Four accumulators let the compiler vectorise without reassociation flags.
+    let mut s = [0.0f64; 4];
+    let chunks = a.len() / 4;
+    for i in 0..chunks {
+        let j = i * 4;
+        s[0] += a[j] * b[j];
+        s[1] += a[j + 1] * b[j + 1];
+        s[2] += a[j + 2] * b[j + 2];
+        s[3] += a[j + 3] * b[j + 3];
+    }
+    let mut t = (s[0] + s[1]) + (s[2] + s[3]);
+    for j in chunks * 4..a.len() {
+        t += a[j] * b[j];
+    }
+    t
+}
+
+pub fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// a += s * b
+pub fn axpy(a: &mut [f64], s: f64, b: &[f64]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += s * y;
+    }
+}
+
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let d = norm(a) * norm(b);
+    if d == 0.0 {
+        0.0
+    } else {
+        dot(a, b) / d
+    }
+}
+
+/// Eigen-decomposition of a symmetric matrix, eigenvalues in descending order.
+pub fn sym_eigen_desc(m: DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
+    let n = m.nrows();
+    let eig = SymmetricEigen::new(m);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+    let vals = order.iter().map(|&i| eig.eigenvalues[i]).collect();
+    let vecs = DMatrix::from_fn(n, n, |r, c| eig.eigenvectors[(r, order[c])]);
+    (vals, vecs)
+}
+
+/// Appends to `basis` (columns, orthonormal) the directions of `candidates` (columns) not yet
+/// spanned, by Gram-Schmidt with re-orthogonalisation. Directions whose remaining norm is below
+/// `rel_tol` times their original norm are dropped.
+pub fn extend_orthonormal(basis: &mut Vec<DVector<f64>>, candidates: &[DVector<f64>], rel_tol: f64) {
+    for c in candidates {
+        let n0 = c.norm();
+        if n0 == 0.0 {
+            continue;
+        }
+        let mut v = c.clone();
+        for _ in 0..2 {
+            for b in basis.iter() {
+                let proj = b.dot(&v);
+                v.axpy(-proj, b, 1.0);
+            }
+        }
+        let n1 = v.norm();
+        if n1 > rel_tol * n0 {
+            basis.push(v / n1);
+        }
+    }
+}
+
+/// Top-`k` principal directions (uncentred) of the rows of `x` (n x h, f32), as h x k columns,
+/// with the corresponding squared singular values. Exact when the smaller side is small,
+/// randomized subspace iteration (4 power steps, 16 extra columns) otherwise.
+pub fn top_principal_directions(x: &DMatrix<f32>, k: usize, seed: u64) -> (DMatrix<f64>, Vec<f64>) {
+    let (dirs, vals) = top_principal_directions_raw(x, k, seed);
+    // Drop directions of (numerically) zero variance: the data has lower rank than k.
+    let top = vals.first().copied().unwrap_or(0.0);
+    let keep = vals.iter().take_while(|&&v| v > 1e-10 * top && v > 0.0).count();
+    (dirs.columns(0, keep).into_owned(), vals[..keep].to_vec())
+}
+
+fn top_principal_directions_raw(x: &DMatrix<f32>, k: usize, seed: u64) -> (DMatrix<f64>, Vec<f64>) {
+    let (n, h) = x.shape();
+    let k = k.min(n).min(h);
+    if k == 0 {
+        return (DMatrix::zeros(h, 0), vec![]);
+    }
+    let small = n.min(h);
+    if small <= 768 || k + 16 >= small {
+        if h <= n {
+            let xt = x.map(|v| v as f64);
+            let g = xt.tr_mul(&xt);
+            let (vals, vecs) = sym_eigen_desc(g);
+            return (vecs.columns(0, k).into_owned(), vals[..k].to_vec());
+        }
+        let xd = x.map(|v| v as f64);
+        let g = &xd * xd.transpose();
+        let (vals, vecs) = sym_eigen_desc(g);
+        let mut out = DMatrix::zeros(h, k);
+        let mut kept = Vec::with_capacity(k);
+        for j in 0..k {
+            let u = xd.tr_mul(&vecs.column(j));
+            let nrm = u.norm();
+            if nrm > 0.0 {
+                out.set_column(j, &(u / nrm));
+            }
+            kept.push(vals[j].max(0.0));
+        }
+        return (out, kept);
+    }
+    let l = (k + 16).min(small);
+    let mut rng = Rng::stream(seed, "top_principal_directions", 0);
+    let omega = DMatrix::<f32>::from_fn(h, l, |_, _| rng.normal() as f32);
+    let mut q = orthonormal_columns(&(x.tr_mul(&(x * &omega))));
+    for _ in 0..3 {
+        let y = x.tr_mul(&(x * &q));
+        q = orthonormal_columns(&y);
+    }
+    // Rayleigh-Ritz in the subspace.
+    let xq = (x * &q).map(|v| v as f64);
+    let small_g = xq.tr_mul(&xq);
+    let (vals, vecs) = sym_eigen_desc(small_g);
+    let qd = q.map(|v| v as f64);
+    let dirs = &qd * vecs.columns(0, k);
+    // Re-orthonormalise in f64 (the f32 subspace is orthonormal only to ~1e-7).
+    let mut basis = Vec::with_capacity(k);
+    let cols: Vec<DVector<f64>> = (0..k).map(|j| dirs.column(j).into_owned()).collect();
+    extend_orthonormal(&mut basis, &cols, 1e-6);
+    let m = DMatrix::from_columns(&basis);
+    (m, vals[..basis.len()].to_vec())
+}
+
+fn orthonormal_columns(y: &DMatrix<f32>) -> DMatrix<f32> {
+    let yd = y.map(|v| v as f64);
+    let qr = yd.qr();
+    qr.q().map(|v| v as f32)
+}
+
+/// Solves a small dense system (LU with partial pivoting); None if singular.
+pub fn solve(a: DMatrix<f64>, b: DMatrix<f64>) -> Option<DMatrix<f64>> {
+    a.lu().solve(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn randomized_pcs_match_exact_on_low_rank_data() {
+        // 1000 x 900 data of rank 40 plus small noise: the randomized route (small side > 768)
+        // must find the same top-20 subspace as the exact eigen-decomposition.
+        let mut rng = Rng::new(5);
+        let (n, h, r) = (1000, 900, 40);
+        let a = DMatrix::<f64>::from_fn(n, r, |_, j| rng.normal() * (1.0 + (r - j) as f64));
+        let b = DMatrix::<f64>::from_fn(r, h, |_, _| rng.normal());
+        let x = (a * b).map(|v| v as f32 + 0.01 * rng.normal() as f32);
+        let (q, vals) = top_principal_directions(&x, 20, 1);
+        let xd = x.map(|v| v as f64);
+        let (evals, evecs) = sym_eigen_desc(xd.tr_mul(&xd));
+        for j in 0..20 {
+            assert!((vals[j] - evals[j]).abs() / evals[j] < 1e-4, "{j}: {} vs {}", vals[j], evals[j]);
+            let c = q.column(j).dot(&evecs.column(j)).abs();
+            assert!(c > 0.999, "direction {j} cos {c}");
+        }
+    }
+}
