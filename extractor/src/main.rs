@@ -1,1 +1,131 @@
-fn main() {}
+//! `persona-geometry`: extract persona activations, build and analyse bundles.
+
+mod cmd_analysis;
+mod io_util;
+mod npy;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use shared::analysis::AnalysisConfig;
+use shared::synth::SynthSpec;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "persona-geometry", version, about = "What does emergent-misalignment finetuning do to the geometry of persona vectors?", long_about = "Extract persona activations (Method A: last prompt token; Method B: mean over the greedy response) from a decoder LM with LoRA checkpoints, store them in a bundle, and analyse inter-persona cosine compression (M1), rotation toward the EM axis (M2) and linear separability (M3) with permutation tests.\n\nLayer convention: layer l = output of decoder block l (0-based), i.e. a forward hook on model.layers[l]; the last block is taken before the final norm.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Analyse a bundle: report.json and report.md with every metric, test and verdict.
+    Analyze {
+        /// Bundle to analyse (full or compact).
+        bundle: PathBuf,
+        /// Output directory for report.json and report.md.
+        #[arg(long)]
+        out: PathBuf,
+        /// Permutations per test (p floor = 1/(N+1)).
+        #[arg(long, default_value_t = 10_000)]
+        permutations: usize,
+        /// Label permutations of the per-checkpoint "M3 above chance" test.
+        #[arg(long, default_value_t = 1_000)]
+        m3_label_permutations: usize,
+        /// Seed of every random draw (permutations, bootstrap, randomized PCA).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Bootstrap resamples over questions for the 95% CIs.
+        #[arg(long, default_value_t = 1_000)]
+        bootstrap: usize,
+        /// Residual principal components of the analysis basis (ignored for compact bundles).
+        #[arg(long, default_value_t = 256)]
+        components: usize,
+        /// Cross-validation folds for M3 (GroupKFold by question).
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Significance level on BH-adjusted p-values for the verdict.
+        #[arg(long, default_value_t = 0.01)]
+        alpha: f64,
+        /// Persona whose shift defines the EM axis.
+        #[arg(long, default_value = "assistant")]
+        axis_persona: String,
+        /// EM/benign ratio thresholds of the sensitivity rows (comma-separated).
+        #[arg(long, default_value = "1.5,2,3", value_delimiter = ',')]
+        thresholds: Vec<f64>,
+    },
+    /// Compact a full bundle for the browser: shared basis per (method, layer), f16 residual PCs.
+    Compact {
+        bundle: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Residual principal components kept per (method, layer).
+        #[arg(long, default_value_t = 256)]
+        components: usize,
+        /// Keep Method-B response texts (token counts are always kept).
+        #[arg(long)]
+        keep_texts: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Write a synthetic bundle with planted effects (for tests and demos).
+    Synth {
+        #[arg(short, long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        personas: usize,
+        #[arg(long, default_value_t = 60)]
+        questions: usize,
+        #[arg(long, default_value_t = 128)]
+        hidden: usize,
+        /// Layers (comma-separated).
+        #[arg(long, default_value = "7,14,20,21,27", value_delimiter = ',')]
+        layers: Vec<u32>,
+        /// Methods (A, B or A,B).
+        #[arg(long, default_value = "A,B")]
+        methods: String,
+        /// Shrink persona offsets by this fraction in `em` (M1 compression).
+        #[arg(long, default_value_t = 0.0)]
+        compression: f64,
+        /// Shift every persona along a shared axis by this times sqrt(hidden) in `em` (M2).
+        #[arg(long, default_value_t = 0.0)]
+        rotation: f64,
+        /// Scale the within-persona noise by (1 + this) in `em` (M3 separability loss).
+        #[arg(long, default_value_t = 0.0)]
+        separability_loss: f64,
+        /// Fraction of each effect given to the `benign` checkpoint.
+        #[arg(long, default_value_t = 0.25)]
+        benign_scale: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Export a full bundle for Python: .npz (arrays + meta.json) or .json.
+    Export {
+        bundle: PathBuf,
+        #[arg(long, default_value = "npz")]
+        format: String,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Print a human summary of a bundle (shapes, provenance, sizes, validity counts).
+    Inspect { bundle: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Analyze { bundle, out, permutations, m3_label_permutations, seed, bootstrap, components, folds, alpha, axis_persona, thresholds } => {
+            let primary = if thresholds.contains(&2.0) { 2.0 } else { thresholds.first().copied().unwrap_or(2.0) };
+            let cfg = AnalysisConfig { permutations, m3_label_permutations, bootstrap, seed, components, folds, alpha, thresholds, primary_threshold: primary, axis_persona, ..AnalysisConfig::default() };
+            cmd_analysis::run_analyze(&bundle, &out, &cfg)
+        }
+        Cmd::Compact { bundle, out, components, keep_texts, seed } => cmd_analysis::run_compact(&bundle, &out, components, keep_texts, seed),
+        Cmd::Synth { out, personas, questions, hidden, layers, methods, compression, rotation, separability_loss, benign_scale, seed } => {
+            anyhow::ensure!(personas >= 2 && questions >= 5 && hidden >= 2, "synth needs >= 2 personas, >= 5 questions and hidden >= 2");
+            let spec = SynthSpec { personas, questions, hidden, layers, methods: cmd_analysis::parse_methods(&methods)?, compression, rotation, separability_loss, benign_scale, seed, ..SynthSpec::default() };
+            cmd_analysis::run_synth(&out, &spec)
+        }
+        Cmd::Export { bundle, format, out } => cmd_analysis::run_export(&bundle, &format, &out),
+        Cmd::Inspect { bundle } => cmd_analysis::run_inspect(&bundle),
+    }
+}

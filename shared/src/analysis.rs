@@ -5,7 +5,7 @@ use crate::bundle::{Bundle, Method, Role};
 use crate::coords::{bundle_coords, CoordsError, MethodLayerCoords};
 use crate::geometry::{cosine_matrix, mean_rows, Centre, PairGeometry, PairGeometryResult, GEOMETRY_METRICS};
 use crate::lda::{per_question_scores, Lda, PairedScores, Samples};
-use crate::stats::{bh_adjust, holm_adjust, p_floor, percentile_interval, permutation_p_greater, permutation_p_two_sided};
+use crate::stats::{basic_bootstrap_interval, bh_adjust, holm_adjust, p_floor, permutation_p_greater, permutation_p_two_sided};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -347,7 +347,7 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
                     n_questions: g.n_questions_paired_min,
                     n_bootstrap: g.n_bootstrap - g.n_bootstrap_skipped,
                     seed: cfg.seed,
-                    test: "paired question-level swap permutation (two-sided); question bootstrap CI".into(),
+                    test: "paired question-level swap permutation (two-sided); basic question-bootstrap CI".into(),
                 });
             }
             // M3: paired test on held-out per-question scores.
@@ -372,7 +372,7 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
                     pre_value: pre_v,
                     post_value: post_v,
                     delta: obs[s],
-                    ci95: percentile_interval(&bs, 0.95),
+                    ci95: basic_bootstrap_interval(obs[s], &bs, 0.95),
                     p: permutation_p_two_sided(obs[s], &ns),
                     p_bh: None,
                     p_holm: None,
@@ -381,7 +381,7 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
                     n_questions: ps.diffs.len(),
                     n_bootstrap: bs.len(),
                     seed: cfg.seed,
-                    test: "paired sign-flip permutation of per-question held-out scores (two-sided); question bootstrap CI".into(),
+                    test: "paired sign-flip permutation of per-question held-out scores (two-sided); basic question-bootstrap CI".into(),
                 });
             }
             pair_views.push(PairView { family: cmp.family, pre: ckname(cmp.pre), post: ckname(cmp.post), method: c.method, layer: c.layer, geometry: g });

@@ -14,13 +14,14 @@
 //! Permutation: per question, with probability 1/2 the pre and post activations of that question
 //! are swapped for all personas at once (only where both are valid); centroids are recomputed as
 //! the means over each checkpoint's valid questions, and Δ recomputed, axes included.
-//! p = (C + 1) / (N + 1), two-sided. Permutation i draws from its own seeded stream, so any split
+//! p = (C + 1) / (N + 1), two-sided. CIs: basic bootstrap over questions (see `stats`).
+//! Permutation i draws from its own seeded stream, so any split
 //! of 0..N over threads or Web Workers gives identical results.
 
 use crate::coords::MethodLayerCoords;
 use crate::linalg::{axpy, cosine, dot, norm};
 use crate::rng::Rng;
-use crate::stats::{percentile_interval, permutation_p_two_sided};
+use crate::stats::{basic_bootstrap_interval, permutation_p_two_sided};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -353,7 +354,7 @@ impl<'a> PairGeometry<'a> {
             let ns: Vec<f64> = null.iter().map(|x| x[s]).collect();
             p_two_sided[s] = permutation_p_two_sided(delta[s], &ns);
             let bs: Vec<f64> = kept.iter().map(|x| x[s]).collect();
-            ci95_delta[s] = percentile_interval(&bs, 0.95);
+            ci95_delta[s] = basic_bootstrap_interval(delta[s], &bs, 0.95);
         }
         let axis = unit(post[a * d..(a + 1) * d].iter().zip(&pre[a * d..(a + 1) * d]).map(|(x, y)| x - y).collect());
         let row = |cs: &[f64], i: usize| cs[i * d..(i + 1) * d].to_vec();

@@ -54,6 +54,13 @@ pub fn holm_adjust(p: &[f64]) -> Vec<f64> {
     adj
 }
 
+/// Basic (reverse-percentile) bootstrap interval [2θ̂ - q_hi, 2θ̂ - q_lo]. Cosines of noisy
+/// centroids are biased (noise lowers them); the bootstrap replicates carry that bias once more,
+/// and the basic interval subtracts it, where the plain percentile interval would double it.
+pub fn basic_bootstrap_interval(estimate: f64, replicates: &[f64], level: f64) -> Option<[f64; 2]> {
+    percentile_interval(replicates, level).map(|[lo, hi]| [2.0 * estimate - hi, 2.0 * estimate - lo])
+}
+
 /// Percentile interval (linear interpolation between order statistics, as numpy's default).
 pub fn percentile_interval(values: &[f64], level: f64) -> Option<[f64; 2]> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();

@@ -6,7 +6,7 @@
 //! pairs are exchangeable under no effect. For a treated checkpoint with scale f (1 for `em`,
 //! `benign_scale` for `benign`):
 //! - compression c:      s_p -> (1 - f·c)·s_p                (M1 rises);
-//! - rotation r:         every persona += f·r·√h·a, a a fixed unit axis (M2 rises);
+//! - rotation r:         every persona += f·r·√h·a, a a fixed unit axis ⟂ m0 (M2 rises);
 //! - separability loss L: noise σ -> σ·(1 + f·L)             (M3 falls).
 
 use crate::bundle::{Blob, Bundle, Cell, Checkpoint, Method, Persona, Provenance, Question, Responses, Role};
@@ -117,8 +117,14 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
             let m0 = gauss(&mut rng, h, 3.0);
             let offsets: Vec<Vec<f64>> = (0..p).map(|_| gauss(&mut rng, h, 1.0)).collect();
             let u: Vec<Vec<f64>> = (0..q).map(|_| gauss(&mut rng, h, 0.5)).collect();
+            // The EM axis is orthogonal to the shared mean: "toward the axis" then raises
+            // |cos(persona, axis)| for every persona (with a random axis, personas on its negative
+            // side would first move toward zero cosine).
             let axis = {
-                let a = gauss(&mut rng, h, 1.0);
+                let mut a = gauss(&mut rng, h, 1.0);
+                let m2: f64 = m0.iter().map(|x| x * x).sum();
+                let am: f64 = a.iter().zip(&m0).map(|(x, y)| x * y).sum();
+                a.iter_mut().zip(&m0).for_each(|(x, y)| *x -= am / m2 * y);
                 let n = a.iter().map(|x| x * x).sum::<f64>().sqrt();
                 a.into_iter().map(|x| x / n).collect::<Vec<_>>()
             };
