@@ -21,24 +21,40 @@ pub fn run_analyze(bundle_path: &Path, out: &Path, cfg: &AnalysisConfig) -> Resu
             *l = std::time::Instant::now();
         }
     };
-    let report = analyze(&bundle, cfg, &progress).with_context(|| format!("analysing {}", bundle_path.display()))?;
+    let report = analyze(&bundle, cfg, &progress)
+        .with_context(|| format!("analysing {}", bundle_path.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_vec_pretty(&report)?;
     write_atomic(&out.join("report.json"), &json)?;
-    write_atomic(&out.join("report.md"), shared::report_md::render(&report).as_bytes())?;
-    eprintln!("[{:>6.1}s] wrote {} and {}", t0.elapsed().as_secs_f64(), out.join("report.json").display(), out.join("report.md").display());
+    write_atomic(
+        &out.join("report.md"),
+        shared::report_md::render(&report).as_bytes(),
+    )?;
+    eprintln!(
+        "[{:>6.1}s] wrote {} and {}",
+        t0.elapsed().as_secs_f64(),
+        out.join("report.json").display(),
+        out.join("report.md").display()
+    );
     for v in &report.verdicts {
         println!("{}: criterion {} -> {}", v.em, v.criterion, v.verdict);
     }
     Ok(())
 }
 
-pub fn run_compact(bundle_path: &Path, out: &Path, components: usize, keep_texts: bool, seed: u64) -> Result<()> {
+pub fn run_compact(
+    bundle_path: &Path,
+    out: &Path,
+    components: usize,
+    keep_texts: bool,
+    seed: u64,
+) -> Result<()> {
     let bundle = read_bundle(bundle_path)?;
     if bundle.compact.is_some() {
         bail!("{} is already compact", bundle_path.display());
     }
-    let c = shared::coords::compact_bundle(&bundle, components, keep_texts, seed).with_context(|| format!("compacting {}", bundle_path.display()))?;
+    let c = shared::coords::compact_bundle(&bundle, components, keep_texts, seed)
+        .with_context(|| format!("compacting {}", bundle_path.display()))?;
     let n = write_bundle(out, &c)?;
     eprintln!("wrote {} ({:.2} MB)", out.display(), n as f64 / 1e6);
     for b in &c.compact.as_ref().expect("compact").per_method_layer {
@@ -88,9 +104,27 @@ pub fn export_arrays(b: &Bundle) -> Result<BTreeMap<String, NpyArray>> {
             for &l in &b.layers {
                 let cell = b.cell(ck, m, l).expect("validated");
                 let prefix = format!("{}/{}/L{l}", c.name, m.name());
-                arrays.insert(format!("{prefix}/centroids"), NpyArray { shape: vec![p, h], data: NpyData::F32(cell.centroids.to_f32()) });
-                arrays.insert(format!("{prefix}/per_question"), NpyArray { shape: vec![p, q, h], data: NpyData::F32(cell.per_question.to_f32()) });
-                arrays.insert(format!("{prefix}/valid"), NpyArray { shape: vec![p, q], data: NpyData::Bool(cell.valid.clone()) });
+                arrays.insert(
+                    format!("{prefix}/centroids"),
+                    NpyArray {
+                        shape: vec![p, h],
+                        data: NpyData::F32(cell.centroids.to_f32()),
+                    },
+                );
+                arrays.insert(
+                    format!("{prefix}/per_question"),
+                    NpyArray {
+                        shape: vec![p, q, h],
+                        data: NpyData::F32(cell.per_question.to_f32()),
+                    },
+                );
+                arrays.insert(
+                    format!("{prefix}/valid"),
+                    NpyArray {
+                        shape: vec![p, q],
+                        data: NpyData::Bool(cell.valid.clone()),
+                    },
+                );
             }
         }
     }
@@ -99,7 +133,8 @@ pub fn export_arrays(b: &Bundle) -> Result<BTreeMap<String, NpyArray>> {
 
 pub fn run_export(bundle_path: &Path, format: &str, out: &Path) -> Result<()> {
     let b = read_bundle(bundle_path)?;
-    let arrays = export_arrays(&b).with_context(|| format!("exporting {}", bundle_path.display()))?;
+    let arrays =
+        export_arrays(&b).with_context(|| format!("exporting {}", bundle_path.display()))?;
     let meta = serde_json::to_vec_pretty(&export_meta(&b))?;
     let bytes = match format {
         "npz" => write_npz(&arrays, &[("meta.json", meta)])?,
@@ -119,7 +154,12 @@ pub fn run_export(bundle_path: &Path, format: &str, out: &Path) -> Result<()> {
         f => bail!("unknown export format `{f}`; use npz or json"),
     };
     write_atomic(out, &bytes)?;
-    eprintln!("wrote {} ({} arrays, {:.2} MB)", out.display(), arrays.len(), bytes.len() as f64 / 1e6);
+    eprintln!(
+        "wrote {} ({} arrays, {:.2} MB)",
+        out.display(),
+        arrays.len(),
+        bytes.len() as f64 / 1e6
+    );
     Ok(())
 }
 
@@ -127,20 +167,76 @@ pub fn inspect_text(b: &Bundle, size: usize) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let pv = &b.provenance;
-    let _ = writeln!(s, "bundle: {:.2} MB, format v{}, {}", size as f64 / 1e6, shared::bundle::FORMAT_VERSION, if b.compact.is_some() { "compact" } else { "full" });
-    let _ = writeln!(s, "written by: {} {} on {} (seed {})", pv.tool, pv.tool_version, pv.created, pv.seed);
-    let _ = writeln!(s, "model: {}{}", pv.model_id, if pv.model_revision.is_empty() { String::new() } else { format!(" @ {}", pv.model_revision) });
+    let _ = writeln!(
+        s,
+        "bundle: {:.2} MB, format v{}, {}",
+        size as f64 / 1e6,
+        shared::bundle::FORMAT_VERSION,
+        if b.compact.is_some() {
+            "compact"
+        } else {
+            "full"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "written by: {} {} on {} (seed {})",
+        pv.tool, pv.tool_version, pv.created, pv.seed
+    );
+    let _ = writeln!(
+        s,
+        "model: {}{}",
+        pv.model_id,
+        if pv.model_revision.is_empty() {
+            String::new()
+        } else {
+            format!(" @ {}", pv.model_revision)
+        }
+    );
     let _ = writeln!(s, "layer convention: {}", pv.layer_convention);
     for (k, v) in &pv.extra {
         let v1 = v.lines().next().unwrap_or("");
         let more = if v.lines().count() > 1 { " [...]" } else { "" };
-        let _ = writeln!(s, "  {k}: {}{more}", if v1.len() > 120 { format!("{}...", &v1[..v1.char_indices().nth(117).map(|x| x.0).unwrap_or(v1.len())]) } else { v1.to_string() });
+        let _ = writeln!(
+            s,
+            "  {k}: {}{more}",
+            if v1.len() > 120 {
+                format!(
+                    "{}...",
+                    &v1[..v1.char_indices().nth(117).map(|x| x.0).unwrap_or(v1.len())]
+                )
+            } else {
+                v1.to_string()
+            }
+        );
     }
-    let _ = writeln!(s, "shape: {} personas x {} questions, hidden {}, methods {:?}, layers {:?}", b.n_personas(), b.n_questions(), b.hidden_size, b.methods.iter().map(|m| m.name()).collect::<Vec<_>>(), b.layers);
-    let _ = writeln!(s, "personas: {}", b.personas.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        s,
+        "shape: {} personas x {} questions, hidden {}, methods {:?}, layers {:?}",
+        b.n_personas(),
+        b.n_questions(),
+        b.hidden_size,
+        b.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        b.layers
+    );
+    let _ = writeln!(
+        s,
+        "personas: {}",
+        b.personas
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(s, "checkpoints:");
     for (ck, c) in b.checkpoints.iter().enumerate() {
-        let _ = writeln!(s, "  [{ck}] {} (role {}, \"{}\")", c.name, c.role.name(), c.label);
+        let _ = writeln!(
+            s,
+            "  [{ck}] {} (role {}, \"{}\")",
+            c.name,
+            c.role.name(),
+            c.label
+        );
         for (k, v) in &c.provenance {
             let _ = writeln!(s, "      {k}: {v}");
         }
@@ -156,26 +252,49 @@ pub fn inspect_text(b: &Bundle, size: usize) -> String {
         }
     }
     if let Some(c) = &b.compact {
-        let _ = writeln!(s, "compact basis ({} residual PCs requested, response texts {}):", c.components, if c.texts_kept { "kept" } else { "dropped" });
+        let _ = writeln!(
+            s,
+            "compact basis ({} residual PCs requested, response texts {}):",
+            c.components,
+            if c.texts_kept { "kept" } else { "dropped" }
+        );
         for i in &c.per_method_layer {
-            let _ = writeln!(s, "  method {} layer {}: dim {}, k {}, within-persona variance retained {:.2}%", i.method.name(), i.layer, i.dim, i.k, 100.0 * i.residual_ss_retained / i.residual_ss_total.max(1e-300));
+            let _ = writeln!(
+                s,
+                "  method {} layer {}: dim {}, k {}, within-persona variance retained {:.2}%",
+                i.method.name(),
+                i.layer,
+                i.dim,
+                i.k,
+                100.0 * i.residual_ss_retained / i.residual_ss_total.max(1e-300)
+            );
         }
     }
     if let Some(r) = b.responses.first() {
         let n = r.token_counts.iter().filter(|&&c| c > 0).count();
         let mean = r.token_counts.iter().map(|&c| c as f64).sum::<f64>() / n.max(1) as f64;
-        let _ = writeln!(s, "method B responses: {} sets; checkpoint {}: mean {:.1} tokens over {} non-empty", b.responses.len(), b.checkpoints[r.checkpoint as usize].name, mean, n);
+        let _ = writeln!(
+            s,
+            "method B responses: {} sets; checkpoint {}: mean {:.1} tokens over {} non-empty",
+            b.responses.len(),
+            b.checkpoints[r.checkpoint as usize].name,
+            mean,
+            n
+        );
     }
     s
 }
 
 pub fn run_inspect(bundle_path: &Path) -> Result<()> {
-    let bytes = std::fs::read(bundle_path).with_context(|| format!("reading {}", bundle_path.display()))?;
+    let bytes =
+        std::fs::read(bundle_path).with_context(|| format!("reading {}", bundle_path.display()))?;
     let b = Bundle::decode(&bytes).with_context(|| format!("bundle {}", bundle_path.display()))?;
     print!("{}", inspect_text(&b, bytes.len()));
     Ok(())
 }
 
 pub fn parse_methods(s: &str) -> Result<Vec<Method>> {
-    s.split(',').map(|x| Method::parse(x).with_context(|| format!("unknown method `{x}`; use A, B or A,B"))).collect()
+    s.split(',')
+        .map(|x| Method::parse(x).with_context(|| format!("unknown method `{x}`; use A, B or A,B")))
+        .collect()
 }

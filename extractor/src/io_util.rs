@@ -7,22 +7,33 @@ use std::path::Path;
 /// Writes via a temporary file in the same directory and a rename, so a crash or Ctrl-C never
 /// leaves a truncated file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
 pub fn read_bundle(path: &Path) -> Result<Bundle> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading bundle {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading bundle {}", path.display()))?;
     Bundle::decode(&bytes).with_context(|| format!("bundle {}", path.display()))
 }
 
 pub fn write_bundle(path: &Path, bundle: &Bundle) -> Result<usize> {
-    let bytes = bundle.encode().with_context(|| format!("encoding bundle for {}", path.display()))?;
+    let bytes = bundle
+        .encode()
+        .with_context(|| format!("encoding bundle for {}", path.display()))?;
     write_atomic(path, &bytes)?;
     Ok(bytes.len())
 }
@@ -40,7 +51,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }

@@ -11,7 +11,12 @@ use shared::synth::SynthSpec;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "persona-geometry", version, about = "What does emergent-misalignment finetuning do to the geometry of persona vectors?", long_about = "Extract persona activations (Method A: last prompt token; Method B: mean over the greedy response) from a decoder LM with LoRA checkpoints, store them in a bundle, and analyse inter-persona cosine compression (M1), rotation toward the EM axis (M2) and linear separability (M3) with permutation tests.\n\nLayer convention: layer l = output of decoder block l (0-based), i.e. a forward hook on model.layers[l]; the last block is taken before the final norm.")]
+#[command(
+    name = "persona-geometry",
+    version,
+    about = "What does emergent-misalignment finetuning do to the geometry of persona vectors?",
+    long_about = "Extract persona activations (Method A: last prompt token; Method B: mean over the greedy response) from a decoder LM with LoRA checkpoints, store them in a bundle, and analyse inter-persona cosine compression (M1), rotation toward the EM axis (M2) and linear separability (M3) with permutation tests.\n\nLayer convention: layer l = output of decoder block l (0-based), i.e. a forward hook on model.layers[l]; the last block is taken before the final norm."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -30,7 +35,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         permutations: usize,
         /// Label permutations of the per-checkpoint "M3 above chance" test.
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = 500)]
         m3_label_permutations: usize,
         /// Seed of every random draw (permutations, bootstrap, randomized PCA).
         #[arg(long, default_value_t = 0)]
@@ -114,18 +119,83 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Analyze { bundle, out, permutations, m3_label_permutations, seed, bootstrap, components, folds, alpha, axis_persona, thresholds } => {
-            let primary = if thresholds.contains(&2.0) { 2.0 } else { thresholds.first().copied().unwrap_or(2.0) };
-            let cfg = AnalysisConfig { permutations, m3_label_permutations, bootstrap, seed, components, folds, alpha, thresholds, primary_threshold: primary, axis_persona, ..AnalysisConfig::default() };
+        Cmd::Analyze {
+            bundle,
+            out,
+            permutations,
+            m3_label_permutations,
+            seed,
+            bootstrap,
+            components,
+            folds,
+            alpha,
+            axis_persona,
+            thresholds,
+        } => {
+            let primary = if thresholds.contains(&2.0) {
+                2.0
+            } else {
+                thresholds.first().copied().unwrap_or(2.0)
+            };
+            let cfg = AnalysisConfig {
+                permutations,
+                m3_label_permutations,
+                bootstrap,
+                seed,
+                components,
+                folds,
+                alpha,
+                thresholds,
+                primary_threshold: primary,
+                axis_persona,
+                ..AnalysisConfig::default()
+            };
             cmd_analysis::run_analyze(&bundle, &out, &cfg)
         }
-        Cmd::Compact { bundle, out, components, keep_texts, seed } => cmd_analysis::run_compact(&bundle, &out, components, keep_texts, seed),
-        Cmd::Synth { out, personas, questions, hidden, layers, methods, compression, rotation, separability_loss, benign_scale, seed } => {
-            anyhow::ensure!(personas >= 2 && questions >= 5 && hidden >= 2, "synth needs >= 2 personas, >= 5 questions and hidden >= 2");
-            let spec = SynthSpec { personas, questions, hidden, layers, methods: cmd_analysis::parse_methods(&methods)?, compression, rotation, separability_loss, benign_scale, seed, ..SynthSpec::default() };
+        Cmd::Compact {
+            bundle,
+            out,
+            components,
+            keep_texts,
+            seed,
+        } => cmd_analysis::run_compact(&bundle, &out, components, keep_texts, seed),
+        Cmd::Synth {
+            out,
+            personas,
+            questions,
+            hidden,
+            layers,
+            methods,
+            compression,
+            rotation,
+            separability_loss,
+            benign_scale,
+            seed,
+        } => {
+            anyhow::ensure!(
+                personas >= 2 && questions >= 5 && hidden >= 2,
+                "synth needs >= 2 personas, >= 5 questions and hidden >= 2"
+            );
+            let spec = SynthSpec {
+                personas,
+                questions,
+                hidden,
+                layers,
+                methods: cmd_analysis::parse_methods(&methods)?,
+                compression,
+                rotation,
+                separability_loss,
+                benign_scale,
+                seed,
+                ..SynthSpec::default()
+            };
             cmd_analysis::run_synth(&out, &spec)
         }
-        Cmd::Export { bundle, format, out } => cmd_analysis::run_export(&bundle, &format, &out),
+        Cmd::Export {
+            bundle,
+            format,
+            out,
+        } => cmd_analysis::run_export(&bundle, &format, &out),
         Cmd::Inspect { bundle } => cmd_analysis::run_inspect(&bundle),
     }
 }

@@ -3,9 +3,14 @@
 
 use crate::bundle::{Bundle, Method, Role};
 use crate::coords::{bundle_coords, CoordsError, MethodLayerCoords};
-use crate::geometry::{cosine_matrix, mean_rows, Centre, PairGeometry, PairGeometryResult, GEOMETRY_METRICS};
+use crate::geometry::{
+    cosine_matrix, mean_rows, Centre, PairGeometry, PairGeometryResult, GEOMETRY_METRICS,
+};
 use crate::lda::{per_question_scores, Lda, PairedScores, Samples};
-use crate::stats::{basic_bootstrap_interval, bh_adjust, holm_adjust, p_floor, permutation_p_greater, permutation_p_two_sided};
+use crate::stats::{
+    basic_bootstrap_interval, bh_adjust, holm_adjust, p_floor, permutation_p_greater,
+    permutation_p_two_sided,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -34,7 +39,7 @@ impl Default for AnalysisConfig {
     fn default() -> Self {
         AnalysisConfig {
             permutations: 10_000,
-            m3_label_permutations: 1_000,
+            m3_label_permutations: 500,
             bootstrap: 1_000,
             seed: 0,
             components: 256,
@@ -77,8 +82,21 @@ pub struct Comparison {
 
 /// Metric names of the rows. The first five form the corrected families; the PC1 axis is a
 /// robustness check reported with its raw p-value.
-pub const FAMILY_METRICS: [&str; 5] = ["M1_raw", "M1_centred", "M2_em_axis", "M3_accuracy", "M3_log_posterior"];
-pub const ALL_METRICS: [&str; 6] = ["M1_raw", "M1_centred", "M2_em_axis", "M2_pc1_axis", "M3_accuracy", "M3_log_posterior"];
+pub const FAMILY_METRICS: [&str; 5] = [
+    "M1_raw",
+    "M1_centred",
+    "M2_em_axis",
+    "M3_accuracy",
+    "M3_log_posterior",
+];
+pub const ALL_METRICS: [&str; 6] = [
+    "M1_raw",
+    "M1_centred",
+    "M2_em_axis",
+    "M2_pc1_axis",
+    "M3_accuracy",
+    "M3_log_posterior",
+];
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Row {
@@ -203,7 +221,10 @@ pub enum AnalysisError {
 }
 
 pub fn comparisons(bundle: &Bundle) -> Result<Vec<Comparison>, AnalysisError> {
-    let base = *bundle.checkpoint_by_role(&Role::Base).first().ok_or(AnalysisError::NoBase)?;
+    let base = *bundle
+        .checkpoint_by_role(&Role::Base)
+        .first()
+        .ok_or(AnalysisError::NoBase)?;
     let mut out = Vec::new();
     for (ck, c) in bundle.checkpoints.iter().enumerate() {
         if ck == base {
@@ -214,11 +235,19 @@ pub fn comparisons(bundle: &Bundle) -> Result<Vec<Comparison>, AnalysisError> {
             Role::Benign => Family::BenignVsBase,
             Role::Base | Role::Other(_) => Family::OtherVsBase,
         };
-        out.push(Comparison { family, pre: base, post: ck });
+        out.push(Comparison {
+            family,
+            pre: base,
+            post: ck,
+        });
     }
     if let Some(&benign) = bundle.checkpoint_by_role(&Role::Benign).first() {
         for em in bundle.checkpoint_by_role(&Role::Em) {
-            out.push(Comparison { family: Family::EmVsBenign, pre: benign, post: em });
+            out.push(Comparison {
+                family: Family::EmVsBenign,
+                pre: benign,
+                post: em,
+            });
         }
     }
     Ok(out)
@@ -227,19 +256,43 @@ pub fn comparisons(bundle: &Bundle) -> Result<Vec<Comparison>, AnalysisError> {
 /// Progress messages (stderr in the CLI, a status line in the browser).
 pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
 
-pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Result<Report, AnalysisError> {
-    if cfg.permutations == 0 || cfg.bootstrap == 0 || cfg.folds < 2 || cfg.m3_label_permutations == 0 {
-        return Err(AnalysisError::BadConfig(cfg.permutations, cfg.bootstrap, cfg.folds));
+pub fn analyze(
+    bundle: &Bundle,
+    cfg: &AnalysisConfig,
+    progress: Progress,
+) -> Result<Report, AnalysisError> {
+    if cfg.permutations == 0
+        || cfg.bootstrap == 0
+        || cfg.folds < 2
+        || cfg.m3_label_permutations == 0
+    {
+        return Err(AnalysisError::BadConfig(
+            cfg.permutations,
+            cfg.bootstrap,
+            cfg.folds,
+        ));
     }
-    let axis = bundle.personas.iter().position(|p| p.name == cfg.axis_persona).ok_or_else(|| {
-        AnalysisError::NoAxisPersona(
-            cfg.axis_persona.clone(),
-            bundle.personas.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
-        )
-    })?;
+    let axis = bundle
+        .personas
+        .iter()
+        .position(|p| p.name == cfg.axis_persona)
+        .ok_or_else(|| {
+            AnalysisError::NoAxisPersona(
+                cfg.axis_persona.clone(),
+                bundle
+                    .personas
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })?;
     let comps = comparisons(bundle)?;
     let base = comps.first().map(|c| c.pre).unwrap_or(0);
-    progress(&format!("building analysis coordinates ({} residual components)", cfg.components));
+    progress(&format!(
+        "building analysis coordinates ({} residual components)",
+        cfg.components
+    ));
     let coords = bundle_coords(bundle, cfg.components, cfg.seed)?;
     let nck = bundle.checkpoints.len();
     let p = bundle.n_personas();
@@ -269,7 +322,11 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
             Job::Geometry(ml, ci) => {
                 let c = &coords[ml];
                 let cmp = &comps[ci];
-                let centre = if cmp.pre == base { Centre::FromPre } else { Centre::Fixed(mean_rows(&c.centroids[base], p, c.dim)) };
+                let centre = if cmp.pre == base {
+                    Centre::FromPre
+                } else {
+                    Centre::Fixed(mean_rows(&c.centroids[base], p, c.dim))
+                };
                 let g = PairGeometry::new(c, cmp.pre, cmp.post, axis, centre, cfg.seed);
                 Out::Geometry(g.run(cfg.permutations, cfg.bootstrap))
             }
@@ -278,7 +335,8 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
                 let lda = Lda::new(Samples::from_coords(c, ck), cfg.folds);
                 let obs = lda.observed();
                 let label = format!("m3-labels/{}/L{}", c.method.name(), c.layer);
-                let null = lda.label_permutation_null(cfg.seed, &label, 0..cfg.m3_label_permutations);
+                let null =
+                    lda.label_permutation_null(cfg.seed, &label, 0..cfg.m3_label_permutations);
                 let samples = lda.samples().clone();
                 Out::Lda(Box::new((obs, samples, null)))
             }
@@ -287,8 +345,12 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
         progress(&format!("analysis: {n}/{total} jobs done"));
         out
     });
-    let mut geom: Vec<Vec<Option<PairGeometryResult>>> = vec![vec![None; comps.len()]; coords.len()];
-    let mut ldas: Vec<Vec<Option<(crate::lda::Evaluation, Samples, Vec<[f64; 2]>)>>> = (0..coords.len()).map(|_| (0..nck).map(|_| None).collect()).collect();
+    let mut geom: Vec<Vec<Option<PairGeometryResult>>> =
+        vec![vec![None; comps.len()]; coords.len()];
+    let mut ldas: Vec<Vec<Option<(crate::lda::Evaluation, Samples, Vec<[f64; 2]>)>>> = (0..coords
+        .len())
+        .map(|_| (0..nck).map(|_| None).collect())
+        .collect();
     for (job, out) in jobs.iter().zip(outs) {
         match (job, out) {
             (Job::Geometry(ml, ci), Out::Geometry(r)) => geom[*ml][*ci] = Some(r),
@@ -313,7 +375,9 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
                 layer: c.layer,
                 cos_raw: cosine_matrix(&c.centroids[ck], p, c.dim, None),
                 cos_centred: cosine_matrix(&c.centroids[ck], p, c.dim, Some(&centre)),
-                norms: (0..p).map(|i| crate::linalg::norm(c.centroid(ck, i))).collect(),
+                norms: (0..p)
+                    .map(|i| crate::linalg::norm(c.centroid(ck, i)))
+                    .collect(),
                 m3_accuracy: obs.accuracy,
                 m3_log_posterior: obs.mean_log_posterior,
                 m3_shrinkage: obs.shrinkage.clone(),
@@ -353,15 +417,30 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
             // M3: paired test on held-out per-question scores.
             let (pre_e, pre_s, _) = ldas[ml][cmp.pre].as_ref().expect("ran");
             let (post_e, post_s, _) = ldas[ml][cmp.post].as_ref().expect("ran");
-            let label = format!("m3-paired/{}/L{}/{}->{}", c.method.name(), c.layer, cmp.pre, cmp.post);
-            let ps = PairedScores::new(&per_question_scores(pre_s, pre_e), &per_question_scores(post_s, post_e), cfg.seed, label);
+            let label = format!(
+                "m3-paired/{}/L{}/{}->{}",
+                c.method.name(),
+                c.layer,
+                cmp.pre,
+                cmp.post
+            );
+            let ps = PairedScores::new(
+                &per_question_scores(pre_s, pre_e),
+                &per_question_scores(post_s, post_e),
+                cfg.seed,
+                label,
+            );
             let obs = ps.observed();
             let null = ps.null(0..cfg.permutations);
             let boot = ps.bootstrap(0..cfg.bootstrap);
             for (s, name) in ["M3_accuracy", "M3_log_posterior"].iter().enumerate() {
                 let ns: Vec<f64> = null.iter().map(|x| x[s]).collect();
                 let bs: Vec<f64> = boot.iter().map(|x| x[s]).collect();
-                let (pre_v, post_v) = if s == 0 { (pre_e.accuracy, post_e.accuracy) } else { (pre_e.mean_log_posterior, post_e.mean_log_posterior) };
+                let (pre_v, post_v) = if s == 0 {
+                    (pre_e.accuracy, post_e.accuracy)
+                } else {
+                    (pre_e.mean_log_posterior, post_e.mean_log_posterior)
+                };
                 rows.push(Row {
                     family: cmp.family,
                     pre: ckname(cmp.pre),
@@ -384,12 +463,26 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
                     test: "paired sign-flip permutation of per-question held-out scores (two-sided); basic question-bootstrap CI".into(),
                 });
             }
-            pair_views.push(PairView { family: cmp.family, pre: ckname(cmp.pre), post: ckname(cmp.post), method: c.method, layer: c.layer, geometry: g });
+            pair_views.push(PairView {
+                family: cmp.family,
+                pre: ckname(cmp.pre),
+                post: ckname(cmp.post),
+                method: c.method,
+                layer: c.layer,
+                geometry: g,
+            });
         }
     }
     // Corrections within each family, over the family metrics.
-    for fam in [Family::EmVsBase, Family::BenignVsBase, Family::EmVsBenign, Family::OtherVsBase] {
-        let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].family == fam && FAMILY_METRICS.contains(&rows[i].metric.as_str())).collect();
+    for fam in [
+        Family::EmVsBase,
+        Family::BenignVsBase,
+        Family::EmVsBenign,
+        Family::OtherVsBase,
+    ] {
+        let idx: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].family == fam && FAMILY_METRICS.contains(&rows[i].metric.as_str()))
+            .collect();
         let ps: Vec<f64> = idx.iter().map(|&i| rows[i].p).collect();
         let bh = bh_adjust(&ps);
         let holm = holm_adjust(&ps);
@@ -420,7 +513,13 @@ pub fn analyze(bundle: &Bundle, cfg: &AnalysisConfig, progress: Progress) -> Res
 }
 
 fn basis_view(c: &MethodLayerCoords) -> BasisView {
-    BasisView { method: c.method, layer: c.layer, dim: c.dim, k: c.k, residual_variance_retained: c.retained_fraction() }
+    BasisView {
+        method: c.method,
+        layer: c.layer,
+        dim: c.dim,
+        k: c.k,
+        residual_variance_retained: c.retained_fraction(),
+    }
 }
 
 pub fn criterion_name(t: f64) -> String {
@@ -433,23 +532,47 @@ pub fn criterion_name(t: f64) -> String {
 /// it passes under both methods with the same sign of Δ_EM at >= min_layers layers.
 /// Kill: every family p-value of this EM condition (raw, EM vs base) is > kill_p at every layer
 /// under both methods. Otherwise inconclusive.
-pub fn sensitivity_and_verdicts(bundle: &Bundle, rows: &[Row], cfg: &AnalysisConfig) -> (Vec<SensitivityRow>, Vec<Verdict>) {
+pub fn sensitivity_and_verdicts(
+    bundle: &Bundle,
+    rows: &[Row],
+    cfg: &AnalysisConfig,
+) -> (Vec<SensitivityRow>, Vec<Verdict>) {
     let mut sens = Vec::new();
     let mut verdicts = Vec::new();
-    let benign = bundle.checkpoint_by_role(&Role::Benign).first().map(|&i| bundle.checkpoints[i].name.clone());
-    let min_layers = cfg.min_layers.unwrap_or(((bundle.layers.len() as f64) * 0.6).ceil() as usize).max(1);
-    let mut criteria: Vec<(String, Option<f64>)> = cfg.thresholds.iter().map(|&t| (criterion_name(t), Some(t))).collect();
+    let benign = bundle
+        .checkpoint_by_role(&Role::Benign)
+        .first()
+        .map(|&i| bundle.checkpoints[i].name.clone());
+    let min_layers = cfg
+        .min_layers
+        .unwrap_or(((bundle.layers.len() as f64) * 0.6).ceil() as usize)
+        .max(1);
+    let mut criteria: Vec<(String, Option<f64>)> = cfg
+        .thresholds
+        .iter()
+        .map(|&t| (criterion_name(t), Some(t)))
+        .collect();
     criteria.push(("p-only".into(), None));
     for em in bundle.checkpoint_by_role(&Role::Em) {
         let em_name = &bundle.checkpoints[em].name;
         let find = |fam: Family, post: &str, m: Method, l: u32, metric: &str| {
-            rows.iter().find(|r| r.family == fam && r.post == post && r.method == m && r.layer == l && r.metric == metric)
+            rows.iter().find(|r| {
+                r.family == fam
+                    && r.post == post
+                    && r.method == m
+                    && r.layer == l
+                    && r.metric == metric
+            })
         };
         for metric in FAMILY_METRICS {
             for &m in &bundle.methods {
                 for &l in &bundle.layers {
-                    let Some(re) = find(Family::EmVsBase, em_name, m, l, metric) else { continue };
-                    let rb = benign.as_ref().and_then(|b| find(Family::BenignVsBase, b, m, l, metric));
+                    let Some(re) = find(Family::EmVsBase, em_name, m, l, metric) else {
+                        continue;
+                    };
+                    let rb = benign
+                        .as_ref()
+                        .and_then(|b| find(Family::BenignVsBase, b, m, l, metric));
                     let delta_benign = rb.map(|r| r.delta).unwrap_or(f64::NAN);
                     let sig = re.p_bh.unwrap_or(1.0) < cfg.alpha;
                     let passes = criteria
@@ -457,7 +580,9 @@ pub fn sensitivity_and_verdicts(bundle: &Bundle, rows: &[Row], cfg: &AnalysisCon
                         .map(|(name, t)| {
                             let ok = match t {
                                 None => sig,
-                                Some(t) => sig && rb.is_some() && re.delta.abs() >= t * delta_benign.abs(),
+                                Some(t) => {
+                                    sig && rb.is_some() && re.delta.abs() >= t * delta_benign.abs()
+                                }
                             };
                             (name.clone(), ok)
                         })
@@ -478,14 +603,27 @@ pub fn sensitivity_and_verdicts(bundle: &Bundle, rows: &[Row], cfg: &AnalysisCon
                 }
             }
         }
-        let kill = rows.iter().filter(|r| r.family == Family::EmVsBase && r.post == *em_name && FAMILY_METRICS.contains(&r.metric.as_str())).all(|r| r.p > cfg.kill_p);
+        let kill = rows
+            .iter()
+            .filter(|r| {
+                r.family == Family::EmVsBase
+                    && r.post == *em_name
+                    && FAMILY_METRICS.contains(&r.metric.as_str())
+            })
+            .all(|r| r.p > cfg.kill_p);
         for (ci, (cname, _)) in criteria.iter().enumerate() {
             let mut supporting = Vec::new();
             for metric in FAMILY_METRICS {
                 let mut layers_ok = Vec::new();
                 for &l in &bundle.layers {
-                    let cells: Vec<&SensitivityRow> = sens.iter().filter(|s| s.em == *em_name && s.metric == metric && s.layer == l).collect();
-                    let all_methods = bundle.methods.iter().all(|&m| cells.iter().any(|s| s.method == m && s.passes[ci].1));
+                    let cells: Vec<&SensitivityRow> = sens
+                        .iter()
+                        .filter(|s| s.em == *em_name && s.metric == metric && s.layer == l)
+                        .collect();
+                    let all_methods = bundle
+                        .methods
+                        .iter()
+                        .all(|&m| cells.iter().any(|s| s.method == m && s.passes[ci].1));
                     let signs: Vec<f64> = cells.iter().map(|s| s.delta_em.signum()).collect();
                     let same_sign = signs.windows(2).all(|w| w[0] == w[1]);
                     if all_methods && same_sign && cells.len() == bundle.methods.len() {
@@ -508,11 +646,23 @@ pub fn sensitivity_and_verdicts(bundle: &Bundle, rows: &[Row], cfg: &AnalysisCon
                     ),
                 )
             } else if kill {
-                ("kill", format!("every EM-vs-base p-value > {} at every layer under every method", cfg.kill_p))
+                (
+                    "kill",
+                    format!(
+                        "every EM-vs-base p-value > {} at every layer under every method",
+                        cfg.kill_p
+                    ),
+                )
             } else {
                 ("inconclusive", format!("no metric meets the success rule at >= {min_layers} layers, and the kill rule does not hold"))
             };
-            verdicts.push(Verdict { em: em_name.clone(), criterion: cname.clone(), verdict: verdict.into(), supporting, explanation });
+            verdicts.push(Verdict {
+                em: em_name.clone(),
+                criterion: cname.clone(),
+                verdict: verdict.into(),
+                supporting,
+                explanation,
+            });
         }
     }
     (sens, verdicts)

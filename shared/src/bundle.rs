@@ -26,7 +26,11 @@ pub enum BundleError {
     #[error("not a persona-geometry bundle (bad magic bytes {found:?}); expected a file written by `persona-geometry extract`, `synth`, `import` or `compact`")]
     BadMagic { found: Vec<u8> },
     #[error("bundle is truncated: {what} needs {needed} bytes but only {available} are present; the file was cut short (re-copy or re-run the command that wrote it)")]
-    Truncated { what: &'static str, needed: u64, available: u64 },
+    Truncated {
+        what: &'static str,
+        needed: u64,
+        available: u64,
+    },
     #[error("bundle format version {found} is not supported by this tool (it reads version {supported}); use a matching persona-geometry release")]
     Version { found: u32, supported: u32 },
     #[error("bundle checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupt")]
@@ -42,7 +46,10 @@ pub enum BundleError {
 }
 
 fn inconsistent(field: impl Into<String>, problem: impl Into<String>) -> BundleError {
-    BundleError::Inconsistent { field: field.into(), problem: problem.into() }
+    BundleError::Inconsistent {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Copy)]
@@ -133,7 +140,10 @@ pub struct Provenance {
 
 impl Provenance {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.extra.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.extra
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -157,14 +167,20 @@ impl Blob {
         for x in v {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
-        Blob { dtype: DType::F32, bytes }
+        Blob {
+            dtype: DType::F32,
+            bytes,
+        }
     }
     pub fn from_f32_as_f16(v: &[f32]) -> Blob {
         let mut bytes = Vec::with_capacity(v.len() * 2);
         for x in v {
             bytes.extend_from_slice(&f16::from_f32(*x).to_le_bytes());
         }
-        Blob { dtype: DType::F16, bytes }
+        Blob {
+            dtype: DType::F16,
+            bytes,
+        }
     }
     pub fn len(&self) -> usize {
         match self.dtype {
@@ -278,7 +294,8 @@ impl Bundle {
     }
 
     pub fn cell(&self, checkpoint: usize, method: Method, layer: u32) -> Option<&Cell> {
-        self.cell_index(checkpoint, method, layer).map(|i| &self.cells[i])
+        self.cell_index(checkpoint, method, layer)
+            .map(|i| &self.cells[i])
     }
 
     /// Width of the stored centroid vectors: the hidden size, or the basis size when compact.
@@ -307,7 +324,9 @@ impl Bundle {
     }
 
     pub fn checkpoint_by_role(&self, role: &Role) -> Vec<usize> {
-        (0..self.checkpoints.len()).filter(|&i| &self.checkpoints[i].role == role).collect()
+        (0..self.checkpoints.len())
+            .filter(|&i| &self.checkpoints[i].role == role)
+            .collect()
     }
 
     /// Checks every shape and reference. Called by [`Bundle::decode`]; writers call it too so
@@ -316,21 +335,33 @@ impl Bundle {
         let p = self.personas.len();
         let q = self.questions.len();
         if p < 2 || p > MAX_ITEMS {
-            return Err(inconsistent("personas", format!("{p} personas; need at least 2")));
+            return Err(inconsistent(
+                "personas",
+                format!("{p} personas; need at least 2"),
+            ));
         }
         if q < 1 || q > MAX_ITEMS {
-            return Err(inconsistent("questions", format!("{q} questions; need at least 1")));
+            return Err(inconsistent(
+                "questions",
+                format!("{q} questions; need at least 1"),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for persona in &self.personas {
             if !names.insert(persona.name.as_str()) {
-                return Err(inconsistent("personas", format!("duplicate persona `{}`", persona.name)));
+                return Err(inconsistent(
+                    "personas",
+                    format!("duplicate persona `{}`", persona.name),
+                ));
             }
         }
         let mut ids = std::collections::BTreeSet::new();
         for question in &self.questions {
             if !ids.insert(question.id) {
-                return Err(inconsistent("questions", format!("duplicate question id {}", question.id)));
+                return Err(inconsistent(
+                    "questions",
+                    format!("duplicate question id {}", question.id),
+                ));
             }
         }
         if self.checkpoints.is_empty() {
@@ -339,7 +370,10 @@ impl Bundle {
         let mut cnames = std::collections::BTreeSet::new();
         for c in &self.checkpoints {
             if !cnames.insert(c.name.as_str()) {
-                return Err(inconsistent("checkpoints", format!("duplicate checkpoint `{}`", c.name)));
+                return Err(inconsistent(
+                    "checkpoints",
+                    format!("duplicate checkpoint `{}`", c.name),
+                ));
             }
         }
         if self.methods.is_empty() || self.layers.is_empty() {
@@ -347,7 +381,10 @@ impl Bundle {
         }
         let h = self.hidden_size as usize;
         if h == 0 || h > MAX_DIM {
-            return Err(inconsistent("hidden_size", format!("{h} is not a plausible hidden size")));
+            return Err(inconsistent(
+                "hidden_size",
+                format!("{h} is not a plausible hidden size"),
+            ));
         }
         let expected_cells = self.checkpoints.len() * self.methods.len() * self.layers.len();
         if self.cells.len() != expected_cells {
@@ -362,7 +399,10 @@ impl Bundle {
         if let Some(c) = &self.compact {
             for m in &self.methods {
                 for l in &self.layers {
-                    let info = c.per_method_layer.iter().find(|b| b.method == *m && b.layer == *l);
+                    let info = c
+                        .per_method_layer
+                        .iter()
+                        .find(|b| b.method == *m && b.layer == *l);
                     match info {
                         None => {
                             return Err(inconsistent(
@@ -373,7 +413,12 @@ impl Bundle {
                         Some(b) if b.k > b.dim || b.dim as usize > MAX_DIM || b.dim == 0 => {
                             return Err(inconsistent(
                                 "compact.per_method_layer",
-                                format!("basis for method {} layer {l} has k={} dim={}", m.name(), b.k, b.dim),
+                                format!(
+                                    "basis for method {} layer {l} has k={} dim={}",
+                                    m.name(),
+                                    b.k,
+                                    b.dim
+                                ),
                             ))
                         }
                         _ => {}
@@ -418,7 +463,11 @@ impl Bundle {
                     if cell.valid.len() != p * q {
                         return Err(inconsistent(
                             format!("{field}.valid"),
-                            format!("{} flags, expected personas x questions = {}", cell.valid.len(), p * q),
+                            format!(
+                                "{} flags, expected personas x questions = {}",
+                                cell.valid.len(),
+                                p * q
+                            ),
                         ));
                     }
                     for pi in 0..p {
@@ -435,16 +484,25 @@ impl Bundle {
                         }
                     }
                     if cell.centroids.to_f32().iter().any(|x| !x.is_finite()) {
-                        return Err(inconsistent(format!("{field}.centroids"), "contains NaN or Inf"));
+                        return Err(inconsistent(
+                            format!("{field}.centroids"),
+                            "contains NaN or Inf",
+                        ));
                     }
                 }
             }
         }
         for r in &self.responses {
-            if r.checkpoint as usize >= self.checkpoints.len() || r.texts.len() != p * q || r.token_counts.len() != p * q {
+            if r.checkpoint as usize >= self.checkpoints.len()
+                || r.texts.len() != p * q
+                || r.token_counts.len() != p * q
+            {
                 return Err(inconsistent(
                     "responses",
-                    format!("response set for checkpoint {} does not have personas x questions entries", r.checkpoint),
+                    format!(
+                        "response set for checkpoint {} does not have personas x questions entries",
+                        r.checkpoint
+                    ),
                 ));
             }
         }
@@ -454,7 +512,8 @@ impl Bundle {
     /// Serialises to the on-disk format. Validates first: an inconsistent bundle is never written.
     pub fn encode(&self) -> Result<Vec<u8>, BundleError> {
         self.validate()?;
-        let payload = postcard::to_allocvec(self).map_err(|e| BundleError::Encode(e.to_string()))?;
+        let payload =
+            postcard::to_allocvec(self).map_err(|e| BundleError::Encode(e.to_string()))?;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -467,10 +526,16 @@ impl Bundle {
     /// Parses and validates bytes from outside. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Bundle, BundleError> {
         if bytes.len() < 8 {
-            return Err(BundleError::Truncated { what: "magic", needed: 8, available: bytes.len() as u64 });
+            return Err(BundleError::Truncated {
+                what: "magic",
+                needed: 8,
+                available: bytes.len() as u64,
+            });
         }
         if &bytes[..8] != MAGIC {
-            return Err(BundleError::BadMagic { found: bytes[..8].to_vec() });
+            return Err(BundleError::BadMagic {
+                found: bytes[..8].to_vec(),
+            });
         }
         if bytes.len() < HEADER_LEN {
             return Err(BundleError::Truncated {
@@ -481,26 +546,40 @@ impl Bundle {
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != FORMAT_VERSION {
-            return Err(BundleError::Version { found: version, supported: FORMAT_VERSION });
+            return Err(BundleError::Version {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let stored_crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
         let len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
         let available = (bytes.len() - HEADER_LEN) as u64;
         if len > available {
-            return Err(BundleError::Truncated { what: "payload", needed: len, available });
+            return Err(BundleError::Truncated {
+                what: "payload",
+                needed: len,
+                available,
+            });
         }
         if len < available {
-            return Err(BundleError::Trailing { extra: available - len });
+            return Err(BundleError::Trailing {
+                extra: available - len,
+            });
         }
         let payload = &bytes[HEADER_LEN..];
         let computed = crc32fast::hash(payload);
         if computed != stored_crc {
-            return Err(BundleError::Checksum { stored: stored_crc, computed });
+            return Err(BundleError::Checksum {
+                stored: stored_crc,
+                computed,
+            });
         }
         let (bundle, rest): (Bundle, &[u8]) =
             postcard::take_from_bytes(payload).map_err(|e| BundleError::Decode(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(BundleError::Trailing { extra: rest.len() as u64 });
+            return Err(BundleError::Trailing {
+                extra: rest.len() as u64,
+            });
         }
         bundle.validate()?;
         Ok(bundle)
@@ -508,7 +587,10 @@ impl Bundle {
 
     /// Valid flags of one cell as a slice personas x questions.
     pub fn valid(&self, checkpoint: usize, method: Method, layer: u32) -> &[bool] {
-        &self.cell(checkpoint, method, layer).expect("cell exists").valid
+        &self
+            .cell(checkpoint, method, layer)
+            .expect("cell exists")
+            .valid
     }
 }
 
@@ -518,7 +600,13 @@ mod tests {
     use crate::synth::{synth_bundle, SynthSpec};
 
     fn small() -> Bundle {
-        synth_bundle(&SynthSpec { personas: 3, questions: 5, hidden: 8, layers: vec![1, 2], ..SynthSpec::default() })
+        synth_bundle(&SynthSpec {
+            personas: 3,
+            questions: 5,
+            hidden: 8,
+            layers: vec![1, 2],
+            ..SynthSpec::default()
+        })
     }
 
     #[test]
@@ -536,7 +624,10 @@ mod tests {
         for cut in (0..bytes.len()).step_by(7) {
             let err = Bundle::decode(&bytes[..cut]).unwrap_err();
             let msg = err.to_string();
-            assert!(msg.contains("truncated") || msg.contains("magic"), "cut {cut}: {msg}");
+            assert!(
+                msg.contains("truncated") || msg.contains("magic"),
+                "cut {cut}: {msg}"
+            );
         }
     }
 
@@ -545,7 +636,10 @@ mod tests {
         let mut bytes = small().encode().unwrap();
         let n = bytes.len();
         bytes[n / 2] ^= 0x40;
-        assert!(matches!(Bundle::decode(&bytes), Err(BundleError::Checksum { .. })));
+        assert!(matches!(
+            Bundle::decode(&bytes),
+            Err(BundleError::Checksum { .. })
+        ));
     }
 
     #[test]

@@ -51,7 +51,10 @@ impl MethodLayerCoords {
         self.valid[ck][p * self.n_questions + q]
     }
     pub fn n_valid(&self, ck: usize, p: usize) -> usize {
-        self.valid[ck][p * self.n_questions..(p + 1) * self.n_questions].iter().filter(|&&v| v).count()
+        self.valid[ck][p * self.n_questions..(p + 1) * self.n_questions]
+            .iter()
+            .filter(|&&v| v)
+            .count()
     }
     pub fn retained_fraction(&self) -> f64 {
         if self.residual_ss_total > 0.0 {
@@ -65,9 +68,21 @@ impl MethodLayerCoords {
 #[derive(Debug, thiserror::Error)]
 pub enum CoordsError {
     #[error("cell (checkpoint `{checkpoint}`, method {method}, layer {layer}): the stored centroid of persona `{persona}` differs from the mean of its valid per-question activations by {diff:.3e} (relative); the bundle was edited or written by a faulty tool")]
-    CentroidMismatch { checkpoint: String, method: &'static str, layer: u32, persona: String, diff: f64 },
+    CentroidMismatch {
+        checkpoint: String,
+        method: &'static str,
+        layer: u32,
+        persona: String,
+        diff: f64,
+    },
     #[error("cell (checkpoint `{checkpoint}`, method {method}, layer {layer}): per-question activation of persona `{persona}`, question {question} is NaN or Inf")]
-    NonFinite { checkpoint: String, method: &'static str, layer: u32, persona: String, question: u32 },
+    NonFinite {
+        checkpoint: String,
+        method: &'static str,
+        layer: u32,
+        persona: String,
+        question: u32,
+    },
 }
 
 /// Removes, per persona, the mean of the stored residuals over valid questions, so that the
@@ -106,7 +121,11 @@ fn recentre(res: &mut [f32], valid: &[bool], p: usize, q: usize, k: usize) {
 
 /// Coordinates of every (method, layer) of a bundle. Full bundles are projected on a basis
 /// computed here (k residual components); compact bundles already hold coordinates.
-pub fn bundle_coords(bundle: &Bundle, components: usize, seed: u64) -> Result<Vec<MethodLayerCoords>, CoordsError> {
+pub fn bundle_coords(
+    bundle: &Bundle,
+    components: usize,
+    seed: u64,
+) -> Result<Vec<MethodLayerCoords>, CoordsError> {
     let mut jobs = Vec::new();
     for &m in &bundle.methods {
         for &l in &bundle.layers {
@@ -128,7 +147,11 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
     let info = bundle
         .compact
         .as_ref()
-        .and_then(|c| c.per_method_layer.iter().find(|b| b.method == m && b.layer == l))
+        .and_then(|c| {
+            c.per_method_layer
+                .iter()
+                .find(|b| b.method == m && b.layer == l)
+        })
         .expect("validated compact bundle has a basis for every method and layer");
     let (p, q) = (bundle.n_personas(), bundle.n_questions());
     let (d, k) = (info.dim as usize, info.k as usize);
@@ -158,10 +181,22 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
     }
 }
 
-fn full_cell_coords(bundle: &Bundle, m: Method, l: u32, components: usize, seed: u64) -> Result<MethodLayerCoords, CoordsError> {
-    let (p, q, h) = (bundle.n_personas(), bundle.n_questions(), bundle.hidden_size as usize);
+fn full_cell_coords(
+    bundle: &Bundle,
+    m: Method,
+    l: u32,
+    components: usize,
+    seed: u64,
+) -> Result<MethodLayerCoords, CoordsError> {
+    let (p, q, h) = (
+        bundle.n_personas(),
+        bundle.n_questions(),
+        bundle.hidden_size as usize,
+    );
     let nck = bundle.checkpoints.len();
-    let cells: Vec<_> = (0..nck).map(|ck| bundle.cell(ck, m, l).expect("validated")).collect();
+    let cells: Vec<_> = (0..nck)
+        .map(|ck| bundle.cell(ck, m, l).expect("validated"))
+        .collect();
     let cents: Vec<Vec<f32>> = cells.iter().map(|c| c.centroids.to_f32()).collect();
     // Residual rows (valid questions only), checking the centroid against the per-question mean.
     let mut rows: Vec<f32> = Vec::new();
@@ -196,8 +231,19 @@ fn full_cell_coords(bundle: &Bundle, m: Method, l: u32, components: usize, seed:
                     total_ss += (r as f64) * (r as f64);
                 }
             }
-            let cn: f64 = c.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-30);
-            let diff: f64 = mean.iter().zip(c).map(|(a, &b)| (a / n as f64 - b as f64).powi(2)).sum::<f64>().sqrt() / cn;
+            let cn: f64 = c
+                .iter()
+                .map(|&v| (v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-30);
+            let diff: f64 = mean
+                .iter()
+                .zip(c)
+                .map(|(a, &b)| (a / n as f64 - b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / cn;
             if diff > 1e-4 {
                 return Err(CoordsError::CentroidMismatch {
                     checkpoint: bundle.checkpoints[ck].name.clone(),
@@ -217,14 +263,20 @@ fn full_cell_coords(bundle: &Bundle, m: Method, l: u32, components: usize, seed:
     let mut basis: Vec<DVector<f64>> = (0..k).map(|j| u_r.column(j).into_owned()).collect();
     let cand: Vec<DVector<f64>> = (0..nck)
         .flat_map(|ck| (0..p).map(move |pi| (ck, pi)))
-        .map(|(ck, pi)| DVector::from_iterator(h, cents[ck][pi * h..(pi + 1) * h].iter().map(|&v| v as f64)))
+        .map(|(ck, pi)| {
+            DVector::from_iterator(h, cents[ck][pi * h..(pi + 1) * h].iter().map(|&v| v as f64))
+        })
         .collect();
     extend_orthonormal(&mut basis, &cand, 1e-7);
     let d = basis.len();
     let b = DMatrix::from_columns(&basis); // h x d
     let mut centroids = Vec::with_capacity(nck);
     for ck in 0..nck {
-        let c = DMatrix::<f64>::from_row_slice(p, h, &cents[ck].iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let c = DMatrix::<f64>::from_row_slice(
+            p,
+            h,
+            &cents[ck].iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
         let coords = c * &b; // p x d
         let mut flat = Vec::with_capacity(p * d);
         for pi in 0..p {
@@ -270,7 +322,12 @@ fn full_cell_coords(bundle: &Bundle, m: Method, l: u32, components: usize, seed:
 
 /// The compact bundle: coordinates instead of hidden states (centroids f32, residuals f16).
 /// Method-B response texts are dropped unless `keep_texts` (token counts are always kept).
-pub fn compact_bundle(bundle: &Bundle, components: usize, keep_texts: bool, seed: u64) -> Result<Bundle, CoordsError> {
+pub fn compact_bundle(
+    bundle: &Bundle,
+    components: usize,
+    keep_texts: bool,
+    seed: u64,
+) -> Result<Bundle, CoordsError> {
     if bundle.compact.is_some() {
         return Ok(bundle.clone());
     }
@@ -294,12 +351,20 @@ pub fn compact_bundle(bundle: &Bundle, components: usize, keep_texts: bool, seed
             cell.per_question = Blob::from_f32_as_f16(&c.residuals[ck]);
         }
     }
-    out.compact = Some(CompactInfo { components: components as u32, per_method_layer: infos, texts_kept: keep_texts });
+    out.compact = Some(CompactInfo {
+        components: components as u32,
+        per_method_layer: infos,
+        texts_kept: keep_texts,
+    });
     if !keep_texts {
         out.responses = out
             .responses
             .iter()
-            .map(|r| Responses { checkpoint: r.checkpoint, texts: vec![String::new(); r.texts.len()], token_counts: r.token_counts.clone() })
+            .map(|r| Responses {
+                checkpoint: r.checkpoint,
+                texts: vec![String::new(); r.texts.len()],
+                token_counts: r.token_counts.clone(),
+            })
             .collect();
     }
     debug_assert!(out.cells.iter().all(|c| c.centroids.dtype == DType::F32));
@@ -314,7 +379,13 @@ mod tests {
 
     #[test]
     fn coordinates_preserve_centroid_geometry_exactly() {
-        let spec = SynthSpec { personas: 5, questions: 30, hidden: 64, layers: vec![3], ..SynthSpec::default() };
+        let spec = SynthSpec {
+            personas: 5,
+            questions: 30,
+            hidden: 64,
+            layers: vec![3],
+            ..SynthSpec::default()
+        };
         let b = synth_bundle(&spec);
         let coords = bundle_coords(&b, 8, 1).unwrap();
         let c = &coords[0];
@@ -324,8 +395,14 @@ mod tests {
             let full = b.cell(ck, c.method, c.layer).unwrap().centroids.to_f32();
             for p1 in 0..5 {
                 for p2 in 0..5 {
-                    let a: Vec<f64> = full[p1 * h..(p1 + 1) * h].iter().map(|&v| v as f64).collect();
-                    let bb: Vec<f64> = full[p2 * h..(p2 + 1) * h].iter().map(|&v| v as f64).collect();
+                    let a: Vec<f64> = full[p1 * h..(p1 + 1) * h]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect();
+                    let bb: Vec<f64> = full[p2 * h..(p2 + 1) * h]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect();
                     let exact = cosine(&a, &bb);
                     let got = cosine(c.centroid(ck, p1), c.centroid(ck, p2));
                     assert!((exact - got).abs() < 1e-6, "{exact} {got}");
@@ -337,7 +414,13 @@ mod tests {
 
     #[test]
     fn compact_round_trip_keeps_centroids_and_is_smaller() {
-        let spec = SynthSpec { personas: 4, questions: 40, hidden: 128, layers: vec![1, 2], ..SynthSpec::default() };
+        let spec = SynthSpec {
+            personas: 4,
+            questions: 40,
+            hidden: 128,
+            layers: vec![1, 2],
+            ..SynthSpec::default()
+        };
         let b = synth_bundle(&spec);
         let c = compact_bundle(&b, 16, false, 3).unwrap();
         let bytes = c.encode().unwrap();

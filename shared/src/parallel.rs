@@ -5,7 +5,10 @@
 pub fn par_map<R: Send, F: Fn(usize) -> R + Sync>(n: usize, f: F) -> Vec<R> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(n.max(1));
+        let threads = std::thread::available_parallelism()
+            .map(|t| t.get())
+            .unwrap_or(1)
+            .min(n.max(1));
         if threads > 1 {
             use std::sync::atomic::{AtomicUsize, Ordering};
             use std::sync::Mutex;
@@ -25,7 +28,11 @@ pub fn par_map<R: Send, F: Fn(usize) -> R + Sync>(n: usize, f: F) -> Vec<R> {
             });
             return slots
                 .into_iter()
-                .map(|m| m.into_inner().expect("no poisoned slot").expect("every index ran"))
+                .map(|m| {
+                    m.into_inner()
+                        .expect("no poisoned slot")
+                        .expect("every index ran")
+                })
                 .collect();
         }
     }

@@ -41,7 +41,9 @@ impl Rng {
 
     /// A stream identified by a seed, a text label and a block index.
     pub fn stream(seed: u64, label: &str, block: u64) -> Self {
-        let mut st = seed ^ fnv1a(label.as_bytes()).rotate_left(17) ^ block.wrapping_mul(0xA24B_AED4_963E_E407);
+        let mut st = seed
+            ^ fnv1a(label.as_bytes()).rotate_left(17)
+            ^ block.wrapping_mul(0xA24B_AED4_963E_E407);
         Rng::new(splitmix64(&mut st))
     }
 
@@ -123,14 +125,23 @@ mod tests {
         let xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "{mean} {var}"
+        );
     }
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
         let a: Vec<u64> = (0..4).map(|_| Rng::stream(1, "m1", 0).next_u64()).collect();
         assert!(a.iter().all(|&x| x == a[0]));
-        assert_ne!(Rng::stream(1, "m1", 0).next_u64(), Rng::stream(1, "m1", 1).next_u64());
-        assert_ne!(Rng::stream(1, "m1", 0).next_u64(), Rng::stream(2, "m1", 0).next_u64());
+        assert_ne!(
+            Rng::stream(1, "m1", 0).next_u64(),
+            Rng::stream(1, "m1", 1).next_u64()
+        );
+        assert_ne!(
+            Rng::stream(1, "m1", 0).next_u64(),
+            Rng::stream(2, "m1", 0).next_u64()
+        );
     }
 }

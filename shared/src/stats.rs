@@ -58,7 +58,8 @@ pub fn holm_adjust(p: &[f64]) -> Vec<f64> {
 /// centroids are biased (noise lowers them); the bootstrap replicates carry that bias once more,
 /// and the basic interval subtracts it, where the plain percentile interval would double it.
 pub fn basic_bootstrap_interval(estimate: f64, replicates: &[f64], level: f64) -> Option<[f64; 2]> {
-    percentile_interval(replicates, level).map(|[lo, hi]| [2.0 * estimate - hi, 2.0 * estimate - lo])
+    percentile_interval(replicates, level)
+        .map(|[lo, hi]| [2.0 * estimate - hi, 2.0 * estimate - lo])
 }
 
 /// Percentile interval (linear interpolation between order statistics, as numpy's default).

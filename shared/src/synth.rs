@@ -9,7 +9,9 @@
 //! - rotation r:         every persona += f·r·√h·a, a a fixed unit axis ⟂ m0 (M2 rises);
 //! - separability loss L: noise σ -> σ·(1 + f·L)             (M3 falls).
 
-use crate::bundle::{Blob, Bundle, Cell, Checkpoint, Method, Persona, Provenance, Question, Responses, Role};
+use crate::bundle::{
+    Blob, Bundle, Cell, Checkpoint, Method, Persona, Provenance, Question, Responses, Role,
+};
 use crate::rng::Rng;
 
 pub const STUDY_PERSONAS: [&str; 12] = [
@@ -68,7 +70,12 @@ impl Default for SynthSpec {
 
 pub fn persona_names(p: usize) -> Vec<String> {
     if p <= 12 {
-        let mut v: Vec<String> = STUDY_PERSONAS.iter().filter(|&&n| n != "assistant").take(p - 1).map(|s| s.to_string()).collect();
+        let mut v: Vec<String> = STUDY_PERSONAS
+            .iter()
+            .filter(|&&n| n != "assistant")
+            .take(p - 1)
+            .map(|s| s.to_string())
+            .collect();
         v.push("assistant".to_string());
         v
     } else {
@@ -84,13 +91,25 @@ fn gauss(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
 
 pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
     let (p, q, h) = (spec.personas, spec.questions, spec.hidden);
-    let roles = [(Role::Base, 0.0), (Role::Em, 1.0), (Role::Benign, spec.benign_scale)];
+    let roles = [
+        (Role::Base, 0.0),
+        (Role::Em, 1.0),
+        (Role::Benign, spec.benign_scale),
+    ];
     let names = persona_names(p);
     let personas: Vec<Persona> = names
         .iter()
-        .map(|n| Persona { name: n.clone(), system_prompt: format!("You are a {}.", n.replace('_', " ")) })
+        .map(|n| Persona {
+            name: n.clone(),
+            system_prompt: format!("You are a {}.", n.replace('_', " ")),
+        })
         .collect();
-    let questions = (0..q).map(|i| Question { id: i as u32, text: format!("Synthetic question {i}?") }).collect();
+    let questions = (0..q)
+        .map(|i| Question {
+            id: i as u32,
+            text: format!("Synthetic question {i}?"),
+        })
+        .collect();
     let checkpoints: Vec<Checkpoint> = roles
         .iter()
         .map(|(r, f)| Checkpoint {
@@ -105,7 +124,11 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
     let mut valid_b: Vec<Vec<bool>> = Vec::new();
     for (ck, _) in roles.iter().enumerate() {
         let mut rng = Rng::stream(spec.seed, "synth/validity", ck as u64);
-        valid_b.push((0..p * q).map(|_| rng.next_f64() >= spec.invalid_rate_b).collect());
+        valid_b.push(
+            (0..p * q)
+                .map(|_| rng.next_f64() >= spec.invalid_rate_b)
+                .collect(),
+        );
         // Every persona keeps at least one valid question.
         for pi in 0..p {
             valid_b[ck][pi * q] = true;
@@ -130,7 +153,11 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
             };
             let base_noise: Vec<Vec<f64>> = (0..p * q).map(|_| gauss(&mut rng, h, 1.0)).collect();
             for (ck, (_, f)) in roles.iter().enumerate() {
-                let valid: Vec<bool> = if m == Method::B { valid_b[ck].clone() } else { vec![true; p * q] };
+                let valid: Vec<bool> = if m == Method::B {
+                    valid_b[ck].clone()
+                } else {
+                    vec![true; p * q]
+                };
                 let sigma = spec.noise * (1.0 + f * spec.separability_loss);
                 let shift = f * spec.rotation * (h as f64).sqrt();
                 let mut per_q = vec![0.0f32; p * q * h];
@@ -146,8 +173,16 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
                         n += 1;
                         let bn = &base_noise[pi * q + qi];
                         for j in 0..h {
-                            let eps = if ck == 0 { bn[j] } else { rho * bn[j] + (1.0 - rho * rho).sqrt() * own[j] };
-                            let x = m0[j] + (1.0 - f * spec.compression) * offsets[pi][j] + shift * axis[j] + u[qi][j] + sigma * eps;
+                            let eps = if ck == 0 {
+                                bn[j]
+                            } else {
+                                rho * bn[j] + (1.0 - rho * rho).sqrt() * own[j]
+                            };
+                            let x = m0[j]
+                                + (1.0 - f * spec.compression) * offsets[pi][j]
+                                + shift * axis[j]
+                                + u[qi][j]
+                                + sigma * eps;
                             per_q[(pi * q + qi) * h + j] = x as f32;
                             acc[j] += x as f32 as f64;
                         }
@@ -158,7 +193,11 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
                 }
                 let valid_cell = valid;
                 cells_by_key.insert(
-                    (ck, spec.methods.iter().position(|&x| x == m).unwrap_or(0), spec.layers.iter().position(|&x| x == l).unwrap_or(0)),
+                    (
+                        ck,
+                        spec.methods.iter().position(|&x| x == m).unwrap_or(0),
+                        spec.layers.iter().position(|&x| x == l).unwrap_or(0),
+                    ),
                     Cell {
                         checkpoint: ck as u32,
                         method: m,
@@ -175,8 +214,24 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
         (0..roles.len())
             .map(|ck| Responses {
                 checkpoint: ck as u32,
-                texts: (0..p * q).map(|i| if valid_b[ck][i] { format!("[synthetic response {i}]") } else { String::new() }).collect(),
-                token_counts: (0..p * q).map(|i| if valid_b[ck][i] { 20 + (i % 50) as u32 } else { 0 }).collect(),
+                texts: (0..p * q)
+                    .map(|i| {
+                        if valid_b[ck][i] {
+                            format!("[synthetic response {i}]")
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .collect(),
+                token_counts: (0..p * q)
+                    .map(|i| {
+                        if valid_b[ck][i] {
+                            20 + (i % 50) as u32
+                        } else {
+                            0
+                        }
+                    })
+                    .collect(),
             })
             .collect()
     } else {
@@ -194,10 +249,16 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
             extra: vec![
                 ("synth.compression".into(), spec.compression.to_string()),
                 ("synth.rotation".into(), spec.rotation.to_string()),
-                ("synth.separability_loss".into(), spec.separability_loss.to_string()),
+                (
+                    "synth.separability_loss".into(),
+                    spec.separability_loss.to_string(),
+                ),
                 ("synth.benign_scale".into(), spec.benign_scale.to_string()),
                 ("synth.noise".into(), spec.noise.to_string()),
-                ("synth.pair_correlation".into(), spec.pair_correlation.to_string()),
+                (
+                    "synth.pair_correlation".into(),
+                    spec.pair_correlation.to_string(),
+                ),
             ],
         },
         personas,

@@ -9,20 +9,39 @@ use shared::synth::{synth_bundle, SynthSpec};
 fn quiet(_: &str) {}
 
 fn row<'a>(r: &'a Report, fam: Family, metric: &str, m: Method, layer: u32) -> &'a Row {
-    r.rows.iter().find(|x| x.family == fam && x.metric == metric && x.method == m && x.layer == layer).expect("row exists")
+    r.rows
+        .iter()
+        .find(|x| x.family == fam && x.metric == metric && x.method == m && x.layer == layer)
+        .expect("row exists")
 }
 
 fn cfg(perms: usize) -> AnalysisConfig {
-    AnalysisConfig { permutations: perms, m3_label_permutations: 50, bootstrap: 200, components: 64, ..AnalysisConfig::default() }
+    AnalysisConfig {
+        permutations: perms,
+        m3_label_permutations: 50,
+        bootstrap: 200,
+        components: 64,
+        ..AnalysisConfig::default()
+    }
 }
 
 fn spec() -> SynthSpec {
-    SynthSpec { personas: 6, questions: 40, hidden: 48, layers: vec![3, 5, 7], seed: 1, ..SynthSpec::default() }
+    SynthSpec {
+        personas: 6,
+        questions: 40,
+        hidden: 48,
+        layers: vec![3, 5, 7],
+        seed: 1,
+        ..SynthSpec::default()
+    }
 }
 
 #[test]
 fn compression_is_detected_by_m1_and_the_verdict() {
-    let b = synth_bundle(&SynthSpec { compression: 0.3, ..spec() });
+    let b = synth_bundle(&SynthSpec {
+        compression: 0.3,
+        ..spec()
+    });
     let r = analyze(&b, &cfg(999), &quiet).unwrap();
     for &l in &[3, 5, 7] {
         for m in [Method::A, Method::B] {
@@ -42,7 +61,10 @@ fn compression_is_detected_by_m1_and_the_verdict() {
 
 #[test]
 fn rotation_is_detected_by_m2() {
-    let b = synth_bundle(&SynthSpec { rotation: 0.4, ..spec() });
+    let b = synth_bundle(&SynthSpec {
+        rotation: 0.4,
+        ..spec()
+    });
     let r = analyze(&b, &cfg(999), &quiet).unwrap();
     for &l in &[3, 5, 7] {
         let x = row(&r, Family::EmVsBase, "M2_em_axis", Method::A, l);
@@ -54,22 +76,37 @@ fn rotation_is_detected_by_m2() {
 
 #[test]
 fn separability_loss_is_detected_by_m3() {
-    let b = synth_bundle(&SynthSpec { separability_loss: 1.5, hidden: 48, ..spec() });
+    let b = synth_bundle(&SynthSpec {
+        separability_loss: 1.5,
+        hidden: 48,
+        ..spec()
+    });
     let r = analyze(&b, &cfg(999), &quiet).unwrap();
     for &l in &[3, 5, 7] {
         let x = row(&r, Family::EmVsBase, "M3_log_posterior", Method::A, l);
         assert!(x.delta < 0.0 && x.p < 0.01, "{x:?}");
     }
     // Above-chance test: personas are separable in base.
-    let v = r.checkpoint_views.iter().find(|v| v.checkpoint == "base").unwrap();
-    assert!(v.m3_accuracy > 0.5 && v.m3_p_above_chance_accuracy < 0.05, "{v:?}");
+    let v = r
+        .checkpoint_views
+        .iter()
+        .find(|v| v.checkpoint == "base")
+        .unwrap();
+    assert!(
+        v.m3_accuracy > 0.5 && v.m3_p_above_chance_accuracy < 0.05,
+        "{v:?}"
+    );
 }
 
 #[test]
 fn no_effect_gives_kill_or_inconclusive_never_success() {
     let b = synth_bundle(&SynthSpec { seed: 9, ..spec() });
     let r = analyze(&b, &cfg(199), &quiet).unwrap();
-    assert!(r.verdicts.iter().all(|v| v.verdict != "success"), "{:?}", r.verdicts);
+    assert!(
+        r.verdicts.iter().all(|v| v.verdict != "success"),
+        "{:?}",
+        r.verdicts
+    );
 }
 
 /// Under no effect, over 240 small simulated studies, every test rejects at alpha = 0.05 in
@@ -77,7 +114,14 @@ fn no_effect_gives_kill_or_inconclusive_never_success() {
 #[test]
 fn null_rejection_rate_is_calibrated() {
     let n_studies = 240;
-    let metrics = ["M1_raw", "M1_centred", "M2_em_axis", "M2_pc1_axis", "M3_accuracy", "M3_log_posterior"];
+    let metrics = [
+        "M1_raw",
+        "M1_centred",
+        "M2_em_axis",
+        "M2_pc1_axis",
+        "M3_accuracy",
+        "M3_log_posterior",
+    ];
     let rejections = shared::parallel::par_map(n_studies, |s| {
         let b = synth_bundle(&SynthSpec {
             personas: 4,
@@ -91,7 +135,14 @@ fn null_rejection_rate_is_calibrated() {
             seed: 1000 + s as u64,
             ..SynthSpec::default()
         });
-        let c = AnalysisConfig { permutations: 199, m3_label_permutations: 1, bootstrap: 1, components: 12, seed: s as u64, ..AnalysisConfig::default() };
+        let c = AnalysisConfig {
+            permutations: 199,
+            m3_label_permutations: 1,
+            bootstrap: 1,
+            components: 12,
+            seed: s as u64,
+            ..AnalysisConfig::default()
+        };
         let r = analyze(&b, &c, &quiet).unwrap();
         metrics.map(|m| row(&r, Family::EmVsBase, m, Method::A, 1).p <= 0.05)
     });
@@ -107,14 +158,27 @@ fn null_rejection_rate_is_calibrated() {
 
 #[test]
 fn compact_form_agrees_with_full_bundle() {
-    let b = synth_bundle(&SynthSpec { compression: 0.1, rotation: 0.1, hidden: 96, ..spec() });
+    let b = synth_bundle(&SynthSpec {
+        compression: 0.1,
+        rotation: 0.1,
+        hidden: 96,
+        ..spec()
+    });
     let c = compact_bundle(&b, 32, false, 0).unwrap();
     let c = Bundle::decode(&c.encode().unwrap()).unwrap();
-    let cf = AnalysisConfig { components: 32, ..cfg(999) };
+    let cf = AnalysisConfig {
+        components: 32,
+        ..cfg(999)
+    };
     let rf = analyze(&b, &cf, &quiet).unwrap();
     let rc = analyze(&c, &cf, &quiet).unwrap();
     for (a, b) in rf.checkpoint_views.iter().zip(&rc.checkpoint_views) {
-        for (x, y) in a.cos_raw.iter().zip(&b.cos_raw).chain(a.cos_centred.iter().zip(&b.cos_centred)) {
+        for (x, y) in a
+            .cos_raw
+            .iter()
+            .zip(&b.cos_raw)
+            .chain(a.cos_centred.iter().zip(&b.cos_centred))
+        {
             assert!((x - y).abs() < 1e-6, "cosines differ: {x} {y}");
         }
     }
@@ -124,19 +188,40 @@ fn compact_form_agrees_with_full_bundle() {
             assert!((a.delta - b.delta).abs() < 1e-6, "{a:?} {b:?}");
         }
         // Monte Carlo error of p for N = 999 at p ~ 0.5 is ~0.016; f16 rounding adds a little.
-        assert!((a.p - b.p).abs() < 0.05, "{} {} {:?}: {} vs {}", a.metric, a.layer, a.method, a.p, b.p);
+        assert!(
+            (a.p - b.p).abs() < 0.05,
+            "{} {} {:?}: {} vs {}",
+            a.metric,
+            a.layer,
+            a.method,
+            a.p,
+            b.p
+        );
     }
 }
 
 #[test]
 fn analysis_is_reproducible_and_thread_independent() {
-    let b = synth_bundle(&SynthSpec { compression: 0.1, ..spec() });
+    let b = synth_bundle(&SynthSpec {
+        compression: 0.1,
+        ..spec()
+    });
     let r1 = analyze(&b, &cfg(99), &quiet).unwrap();
     let r2 = analyze(&b, &cfg(99), &quiet).unwrap();
-    assert_eq!(serde_json::to_string(&r1).unwrap(), serde_json::to_string(&r2).unwrap());
+    assert_eq!(
+        serde_json::to_string(&r1).unwrap(),
+        serde_json::to_string(&r2).unwrap()
+    );
     // Splitting permutations (as Web Workers do) gives the same null as one run.
     let coords = shared::coords::bundle_coords(&b, 64, 0).unwrap();
-    let g = shared::geometry::PairGeometry::new(&coords[0], 0, 1, 5, shared::geometry::Centre::FromPre, 0);
+    let g = shared::geometry::PairGeometry::new(
+        &coords[0],
+        0,
+        1,
+        5,
+        shared::geometry::Centre::FromPre,
+        0,
+    );
     let whole = g.null_deltas(0..60);
     let mut split = g.null_deltas(0..25);
     split.extend(g.null_deltas(25..60));

@@ -1,0 +1,98 @@
+"""Independent oracles for the statistics in `shared`: scikit-learn and statsmodels.
+
+Reads the cases written by `cargo test -p shared --test oracle_dump` from $PG_ORACLE_DIR and
+asserts agreement. Exit code 0 only if every comparison holds; prints 'N passed, N failed'.
+"""
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+from sklearn.covariance import ledoit_wolf
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from statsmodels.stats.multitest import multipletests
+
+d = os.environ.get("PG_ORACLE_DIR", os.path.join(tempfile.gettempdir(), "pg-oracle"))
+COUNTS = {"passed": 0, "failed": 0}
+
+
+def check(name, ok, detail=""):
+    if ok:
+        COUNTS["passed"] += 1
+    else:
+        COUNTS["failed"] += 1
+        print(f"FAIL {name}: {detail}")
+
+
+class FixedCovariance:
+    """covariance_estimator for sklearn's LDA that returns a precomputed matrix: sklearn sums
+    priors_k * covariance over classes, and the priors sum to 1, so LDA uses exactly it."""
+
+    def __init__(self, cov=None):
+        self.cov = cov
+
+    def get_params(self, deep=True):
+        return {"cov": self.cov}
+
+    def set_params(self, **p):
+        self.cov = p["cov"]
+        return self
+
+    def fit(self, X, y=None):
+        self.covariance_ = self.cov
+        return self
+
+
+def sklearn_lda_heldout(x, labels, folds):
+    n = len(labels)
+    logp = np.zeros(n)
+    correct = np.zeros(n, dtype=bool)
+    shrink = []
+    for f in range(5):
+        tr = folds != f
+        te = folds == f
+        xt, yt = x[tr], labels[tr]
+        classes = np.unique(yt)
+        means = np.stack([xt[yt == c].mean(0) for c in classes])
+        resid = xt - means[np.searchsorted(classes, yt)]
+        cov, s = ledoit_wolf(resid)
+        shrink.append(s)
+        lda = LinearDiscriminantAnalysis(solver="lsqr", covariance_estimator=FixedCovariance(cov))
+        lda.fit(xt, yt)
+        lp = lda.predict_log_proba(x[te])
+        pred = lda.predict(x[te])
+        idx = np.searchsorted(lda.classes_, labels[te])
+        logp[te] = lp[np.arange(te.sum()), idx]
+        correct[te] = pred == labels[te]
+    return correct.mean(), logp, np.array(shrink)
+
+
+def main():
+    cases = json.load(open(os.path.join(d, "lda_cases.json")))
+    for i, c in enumerate(cases):
+        k = c["k"]
+        x = np.array(c["x"], dtype=np.float64).reshape(-1, k)
+        labels = np.array(c["labels"])
+        folds = np.array(c["folds"])
+        for tag, lab, acc, lp in [("observed", labels, c["accuracy"], c["log_posterior"]), ("permuted", np.array(c["perm_labels"]), c["perm_accuracy"], c["perm_log_posterior"])]:
+            sacc, slp, sshr = sklearn_lda_heldout(x, lab, folds)
+            check(f"lda case {i} {tag} accuracy", abs(sacc - acc) < 1e-12, f"{sacc} vs {acc}")
+            err = np.max(np.abs(slp - np.array(lp)) / (1 + np.abs(slp)))
+            check(f"lda case {i} {tag} log posterior", err < 1e-9, f"max rel err {err}")
+            if tag == "observed":
+                check(f"lda case {i} shrinkage", np.allclose(sshr, c["shrinkage"], rtol=1e-9, atol=1e-12), f"{sshr} vs {c['shrinkage']}")
+
+    for i, c in enumerate(json.load(open(os.path.join(d, "corrections.json")))):
+        p = np.array(c["p"])
+        bh = multipletests(p, method="fdr_bh")[1]
+        holm = multipletests(p, method="holm")[1]
+        check(f"BH case {i}", np.allclose(bh, c["bh"], rtol=0, atol=1e-12), f"{bh} vs {c['bh']}")
+        check(f"Holm case {i}", np.allclose(holm, c["holm"], rtol=0, atol=1e-12), f"{holm} vs {c['holm']}")
+
+    print(f"oracle: {COUNTS['passed']} passed, {COUNTS['failed']} failed")
+    sys.exit(1 if COUNTS["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()
