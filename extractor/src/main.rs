@@ -1,11 +1,8 @@
 //! `persona-geometry`: extract persona activations, build and analyse bundles.
 
-mod cmd_analysis;
-mod io_util;
-mod npy;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use extractor::cmd_analysis;
 use shared::analysis::AnalysisConfig;
 use shared::synth::SynthSpec;
 use std::path::PathBuf;

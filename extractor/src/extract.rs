@@ -1,0 +1,178 @@
+//! Method A and Method B activations for batches of chat prompts.
+//!
+//! - Method A (`method_a_last_prompt_token`): block outputs at the last token of the templated
+//!   prompt (with the generation prompt).
+//! - Method B (`method_b_mean_generated`): greedy decoding with a KV cache; each response token's
+//!   block outputs are pooled when that token is fed back, so no second forward pass is needed.
+//!   The stop token is excluded. An empty response leaves Method B invalid for that prompt.
+//! - Method B `templated` span (upstream scripts): decode the response, re-apply the chat template
+//!   with it as the assistant turn, re-tokenise, and average positions [prompt_len:].
+
+use crate::model::Model;
+use crate::template::ChatTemplate;
+use crate::tokenize::{decode, encode};
+use anyhow::Result;
+
+pub struct Extractor<'a> {
+    pub model: &'a Model,
+    pub tokenizer: &'a tokenizers::Tokenizer,
+    pub template: &'a ChatTemplate,
+    pub stop_ids: &'a [u32],
+    /// Layers to capture (block indices, 0-based).
+    pub layers: &'a [usize],
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PromptResult {
+    /// [layer][hidden]
+    pub method_a: Vec<Vec<f32>>,
+    /// Generated ids including a final stop token if one was produced.
+    pub generated: Vec<u32>,
+    /// Response ids (stop token excluded).
+    pub response: Vec<u32>,
+    /// [layer][hidden]; None when the response is empty or Method B was not requested.
+    pub method_b: Option<Vec<Vec<f32>>>,
+}
+
+pub fn argmax_first(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for i in 1..v.len() {
+        if v[i] > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl<'a> Extractor<'a> {
+    pub fn prompt_text(&self, system: &str, question: &str) -> Result<String> {
+        self.template.render(system, question, None, true)
+    }
+
+    pub fn prompt_ids(&self, system: &str, question: &str) -> Result<Vec<u32>> {
+        encode(self.tokenizer, &self.prompt_text(system, question)?)
+    }
+
+    /// Runs one left-padded batch: Method A always, Method B (greedy, `max_new` tokens) if asked.
+    pub fn run_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        method_b: bool,
+    ) -> Result<Vec<PromptResult>> {
+        let b = prompts.len();
+        let maxlen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut tokens = Vec::with_capacity(b);
+        let mut valid = Vec::with_capacity(b);
+        for p in prompts {
+            let pad = maxlen - p.len();
+            let mut t = vec![0u32; pad];
+            t.extend_from_slice(p);
+            let mut v = vec![false; pad];
+            v.extend(std::iter::repeat_n(true, p.len()));
+            tokens.push(t);
+            valid.push(v);
+        }
+        let mut cache = self.model.new_cache(b);
+        let out = self
+            .model
+            .step(&tokens, &valid, &mut cache, self.layers, method_b)?;
+        let mut results: Vec<PromptResult> = (0..b)
+            .map(|i| PromptResult {
+                method_a: out.last_hidden.iter().map(|l| l[i].clone()).collect(),
+                ..Default::default()
+            })
+            .collect();
+        if !method_b {
+            return Ok(results);
+        }
+        let h = self.model.cfg.hidden_size;
+        let mut sums = vec![vec![vec![0f64; h]; self.layers.len()]; b];
+        let mut done = vec![false; b];
+        let mut logits = out.last_logits.expect("asked for logits");
+        for step in 0..max_new {
+            let mut feed = vec![vec![0u32]; b];
+            let mut feed_valid = vec![vec![false]; b];
+            for i in 0..b {
+                if done[i] {
+                    continue;
+                }
+                let t = argmax_first(&logits[i]);
+                results[i].generated.push(t);
+                if self.stop_ids.contains(&t) {
+                    done[i] = true;
+                } else {
+                    results[i].response.push(t);
+                    feed[i][0] = t;
+                    feed_valid[i][0] = true;
+                }
+            }
+            if feed_valid.iter().all(|v| !v[0]) {
+                break;
+            }
+            let last = step + 1 == max_new;
+            let out = self
+                .model
+                .step(&feed, &feed_valid, &mut cache, self.layers, !last)?;
+            for i in 0..b {
+                if feed_valid[i][0] {
+                    for (l, layer) in out.last_hidden.iter().enumerate() {
+                        for (s, &x) in sums[i][l].iter_mut().zip(&layer[i]) {
+                            *s += x as f64;
+                        }
+                    }
+                }
+            }
+            if last {
+                break;
+            }
+            logits = out.last_logits.expect("asked for logits");
+        }
+        for (i, r) in results.iter_mut().enumerate() {
+            let n = r.response.len();
+            if n > 0 {
+                r.method_b = Some(
+                    sums[i]
+                        .iter()
+                        .map(|s| s.iter().map(|&x| (x / n as f64) as f32).collect())
+                        .collect(),
+                );
+            }
+        }
+        Ok(results)
+    }
+
+    /// The upstream scripts' Method-B span: [layer][hidden], or None for an empty answer span.
+    pub fn method_b_templated(
+        &self,
+        system: &str,
+        question: &str,
+        prompt_len: usize,
+        response: &[u32],
+    ) -> Result<(Vec<u32>, Option<Vec<Vec<f32>>>)> {
+        let answer = decode(self.tokenizer, response)?;
+        let full = self
+            .template
+            .render(system, question, Some(&answer), false)?;
+        let ids = encode(self.tokenizer, &full)?;
+        if ids.len() <= prompt_len {
+            return Ok((ids, None));
+        }
+        let hs = self.model.all_positions(&ids, self.layers)?;
+        let n = (ids.len() - prompt_len) as f64;
+        let pooled = hs
+            .iter()
+            .map(|layer| {
+                let h = layer[0].len();
+                let mut acc = vec![0f64; h];
+                for row in &layer[prompt_len..] {
+                    for (a, &x) in acc.iter_mut().zip(row) {
+                        *a += x as f64;
+                    }
+                }
+                acc.into_iter().map(|x| (x / n) as f32).collect()
+            })
+            .collect();
+        Ok((ids, Some(pooled)))
+    }
+}

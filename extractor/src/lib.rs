@@ -1,0 +1,16 @@
+//! The `persona-geometry` binary's library: model loading (HF directory, HF cache, GGUF), LoRA
+//! merging, chat templates, Method A/B extraction, study runs, import/export, and thin wrappers
+//! over `shared` for the analysis commands.
+//!
+//! Layer convention: layer l = output of decoder block l (0-based), i.e. a forward hook on
+//! `model.layers[l]`; the last block is taken before the final norm.
+
+pub mod cmd_analysis;
+pub mod extract;
+pub mod io_util;
+pub mod lora;
+pub mod model;
+pub mod npy;
+pub mod template;
+pub mod tokenize;
+pub mod weights;

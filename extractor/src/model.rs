@@ -1,0 +1,578 @@
+//! A decoder-only transformer (Qwen2/Qwen2.5 and Llama families) written on candle tensors,
+//! because candle-transformers' models cannot return intermediate layers.
+//!
+//! Layer convention: layer l = output of decoder block l (0-based), i.e. what a forward hook on
+//! `model.layers[l]` sees; the last block is taken before the final norm.
+//!
+//! Batches are left-padded: every sequence's last prompt token sits in the last column, position
+//! ids skip the padding, and padded keys are masked, so a padded row computes what it would alone.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arch {
+    Qwen2,
+    Llama,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_eps: f64,
+    pub rope_theta: f64,
+    /// Llama 3 style frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_position).
+    pub rope_llama3: Option<(f64, f64, f64, f64)>,
+    pub tie_embeddings: bool,
+    pub attention_bias: bool,
+}
+
+impl Config {
+    /// From a Hugging Face `config.json` (transformers 4.x `rope_theta` or 5.x `rope_parameters`).
+    pub fn from_hf_json(v: &serde_json::Value, path: &str) -> Result<Config> {
+        let get_u = |k: &str| -> Result<usize> {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .with_context(|| format!("{path}: field `{k}` missing or not an integer"))
+        };
+        let model_type = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("");
+        let arch = match model_type {
+            "qwen2" => Arch::Qwen2,
+            "llama" | "mistral" => Arch::Llama,
+            other => {
+                bail!("{path}: model_type `{other}` is not supported (supported: qwen2, llama)")
+            }
+        };
+        let hidden_size = get_u("hidden_size")?;
+        let num_heads = get_u("num_attention_heads")?;
+        let rope = v
+            .get("rope_parameters")
+            .or_else(|| v.get("rope_scaling"))
+            .filter(|x| !x.is_null());
+        let rope_theta = v
+            .get("rope_theta")
+            .and_then(|x| x.as_f64())
+            .or_else(|| {
+                rope.and_then(|r| r.get("rope_theta"))
+                    .and_then(|x| x.as_f64())
+            })
+            .unwrap_or(10000.0);
+        let rope_type = rope
+            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+            .and_then(|x| x.as_str())
+            .unwrap_or("default");
+        let rope_llama3 = match rope_type {
+            "default" => None,
+            "llama3" => {
+                let r = rope.expect("rope_type came from it");
+                let f = |k: &str| {
+                    r.get(k)
+                        .and_then(|x| x.as_f64())
+                        .with_context(|| format!("{path}: llama3 rope scaling lacks `{k}`"))
+                };
+                Some((
+                    f("factor")?,
+                    f("low_freq_factor")?,
+                    f("high_freq_factor")?,
+                    f("original_max_position_embeddings")?,
+                ))
+            }
+            other => bail!("{path}: rope type `{other}` is not supported (default, llama3)"),
+        };
+        Ok(Config {
+            arch: arch.clone(),
+            hidden_size,
+            intermediate_size: get_u("intermediate_size")?,
+            num_layers: get_u("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: v
+                .get("num_key_value_heads")
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .unwrap_or(num_heads),
+            head_dim: v
+                .get("head_dim")
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .unwrap_or(hidden_size / num_heads),
+            vocab_size: get_u("vocab_size")?,
+            rms_eps: v
+                .get("rms_norm_eps")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-6),
+            rope_theta,
+            rope_llama3,
+            tie_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false),
+            attention_bias: v
+                .get("attention_bias")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(arch == Arch::Qwen2),
+        })
+    }
+}
+
+struct Layer {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    q_b: Option<Tensor>,
+    k_b: Option<Tensor>,
+    v_b: Option<Tensor>,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+    ln1: Tensor,
+    ln2: Tensor,
+}
+
+/// A residual-stream intervention: add `vector` (hidden) to the output of block `layer`.
+#[derive(Clone, Debug)]
+pub struct Steering {
+    pub layer: usize,
+    pub vector: Vec<f32>,
+}
+
+pub struct Model {
+    pub cfg: Config,
+    pub device: Device,
+    pub dtype: DType,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head_t: Tensor,
+    inv_freq: Vec<f32>,
+    steering: Option<(usize, Tensor)>,
+}
+
+/// Per-layer key/value cache for a batch.
+pub struct KvCache {
+    k: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+    /// Per sequence: whether each cached key column is real (not left padding).
+    key_valid: Vec<Vec<bool>>,
+    /// Per sequence: next position id.
+    next_pos: Vec<usize>,
+}
+
+pub struct StepOutput {
+    /// Logits of the last column, [batch, vocab] f32.
+    pub last_logits: Option<Vec<Vec<f32>>>,
+    /// Per requested layer: hidden state of the last column, [batch][hidden] f32.
+    pub last_hidden: Vec<Vec<Vec<f32>>>,
+}
+
+fn get(w: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    w.remove(name)
+        .with_context(|| format!("weight `{name}` not found in the checkpoint"))
+}
+
+impl Model {
+    /// Builds the model from HF-named weights (already merged with any adapter).
+    pub fn new(
+        cfg: Config,
+        mut w: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Model> {
+        let to = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(dtype)?) };
+        // Weights are stored pre-transposed ([in, out]) so every projection is one plain matmul.
+        let tr = |t: Tensor| -> Result<Tensor> {
+            Ok(t.to_device(device)?.to_dtype(dtype)?.t()?.contiguous()?)
+        };
+        let embed_raw = get(&mut w, "model.embed_tokens.weight")?;
+        let lm_head_t = if cfg.tie_embeddings || !w.contains_key("lm_head.weight") {
+            tr(embed_raw.clone())?
+        } else {
+            tr(get(&mut w, "lm_head.weight")?)?
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let opt = |w: &mut HashMap<String, Tensor>, n: &str| -> Result<Option<Tensor>> {
+                w.remove(&format!("{p}.{n}")).map(to).transpose()
+            };
+            layers.push(Layer {
+                q: tr(get(&mut w, &format!("{p}.self_attn.q_proj.weight"))?)?,
+                k: tr(get(&mut w, &format!("{p}.self_attn.k_proj.weight"))?)?,
+                v: tr(get(&mut w, &format!("{p}.self_attn.v_proj.weight"))?)?,
+                o: tr(get(&mut w, &format!("{p}.self_attn.o_proj.weight"))?)?,
+                q_b: opt(&mut w, "self_attn.q_proj.bias")?,
+                k_b: opt(&mut w, "self_attn.k_proj.bias")?,
+                v_b: opt(&mut w, "self_attn.v_proj.bias")?,
+                gate: tr(get(&mut w, &format!("{p}.mlp.gate_proj.weight"))?)?,
+                up: tr(get(&mut w, &format!("{p}.mlp.up_proj.weight"))?)?,
+                down: tr(get(&mut w, &format!("{p}.mlp.down_proj.weight"))?)?,
+                ln1: to(get(&mut w, &format!("{p}.input_layernorm.weight"))?)?,
+                ln2: to(get(
+                    &mut w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                )?)?,
+            });
+        }
+        let hd = cfg.head_dim;
+        let inv_freq = rope_inv_freq(&cfg, hd);
+        Ok(Model {
+            embed: to(embed_raw)?,
+            norm: to(get(&mut w, "model.norm.weight")?)?,
+            lm_head_t,
+            layers,
+            inv_freq,
+            device: device.clone(),
+            dtype,
+            cfg,
+            steering: None,
+        })
+    }
+
+    pub fn set_steering(&mut self, s: Option<Steering>) -> Result<()> {
+        self.steering = match s {
+            None => None,
+            Some(s) => {
+                if s.vector.len() != self.cfg.hidden_size || s.layer >= self.cfg.num_layers {
+                    bail!("steering vector of size {} at layer {} does not fit a model with hidden {} and {} layers", s.vector.len(), s.layer, self.cfg.hidden_size, self.cfg.num_layers);
+                }
+                Some((
+                    s.layer,
+                    Tensor::from_vec(s.vector, (1, 1, self.cfg.hidden_size), &self.device)?
+                        .to_dtype(self.dtype)?,
+                ))
+            }
+        };
+        Ok(())
+    }
+
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache {
+            k: vec![None; self.cfg.num_layers],
+            v: vec![None; self.cfg.num_layers],
+            key_valid: vec![vec![]; batch],
+            next_pos: vec![0; batch],
+        }
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xf.broadcast_div(&(var + self.cfg.rms_eps)?.sqrt()?)?;
+        Ok(y.to_dtype(self.dtype)?.broadcast_mul(w)?)
+    }
+
+    fn rope_tables(&self, positions: &[Vec<usize>]) -> Result<(Tensor, Tensor)> {
+        // [B, 1, T, hd] cos/sin, HF layout: cat(freqs, freqs).
+        let b = positions.len();
+        let t = positions[0].len();
+        let half = self.inv_freq.len();
+        let hd = half * 2;
+        let mut cos = Vec::with_capacity(b * t * hd);
+        let mut sin = Vec::with_capacity(b * t * hd);
+        for row in positions {
+            for &p in row {
+                for _half in 0..2 {
+                    for &f in &self.inv_freq {
+                        let a = (p as f32) * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, 1, t, hd), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (b, 1, t, hd), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Runs `tokens` ([batch][t], left-padded, `valid` marks real tokens) through the model,
+    /// appending to `cache`. Returns the last column's logits (if `want_logits`) and hidden
+    /// states at `capture` layers.
+    pub fn step(
+        &self,
+        tokens: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+        capture: &[usize],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
+        let b = tokens.len();
+        let t = tokens[0].len();
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        // Positions skip padding.
+        let mut positions = vec![vec![0usize; t]; b];
+        for i in 0..b {
+            for j in 0..t {
+                positions[i][j] = cache.next_pos[i];
+                if valid[i][j] {
+                    cache.next_pos[i] += 1;
+                }
+            }
+            cache.key_valid[i].extend_from_slice(&valid[i]);
+        }
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let total = cache.key_valid[0].len();
+        let past = total - t;
+        // Additive mask [B, 1, t, total]: causal, padded keys masked (a padded query may see
+        // itself so that its softmax stays finite; its output is never used).
+        let mut mask = vec![0f32; b * t * total];
+        for i in 0..b {
+            for qi in 0..t {
+                for kj in 0..total {
+                    let causal = kj <= past + qi;
+                    let ok = causal && (cache.key_valid[i][kj] || kj == past + qi);
+                    if !ok {
+                        mask[(i * t + qi) * total + kj] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?.to_dtype(DType::F32)?;
+        let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
+        let mut h = self
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((b, t, cfg.hidden_size))?;
+        let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let x = self.rms_norm(&h, &layer.ln1)?;
+            let proj = |w: &Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
+                let y = x.broadcast_matmul(w)?;
+                Ok(match bias {
+                    Some(bb) => y.broadcast_add(bb)?,
+                    None => y,
+                })
+            };
+            let q = proj(&layer.q, &layer.q_b)?
+                .reshape((b, t, nh, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let k = proj(&layer.k, &layer.k_b)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = proj(&layer.v, &layer.v_b)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let q = apply_rope(&q, &cos, &sin)?;
+            let k = apply_rope(&k, &cos, &sin)?;
+            let k = match &cache.k[l] {
+                Some(prev) => Tensor::cat(&[prev, &k], 2)?,
+                None => k,
+            };
+            let v = match &cache.v[l] {
+                Some(prev) => Tensor::cat(&[prev, &v], 2)?,
+                None => v,
+            };
+            cache.k[l] = Some(k.clone());
+            cache.v[l] = Some(v.clone());
+            let rep = nh / nkv;
+            let (k, v) = if rep > 1 {
+                let kk = k
+                    .unsqueeze(2)?
+                    .expand((b, nkv, rep, total, hd))?
+                    .reshape((b, nh, total, hd))?;
+                let vv = v
+                    .unsqueeze(2)?
+                    .expand((b, nkv, rep, total, hd))?
+                    .reshape((b, nh, total, hd))?;
+                (kk, vv)
+            } else {
+                (k, v)
+            };
+            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
+            let att = att.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
+            let y = att
+                .matmul(&v.contiguous()?)?
+                .transpose(1, 2)?
+                .reshape((b, t, nh * hd))?;
+            let y = y.broadcast_matmul(&layer.o)?;
+            h = (h + y)?;
+            let x2 = self.rms_norm(&h, &layer.ln2)?;
+            let g = candle_nn::ops::silu(&x2.broadcast_matmul(&layer.gate)?)?;
+            let u = x2.broadcast_matmul(&layer.up)?;
+            h = (h + (g * u)?.broadcast_matmul(&layer.down)?)?;
+            if let Some((sl, vec)) = &self.steering {
+                if *sl == l {
+                    h = h.broadcast_add(vec)?;
+                }
+            }
+            for (ci, &cl) in capture.iter().enumerate() {
+                if cl == l {
+                    captured[ci] = Some(h.narrow(1, t - 1, 1)?.squeeze(1)?);
+                }
+            }
+        }
+        let last_hidden = captured
+            .into_iter()
+            .map(|c| -> Result<Vec<Vec<f32>>> {
+                Ok(c.context("captured layer beyond the model's depth")?
+                    .to_dtype(DType::F32)?
+                    .to_vec2()?)
+            })
+            .collect::<Result<_>>()?;
+        let last_logits = if want_logits {
+            let last = self.rms_norm(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.norm)?;
+            Some(
+                last.matmul(&self.lm_head_t)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2()?,
+            )
+        } else {
+            None
+        };
+        Ok(StepOutput {
+            last_logits,
+            last_hidden,
+        })
+    }
+
+    /// Hidden states of every position at `capture` layers for one unpadded sequence
+    /// ([layer][position][hidden]); used for the `templated` Method-B span and for tests.
+    pub fn all_positions(&self, tokens: &[u32], capture: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let mut cache = self.new_cache(1);
+        self.full_hidden(tokens, capture, &mut cache)
+    }
+
+    fn full_hidden(
+        &self,
+        tokens: &[u32],
+        capture: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        // Same arithmetic as `step` for a single unpadded sequence, keeping all positions.
+        let t = tokens.len();
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let positions = vec![(0..t).collect::<Vec<_>>()];
+        cache.key_valid[0] = vec![true; t];
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let mut mask = vec![0f32; t * t];
+        for qi in 0..t {
+            for kj in qi + 1..t {
+                mask[qi * t + kj] = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (1, 1, t, t), &self.device)?;
+        let ids = Tensor::from_vec(tokens.to_vec(), (t,), &self.device)?;
+        let mut h = self
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((1, t, cfg.hidden_size))?;
+        let mut out = vec![vec![]; capture.len()];
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let x = self.rms_norm(&h, &layer.ln1)?;
+            let proj = |w: &Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
+                let y = x.broadcast_matmul(w)?;
+                Ok(match bias {
+                    Some(bb) => y.broadcast_add(bb)?,
+                    None => y,
+                })
+            };
+            let q = apply_rope(
+                &proj(&layer.q, &layer.q_b)?
+                    .reshape((1, t, nh, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?,
+                &cos,
+                &sin,
+            )?;
+            let k = apply_rope(
+                &proj(&layer.k, &layer.k_b)?
+                    .reshape((1, t, nkv, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?,
+                &cos,
+                &sin,
+            )?;
+            let v = proj(&layer.v, &layer.v_b)?
+                .reshape((1, t, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let rep = nh / nkv;
+            let (k, v) = if rep > 1 {
+                (
+                    k.unsqueeze(2)?
+                        .expand((1, nkv, rep, t, hd))?
+                        .reshape((1, nh, t, hd))?,
+                    v.unsqueeze(2)?
+                        .expand((1, nkv, rep, t, hd))?
+                        .reshape((1, nh, t, hd))?,
+                )
+            } else {
+                (k, v)
+            };
+            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?
+                .to_dtype(DType::F32)?
+                .broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
+            let y = att
+                .matmul(&v.contiguous()?)?
+                .transpose(1, 2)?
+                .reshape((1, t, nh * hd))?
+                .broadcast_matmul(&layer.o)?;
+            h = (h + y)?;
+            let x2 = self.rms_norm(&h, &layer.ln2)?;
+            let g = candle_nn::ops::silu(&x2.broadcast_matmul(&layer.gate)?)?;
+            h = (h + (g * x2.broadcast_matmul(&layer.up)?)?.broadcast_matmul(&layer.down)?)?;
+            if let Some((sl, vec)) = &self.steering {
+                if *sl == l {
+                    h = h.broadcast_add(vec)?;
+                }
+            }
+            for (ci, &cl) in capture.iter().enumerate() {
+                if cl == l {
+                    out[ci] = h.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn rope_inv_freq(cfg: &Config, hd: usize) -> Vec<f32> {
+    let mut inv: Vec<f32> = (0..hd / 2)
+        .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64)) as f32)
+        .collect();
+    if let Some((factor, low, high, orig)) = cfg.rope_llama3 {
+        let low_wavelen = orig / low;
+        let high_wavelen = orig / high;
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f64::consts::PI / *f as f64;
+            let v = *f as f64;
+            *f = if wavelen < high_wavelen {
+                v
+            } else if wavelen > low_wavelen {
+                v / factor
+            } else {
+                let smooth = (orig / wavelen - low) / (high - low);
+                (1.0 - smooth) * v / factor + smooth * v
+            } as f32;
+        }
+    }
+    inv
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    // HF rotate_half: x*cos + cat(-x2, x1)*sin.
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
+}
