@@ -546,8 +546,10 @@ impl Model {
 }
 
 fn rope_inv_freq(cfg: &Config, hd: usize) -> Vec<f32> {
+    // Computed in f32 exactly as transformers does (base ** (arange(0, d, 2).float() / d)): at
+    // position ~400 a one-ulp difference in a frequency already moves activations by ~1e-4.
     let mut inv: Vec<f32> = (0..hd / 2)
-        .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64)) as f32)
+        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
         .collect();
     if let Some((factor, low, high, orig)) = cfg.rope_llama3 {
         let low_wavelen = orig / low;
