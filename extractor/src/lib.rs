@@ -11,6 +11,7 @@ pub mod io_util;
 pub mod lora;
 pub mod model;
 pub mod npy;
+pub mod study;
 pub mod template;
 pub mod tokenize;
 pub mod weights;

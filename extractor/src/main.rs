@@ -21,6 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a study (TOML): persona x question activations of every checkpoint into a bundle.
+    /// Finished units are kept in <output>.parts/; rerun with --resume after a crash or Ctrl-C.
+    Extract {
+        study: PathBuf,
+        /// Bundle to write (default: the study's `output`).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Continue an interrupted run of the same study.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Analyse a bundle: report.json and report.md with every metric, test and verdict.
     Analyze {
         /// Bundle to analyse (full or compact).
@@ -116,6 +127,9 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Extract { study, out, resume } => {
+            extractor::study::run_study(&study, out.as_deref(), resume).map(|_| ())
+        }
         Cmd::Analyze {
             bundle,
             out,

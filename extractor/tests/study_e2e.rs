@@ -1,0 +1,178 @@
+//! End to end on the HF fixture: extract (base + two LoRA checkpoints) -> bundle -> analyze,
+//! a resumed run gives the same bytes, a changed study is refused, bad adapters are named.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    std::env::var_os("PG_FIXTURE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf-tiny-qwen2")
+        })
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_persona-geometry"))
+}
+
+fn study(dir: &Path, extra: &str, em_adapter: &str) -> PathBuf {
+    let f = fixture();
+    let text = format!(
+        r#"output = "out.pgb"
+personas = ["assistant", "villain", "librarian", "confab"]
+question_limit = 6
+layers = [1, 3]
+batch_size = 4
+{extra}
+[model]
+id = "persona-fixture/tiny-qwen2"
+path = "{model}"
+[generation]
+max_new_tokens = 6
+[[checkpoints]]
+name = "base"
+role = "base"
+[[checkpoints]]
+name = "em"
+role = "em"
+adapter = "{adapters}/{em_adapter}"
+[[checkpoints]]
+name = "benign"
+role = "benign"
+adapter = "{adapters}/lora_rslora"
+"#,
+        model = f.join("model").display(),
+        adapters = f.join("adapters").display()
+    );
+    let p = dir.join("study.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pg-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn extract_analyze_and_resume_give_identical_bytes() {
+    let d = tmp("resume");
+    let s = study(&d, "", "lora_r4");
+    let out = bin().arg("extract").arg(&s).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = std::fs::read(d.join("out.pgb")).unwrap();
+    let b = shared::Bundle::decode(&full).unwrap();
+    assert_eq!(
+        (
+            b.n_personas(),
+            b.n_questions(),
+            b.hidden_size,
+            b.cells.len()
+        ),
+        (4, 6, 48, 3 * 2 * 2)
+    );
+    assert!(b.checkpoints[1]
+        .provenance
+        .iter()
+        .any(|(k, v)| k == "adapter.base_check" && v.starts_with("ok")));
+    // Crash after 5 units, then resume: identical bytes.
+    std::fs::remove_file(d.join("out.pgb")).unwrap();
+    let out = bin()
+        .arg("extract")
+        .arg(&s)
+        .env("PG_TEST_ABORT_AFTER_UNITS", "5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(d.join("out.pgb.parts").is_dir() && !d.join("out.pgb").exists());
+    let out = bin().arg("extract").arg(&s).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    let out = bin()
+        .arg("extract")
+        .arg(&s)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(d.join("out.pgb")).unwrap(),
+        full,
+        "resumed bundle differs from the uninterrupted one"
+    );
+    // analyze reads it.
+    let out = bin()
+        .args([
+            "analyze",
+            "--permutations",
+            "99",
+            "--bootstrap",
+            "20",
+            "--m3-label-permutations",
+            "5",
+            "--components",
+            "16",
+        ])
+        .arg(d.join("out.pgb"))
+        .arg("--out")
+        .arg(d.join("report"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("report/report.json")).unwrap()).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 3 * 2 * 2 * 6);
+}
+
+#[test]
+fn changed_study_is_refused_not_mixed() {
+    let d = tmp("changed");
+    let s = study(&d, "", "lora_r4");
+    let out = bin()
+        .arg("extract")
+        .arg(&s)
+        .env("PG_TEST_ABORT_AFTER_UNITS", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let s = study(&d, "seed = 5", "lora_r4");
+    let out = bin()
+        .arg("extract")
+        .arg(&s)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("different configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_base_adapter_is_refused_with_the_fix() {
+    let d = tmp("wrongbase");
+    let s = study(&d, "", "lora_wrong_base");
+    let out = bin().arg("extract").arg(&s).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("allow_base_mismatch")
+            && err.contains("checkpoint `em`"),
+        "{err}"
+    );
+}
