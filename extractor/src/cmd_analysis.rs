@@ -138,6 +138,7 @@ pub fn run_export(bundle_path: &Path, format: &str, out: &Path) -> Result<()> {
     let meta = serde_json::to_vec_pretty(&export_meta(&b))?;
     let bytes = match format {
         "npz" => write_npz(&arrays, &[("meta.json", meta)])?,
+        "safetensors" => crate::import::write_safetensors(&arrays, &meta)?,
         "json" => {
             let mut obj = serde_json::Map::new();
             obj.insert("meta.json".into(), serde_json::from_slice(&meta)?);
@@ -151,7 +152,7 @@ pub fn run_export(bundle_path: &Path, format: &str, out: &Path) -> Result<()> {
             }
             serde_json::to_vec(&serde_json::Value::Object(obj))?
         }
-        f => bail!("unknown export format `{f}`; use npz or json"),
+        f => bail!("unknown export format `{f}`; use npz, safetensors or json"),
     };
     write_atomic(out, &bytes)?;
     eprintln!(

@@ -112,9 +112,11 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Export a full bundle for Python: .npz (arrays + meta.json) or .json.
+    /// Export a full bundle for Python: .npz (arrays + meta.json), .safetensors (meta.json in
+    /// its metadata) or .json. Arrays: {checkpoint}/{method}/L{layer}/{centroids,per_question,valid}.
     Export {
         bundle: PathBuf,
+        /// npz, safetensors or json.
         #[arg(long, default_value = "npz")]
         format: String,
         #[arg(short, long)]
@@ -122,6 +124,20 @@ enum Cmd {
     },
     /// Print a human summary of a bundle (shapes, provenance, sizes, validity counts).
     Inspect { bundle: PathBuf },
+    /// Build a bundle from existing activations: an export (.npz, .safetensors, or a directory of
+    /// .npy + meta.json), or a PyTorch .pt cache directory with --mapping.
+    Import {
+        source: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// TOML naming checkpoints (name, role, dir), methods and optional persona/question files;
+        /// needed for a .pt cache (see README).
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// What to do when a persona's question set differs between checkpoints.
+        #[arg(long, value_enum, default_value = "refuse")]
+        on_mismatch: extractor::import::OnMismatch,
+    },
 }
 
 fn main() -> Result<()> {
@@ -208,5 +224,24 @@ fn main() -> Result<()> {
             out,
         } => cmd_analysis::run_export(&bundle, &format, &out),
         Cmd::Inspect { bundle } => cmd_analysis::run_inspect(&bundle),
+        Cmd::Import {
+            source,
+            out,
+            mapping,
+            on_mismatch,
+        } => {
+            let b = extractor::import::import(&source, mapping.as_deref(), on_mismatch)?;
+            let n = extractor::io_util::write_bundle(&out, &b)?;
+            eprintln!(
+                "wrote {} ({:.2} MB): {} checkpoints, {} personas, {} questions, hidden {}",
+                out.display(),
+                n as f64 / 1e6,
+                b.checkpoints.len(),
+                b.n_personas(),
+                b.n_questions(),
+                b.hidden_size
+            );
+            Ok(())
+        }
     }
 }
