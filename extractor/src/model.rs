@@ -294,17 +294,10 @@ impl Model {
         Ok((cos, sin))
     }
 
-    /// Runs `tokens` ([batch][t], left-padded, `valid` marks real tokens) through the model,
-    /// appending to `cache`. Returns the last column's logits (if `want_logits`) and hidden
-    /// states at `capture` layers.
-    pub fn step(
-        &self,
-        tokens: &[Vec<u32>],
-        valid: &[Vec<bool>],
-        cache: &mut KvCache,
-        capture: &[usize],
-        want_logits: bool,
-    ) -> Result<StepOutput> {
+    /// Runs `tokens` ([batch][t], left-padded, `valid` marks real tokens) through the blocks,
+    /// appending to `cache`. Returns the final hidden states [b, t, H] and, per `capture` layer,
+    /// that block's output: [b, t, H] if `all_positions`, else the last column [b, H].
+    fn forward_blocks(&self, tokens: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, capture: &[usize], all_positions: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let b = tokens.len();
         let t = tokens[0].len();
         let cfg = &self.cfg;
@@ -337,36 +330,24 @@ impl Model {
                 }
             }
         }
-        let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?.to_dtype(DType::F32)?;
+        let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
-        let mut h = self
-            .embed
-            .index_select(&ids, 0)?
-            .reshape((b, t, cfg.hidden_size))?;
+        let mut h = self.embed.index_select(&ids, 0)?.reshape((b, t, cfg.hidden_size))?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
         let scale = 1.0 / (hd as f64).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.ln1)?;
             let proj = |w: &Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
-                let y = x.broadcast_matmul(w)?;
+                let y = linear(&x, w)?;
                 Ok(match bias {
                     Some(bb) => y.broadcast_add(bb)?,
                     None => y,
                 })
             };
-            let q = proj(&layer.q, &layer.q_b)?
-                .reshape((b, t, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = proj(&layer.k, &layer.k_b)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = proj(&layer.v, &layer.v_b)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            let q = proj(&layer.q, &layer.q_b)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = proj(&layer.k, &layer.k_b)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = proj(&layer.v, &layer.v_b)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let q = apply_rope(&q, &cos, &sin)?;
             let k = apply_rope(&k, &cos, &sin)?;
             let k = match &cache.k[l] {
@@ -381,14 +362,8 @@ impl Model {
             cache.v[l] = Some(v.clone());
             let rep = nh / nkv;
             let (k, v) = if rep > 1 {
-                let kk = k
-                    .unsqueeze(2)?
-                    .expand((b, nkv, rep, total, hd))?
-                    .reshape((b, nh, total, hd))?;
-                let vv = v
-                    .unsqueeze(2)?
-                    .expand((b, nkv, rep, total, hd))?
-                    .reshape((b, nh, total, hd))?;
+                let kk = k.unsqueeze(2)?.expand((b, nkv, rep, total, hd))?.reshape((b, nh, total, hd))?;
+                let vv = v.unsqueeze(2)?.expand((b, nkv, rep, total, hd))?.reshape((b, nh, total, hd))?;
                 (kk, vv)
             } else {
                 (k, v)
@@ -396,16 +371,12 @@ impl Model {
             let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
             let att = att.broadcast_add(&mask)?;
             let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
-            let y = att
-                .matmul(&v.contiguous()?)?
-                .transpose(1, 2)?
-                .reshape((b, t, nh * hd))?;
-            let y = y.broadcast_matmul(&layer.o)?;
-            h = (h + y)?;
+            let y = att.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            h = (h + linear(&y, &layer.o)?)?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
-            let g = candle_nn::ops::silu(&x2.broadcast_matmul(&layer.gate)?)?;
-            let u = x2.broadcast_matmul(&layer.up)?;
-            h = (h + (g * u)?.broadcast_matmul(&layer.down)?)?;
+            let g = candle_nn::ops::silu(&linear(&x2, &layer.gate)?)?;
+            let u = linear(&x2, &layer.up)?;
+            h = (h + linear(&(g * u)?, &layer.down)?)?;
             if let Some((sl, vec)) = &self.steering {
                 if *sl == l {
                     h = h.broadcast_add(vec)?;
@@ -413,135 +384,35 @@ impl Model {
             }
             for (ci, &cl) in capture.iter().enumerate() {
                 if cl == l {
-                    captured[ci] = Some(h.narrow(1, t - 1, 1)?.squeeze(1)?);
+                    captured[ci] = Some(if all_positions { h.clone() } else { h.narrow(1, t - 1, 1)?.squeeze(1)? });
                 }
             }
         }
-        let last_hidden = captured
-            .into_iter()
-            .map(|c| -> Result<Vec<Vec<f32>>> {
-                Ok(c.context("captured layer beyond the model's depth")?
-                    .to_dtype(DType::F32)?
-                    .to_vec2()?)
-            })
-            .collect::<Result<_>>()?;
+        let captured = captured.into_iter().map(|c| c.context("captured layer beyond the model's depth")).collect::<Result<_>>()?;
+        Ok((h, captured))
+    }
+
+    /// One step (a prefill or a decoding step): the last column's logits (if `want_logits`) and
+    /// hidden states at `capture` layers.
+    pub fn step(&self, tokens: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, capture: &[usize], want_logits: bool) -> Result<StepOutput> {
+        let t = tokens[0].len();
+        let (h, captured) = self.forward_blocks(tokens, valid, cache, capture, false)?;
+        let last_hidden = captured.into_iter().map(|c| -> Result<Vec<Vec<f32>>> { Ok(c.to_dtype(DType::F32)?.to_vec2()?) }).collect::<Result<_>>()?;
         let last_logits = if want_logits {
             let last = self.rms_norm(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.norm)?;
-            Some(
-                last.matmul(&self.lm_head_t)?
-                    .to_dtype(DType::F32)?
-                    .to_vec2()?,
-            )
+            Some(last.matmul(&self.lm_head_t)?.to_dtype(DType::F32)?.to_vec2()?)
         } else {
             None
         };
-        Ok(StepOutput {
-            last_logits,
-            last_hidden,
-        })
+        Ok(StepOutput { last_logits, last_hidden })
     }
 
     /// Hidden states of every position at `capture` layers for one unpadded sequence
-    /// ([layer][position][hidden]); used for the `templated` Method-B span and for tests.
+    /// ([layer][position][hidden]); used for the `templated` Method-B span.
     pub fn all_positions(&self, tokens: &[u32], capture: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
         let mut cache = self.new_cache(1);
-        self.full_hidden(tokens, capture, &mut cache)
-    }
-
-    fn full_hidden(
-        &self,
-        tokens: &[u32],
-        capture: &[usize],
-        cache: &mut KvCache,
-    ) -> Result<Vec<Vec<Vec<f32>>>> {
-        // Same arithmetic as `step` for a single unpadded sequence, keeping all positions.
-        let t = tokens.len();
-        let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let positions = vec![(0..t).collect::<Vec<_>>()];
-        cache.key_valid[0] = vec![true; t];
-        let (cos, sin) = self.rope_tables(&positions)?;
-        let mut mask = vec![0f32; t * t];
-        for qi in 0..t {
-            for kj in qi + 1..t {
-                mask[qi * t + kj] = f32::NEG_INFINITY;
-            }
-        }
-        let mask = Tensor::from_vec(mask, (1, 1, t, t), &self.device)?;
-        let ids = Tensor::from_vec(tokens.to_vec(), (t,), &self.device)?;
-        let mut h = self
-            .embed
-            .index_select(&ids, 0)?
-            .reshape((1, t, cfg.hidden_size))?;
-        let mut out = vec![vec![]; capture.len()];
-        let scale = 1.0 / (hd as f64).sqrt();
-        for (l, layer) in self.layers.iter().enumerate() {
-            let x = self.rms_norm(&h, &layer.ln1)?;
-            let proj = |w: &Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
-                let y = x.broadcast_matmul(w)?;
-                Ok(match bias {
-                    Some(bb) => y.broadcast_add(bb)?,
-                    None => y,
-                })
-            };
-            let q = apply_rope(
-                &proj(&layer.q, &layer.q_b)?
-                    .reshape((1, t, nh, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?,
-                &cos,
-                &sin,
-            )?;
-            let k = apply_rope(
-                &proj(&layer.k, &layer.k_b)?
-                    .reshape((1, t, nkv, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?,
-                &cos,
-                &sin,
-            )?;
-            let v = proj(&layer.v, &layer.v_b)?
-                .reshape((1, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let rep = nh / nkv;
-            let (k, v) = if rep > 1 {
-                (
-                    k.unsqueeze(2)?
-                        .expand((1, nkv, rep, t, hd))?
-                        .reshape((1, nh, t, hd))?,
-                    v.unsqueeze(2)?
-                        .expand((1, nkv, rep, t, hd))?
-                        .reshape((1, nh, t, hd))?,
-                )
-            } else {
-                (k, v)
-            };
-            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?
-                .to_dtype(DType::F32)?
-                .broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
-            let y = att
-                .matmul(&v.contiguous()?)?
-                .transpose(1, 2)?
-                .reshape((1, t, nh * hd))?
-                .broadcast_matmul(&layer.o)?;
-            h = (h + y)?;
-            let x2 = self.rms_norm(&h, &layer.ln2)?;
-            let g = candle_nn::ops::silu(&x2.broadcast_matmul(&layer.gate)?)?;
-            h = (h + (g * x2.broadcast_matmul(&layer.up)?)?.broadcast_matmul(&layer.down)?)?;
-            if let Some((sl, vec)) = &self.steering {
-                if *sl == l {
-                    h = h.broadcast_add(vec)?;
-                }
-            }
-            for (ci, &cl) in capture.iter().enumerate() {
-                if cl == l {
-                    out[ci] = h.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?;
-                }
-            }
-        }
-        Ok(out)
+        let (_, captured) = self.forward_blocks(&[tokens.to_vec()], &[vec![true; tokens.len()]], &mut cache, capture, true)?;
+        captured.into_iter().map(|c| -> Result<Vec<Vec<f32>>> { Ok(c.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?) }).collect()
     }
 }
 
@@ -568,6 +439,14 @@ fn rope_inv_freq(cfg: &Config, hd: usize) -> Vec<f32> {
         }
     }
     inv
+}
+
+/// [b, t, in] x [in, out] as one 2-D matmul: candle's broadcast_matmul would run b separate
+/// (t x in) products, which for decoding (t = 1) are b slow matrix-vector products.
+fn linear(x: &Tensor, w_t: &Tensor) -> Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let o = w_t.dim(1)?;
+    Ok(x.reshape((b * t, i))?.matmul(w_t)?.reshape((b, t, o))?)
 }
 
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
