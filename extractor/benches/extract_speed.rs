@@ -15,14 +15,35 @@ fn bench(name: &str, path: PathBuf, layers: Vec<usize>, batch: usize, new_tokens
     let t = Instant::now();
     let loaded = load(&path).unwrap();
     let load_s = t.elapsed().as_secs_f64();
-    let model = Model::new(loaded.cfg.clone(), loaded.weights.clone(), &Device::Cpu, DType::F32).unwrap();
-    let template = ChatTemplate::new(loaded.chat_template.as_deref().unwrap(), loaded.bos_token.clone(), loaded.eos_token.clone()).unwrap();
+    let model = Model::new(
+        loaded.cfg.clone(),
+        loaded.weights.clone(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let template = ChatTemplate::new(
+        loaded.chat_template.as_deref().unwrap(),
+        loaded.bos_token.clone(),
+        loaded.eos_token.clone(),
+    )
+    .unwrap();
     let personas = shared_personas();
-    let questions = extractor::study::parse_questions(extractor::study::DEFAULT_QUESTIONS, "questions").unwrap();
+    let questions =
+        extractor::study::parse_questions(extractor::study::DEFAULT_QUESTIONS, "questions")
+            .unwrap();
     // No stop ids: every sequence decodes exactly `new_tokens` tokens, so the count is exact.
-    let ex = Extractor { model: &model, tokenizer: &loaded.tokenizer, template: &template, stop_ids: &[], layers: &layers };
+    let ex = Extractor {
+        model: &model,
+        tokenizer: &loaded.tokenizer,
+        template: &template,
+        stop_ids: &[],
+        layers: &layers,
+    };
     // As in a study unit: one persona, a batch of its questions, sorted by length (little padding).
-    let mut prompts: Vec<Vec<u32>> = (0..batch).map(|i| ex.prompt_ids(&personas[0], &questions[i].text).unwrap()).collect();
+    let mut prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|i| ex.prompt_ids(&personas[0], &questions[i].text).unwrap())
+        .collect();
     prompts.sort_by_key(|p| p.len());
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
     // Warm-up, then prefill only (Method A).
@@ -46,7 +67,11 @@ fn bench(name: &str, path: PathBuf, layers: Vec<usize>, batch: usize, new_tokens
 }
 
 fn shared_personas() -> Vec<String> {
-    extractor::study::parse_personas(extractor::study::DEFAULT_PERSONAS, "personas").unwrap().into_iter().map(|p| p.system_prompt).collect()
+    extractor::study::parse_personas(extractor::study::DEFAULT_PERSONAS, "personas")
+        .unwrap()
+        .into_iter()
+        .map(|p| p.system_prompt)
+        .collect()
 }
 
 fn main() {
@@ -54,12 +79,31 @@ fn main() {
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fixture = std::env::var_os("PG_FIXTURE_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("../shared/fixtures/hf-tiny-qwen2"));
-    println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    bench("tiny HF fixture (4 layers, hidden 48)", fixture.join("model"), vec![0, 1, 2, 3], 16, 32);
+    let fixture = std::env::var_os("PG_FIXTURE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/fixtures/hf-tiny-qwen2"));
+    println!(
+        "threads: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    bench(
+        "tiny HF fixture (4 layers, hidden 48)",
+        fixture.join("model"),
+        vec![0, 1, 2, 3],
+        16,
+        32,
+    );
     let smol = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if smol.exists() {
-        bench("SmolLM2-135M-Instruct (f32, 30 layers)", smol, vec![7, 15, 22, 29], 16, 32);
+        bench(
+            "SmolLM2-135M-Instruct (f32, 30 layers)",
+            smol,
+            vec![7, 15, 22, 29],
+            16,
+            32,
+        );
     } else {
         println!("SmolLM2 skipped: run scripts/fetch_smollm2.sh first");
     }

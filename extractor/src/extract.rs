@@ -73,7 +73,7 @@ impl<'a> Extractor<'a> {
             tokens.push(t);
             valid.push(v);
         }
-        let mut cache = self.model.new_cache(b);
+        let mut cache = self.model.new_cache(b, maxlen + max_new);
         let out = self
             .model
             .step(&tokens, &valid, &mut cache, self.layers, method_b)?;

@@ -152,15 +152,14 @@ pub struct Model {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head_t: Tensor,
+    lm_head: Tensor,
     inv_freq: Vec<f32>,
     steering: Option<(usize, Tensor)>,
 }
 
-/// Per-layer key/value cache for a batch.
+/// Per-layer key/value cache for a batch, preallocated (in-place appends, no per-step copies).
 pub struct KvCache {
-    k: Vec<Option<Tensor>>,
-    v: Vec<Option<Tensor>>,
+    layers: Vec<candle_nn::kv_cache::KvCache>,
     /// Per sequence: whether each cached key column is real (not left padding).
     key_valid: Vec<Vec<bool>>,
     /// Per sequence: next position id.
@@ -188,12 +187,11 @@ impl Model {
         dtype: DType,
     ) -> Result<Model> {
         let to = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(dtype)?) };
-        // Weights are stored pre-transposed ([in, out]) so every projection is one plain matmul.
-        let tr = |t: Tensor| -> Result<Tensor> {
-            Ok(t.to_device(device)?.to_dtype(dtype)?.t()?.contiguous()?)
-        };
+        // Weights keep the checkpoint's [out, in] layout; `linear` multiplies by a transposed
+        // view, which candle's gemm runs faster than a pre-transposed copy (2x for the LM head).
+        let tr = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(dtype)?) };
         let embed_raw = get(&mut w, "model.embed_tokens.weight")?;
-        let lm_head_t = if cfg.tie_embeddings || !w.contains_key("lm_head.weight") {
+        let lm_head = if cfg.tie_embeddings || !w.contains_key("lm_head.weight") {
             tr(embed_raw.clone())?
         } else {
             tr(get(&mut w, "lm_head.weight")?)?
@@ -227,7 +225,7 @@ impl Model {
         Ok(Model {
             embed: to(embed_raw)?,
             norm: to(get(&mut w, "model.norm.weight")?)?,
-            lm_head_t,
+            lm_head,
             layers,
             inv_freq,
             device: device.clone(),
@@ -254,10 +252,12 @@ impl Model {
         Ok(())
     }
 
-    pub fn new_cache(&self, batch: usize) -> KvCache {
+    /// A cache for `batch` sequences; `capacity` positions are preallocated (it grows if needed).
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
         KvCache {
-            k: vec![None; self.cfg.num_layers],
-            v: vec![None; self.cfg.num_layers],
+            layers: (0..self.cfg.num_layers)
+                .map(|_| candle_nn::kv_cache::KvCache::new(2, capacity.max(1)))
+                .collect(),
             key_valid: vec![vec![]; batch],
             next_pos: vec![0; batch],
         }
@@ -297,7 +297,14 @@ impl Model {
     /// Runs `tokens` ([batch][t], left-padded, `valid` marks real tokens) through the blocks,
     /// appending to `cache`. Returns the final hidden states [b, t, H] and, per `capture` layer,
     /// that block's output: [b, t, H] if `all_positions`, else the last column [b, H].
-    fn forward_blocks(&self, tokens: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, capture: &[usize], all_positions: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    fn forward_blocks(
+        &self,
+        tokens: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+        capture: &[usize],
+        all_positions: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let b = tokens.len();
         let t = tokens[0].len();
         let cfg = &self.cfg;
@@ -333,7 +340,10 @@ impl Model {
         let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
-        let mut h = self.embed.index_select(&ids, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let mut h = self
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((b, t, cfg.hidden_size))?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
         let scale = 1.0 / (hd as f64).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -345,33 +355,37 @@ impl Model {
                     None => y,
                 })
             };
-            let q = proj(&layer.q, &layer.q_b)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = proj(&layer.k, &layer.k_b)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = proj(&layer.v, &layer.v_b)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = proj(&layer.q, &layer.q_b)?
+                .reshape((b, t, nh, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let k = proj(&layer.k, &layer.k_b)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = proj(&layer.v, &layer.v_b)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
             let q = apply_rope(&q, &cos, &sin)?;
             let k = apply_rope(&k, &cos, &sin)?;
-            let k = match &cache.k[l] {
-                Some(prev) => Tensor::cat(&[prev, &k], 2)?,
-                None => k,
-            };
-            let v = match &cache.v[l] {
-                Some(prev) => Tensor::cat(&[prev, &v], 2)?,
-                None => v,
-            };
-            cache.k[l] = Some(k.clone());
-            cache.v[l] = Some(v.clone());
+            let (k, v) = cache.layers[l].append(&k, &v)?;
+            // Grouped-query attention without materialising repeated K/V: the `rep` query heads
+            // of a KV head (HF repeat_kv order) are stacked along the query axis.
             let rep = nh / nkv;
-            let (k, v) = if rep > 1 {
-                let kk = k.unsqueeze(2)?.expand((b, nkv, rep, total, hd))?.reshape((b, nh, total, hd))?;
-                let vv = v.unsqueeze(2)?.expand((b, nkv, rep, total, hd))?.reshape((b, nh, total, hd))?;
-                (kk, vv)
-            } else {
-                (k, v)
-            };
-            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
-            let att = att.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
-            let y = att.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            let q = q.reshape((b, nkv, rep * t, hd))?;
+            let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+            let att = att
+                .reshape((b, nkv, rep, t, total))?
+                .broadcast_add(&mask.unsqueeze(1)?)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?
+                .to_dtype(self.dtype)?
+                .reshape((b, nkv, rep * t, total))?;
+            let y = att
+                .matmul(&v.contiguous()?)?
+                .reshape((b, nh, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b, t, nh * hd))?;
             h = (h + linear(&y, &layer.o)?)?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
             let g = candle_nn::ops::silu(&linear(&x2, &layer.gate)?)?;
@@ -384,35 +398,70 @@ impl Model {
             }
             for (ci, &cl) in capture.iter().enumerate() {
                 if cl == l {
-                    captured[ci] = Some(if all_positions { h.clone() } else { h.narrow(1, t - 1, 1)?.squeeze(1)? });
+                    captured[ci] = Some(if all_positions {
+                        h.clone()
+                    } else {
+                        h.narrow(1, t - 1, 1)?.squeeze(1)?
+                    });
                 }
             }
         }
-        let captured = captured.into_iter().map(|c| c.context("captured layer beyond the model's depth")).collect::<Result<_>>()?;
+        let captured = captured
+            .into_iter()
+            .map(|c| c.context("captured layer beyond the model's depth"))
+            .collect::<Result<_>>()?;
         Ok((h, captured))
     }
 
     /// One step (a prefill or a decoding step): the last column's logits (if `want_logits`) and
     /// hidden states at `capture` layers.
-    pub fn step(&self, tokens: &[Vec<u32>], valid: &[Vec<bool>], cache: &mut KvCache, capture: &[usize], want_logits: bool) -> Result<StepOutput> {
+    pub fn step(
+        &self,
+        tokens: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+        capture: &[usize],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
         let t = tokens[0].len();
         let (h, captured) = self.forward_blocks(tokens, valid, cache, capture, false)?;
-        let last_hidden = captured.into_iter().map(|c| -> Result<Vec<Vec<f32>>> { Ok(c.to_dtype(DType::F32)?.to_vec2()?) }).collect::<Result<_>>()?;
+        let last_hidden = captured
+            .into_iter()
+            .map(|c| -> Result<Vec<Vec<f32>>> { Ok(c.to_dtype(DType::F32)?.to_vec2()?) })
+            .collect::<Result<_>>()?;
         let last_logits = if want_logits {
             let last = self.rms_norm(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.norm)?;
-            Some(last.matmul(&self.lm_head_t)?.to_dtype(DType::F32)?.to_vec2()?)
+            Some(
+                last.matmul(&self.lm_head.t()?)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2()?,
+            )
         } else {
             None
         };
-        Ok(StepOutput { last_logits, last_hidden })
+        Ok(StepOutput {
+            last_logits,
+            last_hidden,
+        })
     }
 
     /// Hidden states of every position at `capture` layers for one unpadded sequence
     /// ([layer][position][hidden]); used for the `templated` Method-B span.
     pub fn all_positions(&self, tokens: &[u32], capture: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
-        let mut cache = self.new_cache(1);
-        let (_, captured) = self.forward_blocks(&[tokens.to_vec()], &[vec![true; tokens.len()]], &mut cache, capture, true)?;
-        captured.into_iter().map(|c| -> Result<Vec<Vec<f32>>> { Ok(c.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?) }).collect()
+        let mut cache = self.new_cache(1, tokens.len());
+        let (_, captured) = self.forward_blocks(
+            &[tokens.to_vec()],
+            &[vec![true; tokens.len()]],
+            &mut cache,
+            capture,
+            true,
+        )?;
+        captured
+            .into_iter()
+            .map(|c| -> Result<Vec<Vec<f32>>> {
+                Ok(c.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?)
+            })
+            .collect()
     }
 }
 
@@ -441,12 +490,12 @@ fn rope_inv_freq(cfg: &Config, hd: usize) -> Vec<f32> {
     inv
 }
 
-/// [b, t, in] x [in, out] as one 2-D matmul: candle's broadcast_matmul would run b separate
+/// [b, t, in] x [out, in]ᵀ as one 2-D matmul: candle's broadcast_matmul would run b separate
 /// (t x in) products, which for decoding (t = 1) are b slow matrix-vector products.
-fn linear(x: &Tensor, w_t: &Tensor) -> Result<Tensor> {
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
-    let o = w_t.dim(1)?;
-    Ok(x.reshape((b * t, i))?.matmul(w_t)?.reshape((b, t, o))?)
+    let o = w.dim(0)?;
+    Ok(x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, o))?)
 }
 
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
