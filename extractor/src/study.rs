@@ -606,6 +606,18 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
                     tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
                 ));
             }
+            if bar.is_hidden() {
+                // Not a terminal (CI, nohup): one line per persona instead of a bar.
+                eprintln!(
+                    "[{:>6.0}s] checkpoint {}: persona {} done ({}/{} prompts, {:.0} tok/s)",
+                    t0.elapsed().as_secs_f64(),
+                    cspec.name,
+                    persona.name,
+                    bar.position(),
+                    bar.length().unwrap_or(0),
+                    tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+                );
+            }
             for (m, data, valid) in [
                 (Method::A, &a_out, vec![true; q]),
                 (Method::B, &b_out, b_valid.clone()),
@@ -648,6 +660,14 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
             }
         }
         bar.finish();
+        if bar.is_hidden() {
+            eprintln!(
+                "checkpoint {}: {} personas done, {:.0} tok/s",
+                cspec.name,
+                todo.len(),
+                tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+            );
+        }
     }
 
     // Assemble the bundle from the units.

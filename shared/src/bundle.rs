@@ -298,26 +298,32 @@ impl Bundle {
             .map(|i| &self.cells[i])
     }
 
+    /// The compact basis of (method, layer), if this bundle is compact.
+    pub fn basis_info(&self, method: Method, layer: u32) -> Option<&CompactBasisInfo> {
+        self.compact
+            .as_ref()?
+            .per_method_layer
+            .iter()
+            .find(|b| b.method == method && b.layer == layer)
+    }
+
     /// Width of the stored centroid vectors: the hidden size, or the basis size when compact.
     pub fn centroid_dim(&self, method: Method, layer: u32) -> usize {
         match &self.compact {
             None => self.hidden_size as usize,
-            Some(c) => c
-                .per_method_layer
-                .iter()
-                .find(|b| b.method == method && b.layer == layer)
+            Some(_) => self
+                .basis_info(method, layer)
                 .map(|b| b.dim as usize)
                 .unwrap_or(0),
         }
     }
 
+    /// Width of the stored per-question vectors: the hidden size, or k residual PCs when compact.
     pub fn per_question_dim(&self, method: Method, layer: u32) -> usize {
         match &self.compact {
             None => self.hidden_size as usize,
-            Some(c) => c
-                .per_method_layer
-                .iter()
-                .find(|b| b.method == method && b.layer == layer)
+            Some(_) => self
+                .basis_info(method, layer)
                 .map(|b| b.k as usize)
                 .unwrap_or(0),
         }
@@ -396,13 +402,10 @@ impl Bundle {
                 ),
             ));
         }
-        if let Some(c) = &self.compact {
+        if self.compact.is_some() {
             for m in &self.methods {
                 for l in &self.layers {
-                    let info = c
-                        .per_method_layer
-                        .iter()
-                        .find(|b| b.method == *m && b.layer == *l);
+                    let info = self.basis_info(*m, *l);
                     match info {
                         None => {
                             return Err(inconsistent(

@@ -145,13 +145,7 @@ pub fn bundle_coords(
 
 fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords {
     let info = bundle
-        .compact
-        .as_ref()
-        .and_then(|c| {
-            c.per_method_layer
-                .iter()
-                .find(|b| b.method == m && b.layer == l)
-        })
+        .basis_info(m, l)
         .expect("validated compact bundle has a basis for every method and layer");
     let (p, q) = (bundle.n_personas(), bundle.n_questions());
     let (d, k) = (info.dim as usize, info.k as usize);

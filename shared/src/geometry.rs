@@ -76,9 +76,9 @@ pub struct PairGeometryResult {
     pub n_questions_paired_min: usize,
 }
 
-/// Mean off-diagonal cosine of `p` vectors of width `d`, optionally centred.
-pub fn mean_offdiag_cosine(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>) -> f64 {
-    let rows: Vec<Vec<f64>> = (0..p)
+/// The `p` rows of width `d`, minus `centre` when given.
+fn centred_rows(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>) -> Vec<Vec<f64>> {
+    (0..p)
         .map(|i| {
             let mut v = c[i * d..(i + 1) * d].to_vec();
             if let Some(m) = centre {
@@ -86,7 +86,12 @@ pub fn mean_offdiag_cosine(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>
             }
             v
         })
-        .collect();
+        .collect()
+}
+
+/// Mean off-diagonal cosine of `p` vectors of width `d`, optionally centred.
+pub fn mean_offdiag_cosine(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>) -> f64 {
+    let rows = centred_rows(c, p, d, centre);
     let norms: Vec<f64> = rows.iter().map(|r| norm(r)).collect();
     let mut s = 0.0;
     let mut n = 0usize;
@@ -106,15 +111,7 @@ pub fn mean_offdiag_cosine(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>
 
 /// Full cosine matrix (p x p, row-major), optionally centred.
 pub fn cosine_matrix(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>) -> Vec<f64> {
-    let rows: Vec<Vec<f64>> = (0..p)
-        .map(|i| {
-            let mut v = c[i * d..(i + 1) * d].to_vec();
-            if let Some(m) = centre {
-                axpy(&mut v, -1.0, m);
-            }
-            v
-        })
-        .collect();
+    let rows = centred_rows(c, p, d, centre);
     let mut out = vec![0.0; p * p];
     for i in 0..p {
         for j in 0..p {

@@ -166,6 +166,15 @@ impl Lda {
         &self.samples
     }
 
+    /// Number of held-out predictions over all folds (the denominator of every score).
+    fn n_tested(&self) -> f64 {
+        self.folds
+            .iter()
+            .map(|f| f.test.len())
+            .sum::<usize>()
+            .max(1) as f64
+    }
+
     /// Evaluates with the true persona labels.
     pub fn observed(&self) -> Evaluation {
         self.evaluate(&self.samples.persona)
@@ -180,12 +189,7 @@ impl Lda {
         for fold in &self.folds {
             shrinkage.push(self.evaluate_fold(fold, labels, &mut correct, &mut logp));
         }
-        let total = self
-            .folds
-            .iter()
-            .map(|f| f.test.len())
-            .sum::<usize>()
-            .max(1) as f64;
+        let total = self.n_tested();
         let tested: Vec<usize> = self
             .folds
             .iter()
@@ -241,12 +245,7 @@ impl Lda {
     pub fn evaluate_many(&self, labellings: &[Vec<usize>]) -> Vec<[f64; 2]> {
         const BATCH: usize = 16;
         let (k, nc) = (self.samples.k, self.samples.n_classes);
-        let total = self
-            .folds
-            .iter()
-            .map(|f| f.test.len())
-            .sum::<usize>()
-            .max(1) as f64;
+        let total = self.n_tested();
         let mut out = vec![[0.0f64; 2]; labellings.len()];
         for (bi, batch) in labellings.chunks(BATCH).enumerate() {
             let nb = batch.len();
