@@ -34,14 +34,21 @@ pub struct PromptResult {
     pub method_b: Option<Vec<Vec<f32>>>,
 }
 
-pub fn argmax_first(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for i in 1..v.len() {
-        if v[i] > v[best] {
-            best = i;
-        }
+/// Left-pads prompts to `maxlen` (pad id 0, marked invalid): the last prompt token of every row
+/// sits in the last column.
+pub fn left_pad(prompts: &[Vec<u32>], maxlen: usize) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
+    let mut tokens = Vec::with_capacity(prompts.len());
+    let mut valid = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let pad = maxlen - p.len();
+        let mut t = vec![0u32; pad];
+        t.extend_from_slice(p);
+        let mut v = vec![false; pad];
+        v.extend(std::iter::repeat_n(true, p.len()));
+        tokens.push(t);
+        valid.push(v);
     }
-    best as u32
+    (tokens, valid)
 }
 
 impl<'a> Extractor<'a> {
@@ -62,17 +69,7 @@ impl<'a> Extractor<'a> {
     ) -> Result<Vec<PromptResult>> {
         let b = prompts.len();
         let maxlen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut tokens = Vec::with_capacity(b);
-        let mut valid = Vec::with_capacity(b);
-        for p in prompts {
-            let pad = maxlen - p.len();
-            let mut t = vec![0u32; pad];
-            t.extend_from_slice(p);
-            let mut v = vec![false; pad];
-            v.extend(std::iter::repeat_n(true, p.len()));
-            tokens.push(t);
-            valid.push(v);
-        }
+        let (tokens, valid) = left_pad(prompts, maxlen);
         let mut cache = self.model.new_cache(b, maxlen + max_new);
         let out = self
             .model
@@ -89,7 +86,7 @@ impl<'a> Extractor<'a> {
         let h = self.model.cfg.hidden_size;
         let mut sums = vec![vec![vec![0f64; h]; self.layers.len()]; b];
         let mut done = vec![false; b];
-        let mut logits = out.last_logits.expect("asked for logits");
+        let mut next = out.next_tokens.expect("asked for next tokens");
         for step in 0..max_new {
             let mut feed = vec![vec![0u32]; b];
             let mut feed_valid = vec![vec![false]; b];
@@ -97,7 +94,7 @@ impl<'a> Extractor<'a> {
                 if done[i] {
                     continue;
                 }
-                let t = argmax_first(&logits[i]);
+                let t = next[i];
                 results[i].generated.push(t);
                 if self.stop_ids.contains(&t) {
                     done[i] = true;
@@ -126,7 +123,7 @@ impl<'a> Extractor<'a> {
             if last {
                 break;
             }
-            logits = out.last_logits.expect("asked for logits");
+            next = out.next_tokens.expect("asked for next tokens");
         }
         for (i, r) in results.iter_mut().enumerate() {
             let n = r.response.len();

@@ -16,6 +16,7 @@ pub mod study;
 pub mod template;
 pub mod tokenize;
 pub mod weights;
+pub mod workload;
 
 /// candle allocates a fresh buffer for every op; glibc returns large ones to the OS and pays a
 /// page fault per page on the next step (about a fifth of decoding time). mimalloc reuses them.

@@ -122,6 +122,38 @@ enum Cmd {
         #[arg(short, long)]
         out: PathBuf,
     },
+    /// Throughput benchmark: the study's workload shape (default 2,880 prompts of 60-110 tokens,
+    /// 200 new tokens, layers 7,14,20,21,27) on random weights of Qwen2.5-7B's shape (or a
+    /// config.json). Compare with bench/hf_reference_workload.py on the same machine.
+    BenchWorkload {
+        /// A Hugging Face config.json (default: Qwen2.5-7B-Instruct's shape).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 2880)]
+        prompts: usize,
+        #[arg(long, default_value_t = 60)]
+        min_len: usize,
+        #[arg(long, default_value_t = 110)]
+        max_len: usize,
+        #[arg(long, default_value_t = 200)]
+        new_tokens: usize,
+        /// Prompts per Method-A prefill batch.
+        #[arg(long, default_value_t = 64)]
+        batch_a: usize,
+        /// Prompts per Method-B decoding batch.
+        #[arg(long, default_value_t = 256)]
+        batch_b: usize,
+        #[arg(long, default_value = "7,14,20,21,27", value_delimiter = ',')]
+        layers: Vec<usize>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+        #[arg(long)]
+        dtype: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Print a human summary of a bundle (shapes, provenance, sizes, validity counts).
     Inspect { bundle: PathBuf },
     /// Build a bundle from existing activations: an export (.npz, .safetensors, or a directory of
@@ -224,6 +256,39 @@ fn main() -> Result<()> {
             out,
         } => cmd_analysis::run_export(&bundle, &format, &out),
         Cmd::Inspect { bundle } => cmd_analysis::run_inspect(&bundle),
+        Cmd::BenchWorkload {
+            config,
+            prompts,
+            min_len,
+            max_len,
+            new_tokens,
+            batch_a,
+            batch_b,
+            layers,
+            device,
+            dtype,
+            seed,
+        } => {
+            anyhow::ensure!(
+                min_len >= 1 && max_len >= min_len && prompts >= 1 && batch_a >= 1 && batch_b >= 1,
+                "bench-workload: need 1 <= min_len <= max_len and positive counts"
+            );
+            let device = extractor::study::device_from(Some(&device))?;
+            let dtype = extractor::study::dtype_from(dtype.as_deref(), &device)?;
+            extractor::workload::run(&extractor::workload::WorkloadArgs {
+                config,
+                prompts,
+                min_len,
+                max_len,
+                new_tokens,
+                batch_a,
+                batch_b,
+                layers,
+                device,
+                dtype,
+                seed,
+            })
+        }
         Cmd::Import {
             source,
             out,

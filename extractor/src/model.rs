@@ -167,8 +167,9 @@ pub struct KvCache {
 }
 
 pub struct StepOutput {
-    /// Logits of the last column, [batch, vocab] f32.
-    pub last_logits: Option<Vec<Vec<f32>>>,
+    /// Greedy next token of each row (argmax of the last column's logits, computed on the
+    /// device so that only ids cross to the host), if asked for.
+    pub next_tokens: Option<Vec<u32>>,
     /// Per requested layer: hidden state of the last column, [batch][hidden] f32.
     pub last_hidden: Vec<Vec<Vec<f32>>>,
 }
@@ -413,7 +414,7 @@ impl Model {
         Ok((h, captured))
     }
 
-    /// One step (a prefill or a decoding step): the last column's logits (if `want_logits`) and
+    /// One step (a prefill or a decoding step): the greedy next tokens (if `want_logits`) and
     /// hidden states at `capture` layers.
     pub fn step(
         &self,
@@ -429,18 +430,15 @@ impl Model {
             .into_iter()
             .map(|c| -> Result<Vec<Vec<f32>>> { Ok(c.to_dtype(DType::F32)?.to_vec2()?) })
             .collect::<Result<_>>()?;
-        let last_logits = if want_logits {
+        let next_tokens = if want_logits {
             let last = self.rms_norm(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.norm)?;
-            Some(
-                last.matmul(&self.lm_head.t()?)?
-                    .to_dtype(DType::F32)?
-                    .to_vec2()?,
-            )
+            let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+            Some(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
         } else {
             None
         };
         Ok(StepOutput {
-            last_logits,
+            next_tokens,
             last_hidden,
         })
     }

@@ -51,6 +51,24 @@ fn main() {
         "analysis coordinates (randomized PCA, k = {}): {t_coords:.1} s",
         cfg.components
     );
+    let t = Instant::now();
+    let compact = shared::coords::compact_bundle(&b, cfg.components, false, cfg.seed)
+        .unwrap()
+        .encode()
+        .unwrap();
+    let retained: Vec<f64> = coords
+        .iter()
+        .map(|c| 100.0 * c.retained_fraction())
+        .collect();
+    println!(
+        "compact form: {:.1} MB (goal <= 48 MB; full bundle {:.0} MB) in {:.1} s; within-persona variance retained {:.1}-{:.1}%",
+        compact.len() as f64 / 1e6,
+        b.encode().unwrap().len() as f64 / 1e6,
+        t.elapsed().as_secs_f64(),
+        retained.iter().cloned().fold(f64::INFINITY, f64::min),
+        retained.iter().cloned().fold(0.0, f64::max)
+    );
+    drop(compact);
     let only_m3 = std::env::var("PG_BENCH_ONLY_M3").is_ok();
     let t = Instant::now();
     let report = if only_m3 {
