@@ -245,8 +245,7 @@ impl Model {
                 }
                 Some((
                     s.layer,
-                    Tensor::from_vec(s.vector, (1, 1, self.cfg.hidden_size), &self.device)?
-                        .to_dtype(self.dtype)?,
+                    Tensor::from_vec(s.vector, (1, 1, self.cfg.hidden_size), &self.device)?,
                 ))
             }
         };
@@ -341,10 +340,13 @@ impl Model {
         let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
+        // The residual stream is kept in f32 whatever the compute dtype: only the projections
+        // run in bf16/f16, so rounding does not accumulate over the blocks.
         let mut h = self
             .embed
             .index_select(&ids, 0)?
-            .reshape((b, t, cfg.hidden_size))?;
+            .reshape((b, t, cfg.hidden_size))?
+            .to_dtype(DType::F32)?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
         let scale = 1.0 / (hd as f64).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -387,11 +389,11 @@ impl Model {
                 .reshape((b, nh, t, hd))?
                 .transpose(1, 2)?
                 .reshape((b, t, nh * hd))?;
-            h = (h + linear(&y, &layer.o)?)?;
+            h = (h + linear(&y, &layer.o)?.to_dtype(DType::F32)?)?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
             let g = candle_nn::ops::silu(&linear(&x2, &layer.gate)?)?;
             let u = linear(&x2, &layer.up)?;
-            h = (h + linear(&(g * u)?, &layer.down)?)?;
+            h = (h + linear(&(g * u)?, &layer.down)?.to_dtype(DType::F32)?)?;
             if let Some((sl, vec)) = &self.steering {
                 if *sl == l {
                     h = h.broadcast_add(vec)?;

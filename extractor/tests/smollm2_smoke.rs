@@ -73,6 +73,55 @@ fn smollm2_replies_coherently_and_vectors_are_finite() {
     eprintln!("reply: {reply:?}");
     assert!(reply.contains("Paris"), "incoherent reply: {reply:?}");
     assert_eq!(r.method_a.len(), 3);
+    // bf16 compute (f32 residual stream) agrees with f32: cosine > 0.999 per vector, Method A
+    // over all 12 study personas.
+    let bf16 = Model::new(
+        loaded.cfg.clone(),
+        loaded.weights.clone(),
+        &Device::Cpu,
+        DType::BF16,
+    )
+    .unwrap();
+    let ex16 = Extractor {
+        model: &bf16,
+        tokenizer: &loaded.tokenizer,
+        template: &template,
+        stop_ids: &loaded.stop_ids,
+        layers: &layers,
+    };
+    let personas =
+        extractor::study::parse_personas(extractor::study::DEFAULT_PERSONAS, "personas").unwrap();
+    let prompts: Vec<Vec<u32>> = personas
+        .iter()
+        .map(|p| {
+            ex.prompt_ids(&p.system_prompt, "How should I spend a free afternoon?")
+                .unwrap()
+        })
+        .collect();
+    let mut worst: f64 = 1.0;
+    for (p, prompt) in prompts.iter().enumerate() {
+        let a = ex
+            .run_batch(std::slice::from_ref(prompt), 0, false)
+            .unwrap()
+            .remove(0);
+        let b = ex16
+            .run_batch(std::slice::from_ref(prompt), 0, false)
+            .unwrap()
+            .remove(0);
+        for l in 0..layers.len() {
+            let (u, v) = (&a.method_a[l], &b.method_a[l]);
+            let dot: f64 = u.iter().zip(v).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let nu: f64 = u.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let nv: f64 = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let c = dot / (nu * nv);
+            if c < worst {
+                worst = c;
+                eprintln!("persona {p} layer {}: cosine {c:.6}", layers[l]);
+            }
+        }
+    }
+    eprintln!("SmolLM2 bf16 vs f32: worst per-vector cosine {worst:.6}");
+    assert!(worst > 0.999, "bf16 vs f32 cosine {worst}");
     let b = r.method_b.expect("non-empty reply");
     for v in r.method_a.iter().chain(b.iter()) {
         assert_eq!(v.len(), 576);
