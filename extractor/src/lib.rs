@@ -7,6 +7,7 @@
 
 pub mod cmd_analysis;
 pub mod extract;
+pub mod fixture_check;
 pub mod import;
 pub mod io_util;
 pub mod lora;

@@ -154,6 +154,14 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Check this build against the Hugging Face fixture (hf-tiny-qwen2) on a device: prompts,
+    /// ids and greedy generations exact, activations within 1e-4 (f32), bf16 agreement.
+    VerifyFixture {
+        /// The fixture directory (expected.json, model/, adapters/).
+        fixture: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Print a human summary of a bundle (shapes, provenance, sizes, validity counts).
     Inspect { bundle: PathBuf },
     /// Build a bundle from existing activations: an export (.npz, .safetensors, or a directory of
@@ -256,6 +264,10 @@ fn main() -> Result<()> {
             out,
         } => cmd_analysis::run_export(&bundle, &format, &out),
         Cmd::Inspect { bundle } => cmd_analysis::run_inspect(&bundle),
+        Cmd::VerifyFixture { fixture, device } => extractor::fixture_check::verify(
+            &fixture,
+            &extractor::study::device_from(Some(&device))?,
+        ),
         Cmd::BenchWorkload {
             config,
             prompts,
