@@ -176,3 +176,41 @@ fn wrong_base_adapter_is_refused_with_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn nan_activations_stop_the_run_naming_the_unit() {
+    let d = tmp("nan");
+    // A steering vector of norm 1e40 overflows f32 (inf in the residual stream): the unit must be refused.
+    let s = study(&d, "", "lora_r4");
+    let text = std::fs::read_to_string(&s).unwrap().replacen(
+        "name = \"em\"\nrole = \"em\"",
+        "name = \"em\"\nrole = \"em\"\nsteer = { layer = 0, alpha = 1e40, random_seed = 1 }",
+        1,
+    );
+    std::fs::write(&s, text).unwrap();
+    let out = bin().arg("extract").arg(&s).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("produced NaN/Inf")
+            && err.contains("checkpoint `em`"),
+        "{err}"
+    );
+    assert!(!d.join("out.pgb").exists());
+}
+
+#[test]
+fn all_empty_responses_are_an_error_not_a_silent_average() {
+    let d = tmp("empty");
+    let s = study(&d, "", "lora_r4");
+    let text = std::fs::read_to_string(&s)
+        .unwrap()
+        .replace("max_new_tokens = 6", "max_new_tokens = 0");
+    std::fs::write(&s, text).unwrap();
+    let out = bin().arg("extract").arg(&s).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("empty response to every question"),
+        "{err}"
+    );
+}
