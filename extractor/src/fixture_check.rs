@@ -168,6 +168,14 @@ pub fn check_variant(
     Ok(rep)
 }
 
+/// Cosine of two f32 vectors, accumulated in f64.
+pub fn cosine_f32(u: &[f32], v: &[f32]) -> f64 {
+    let dot: f64 = u.iter().zip(v).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let nu: f64 = u.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    let nv: f64 = v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (nu * nv)
+}
+
 /// Worst per-vector cosine between bf16 and f32 Method-A activations over the fixture prompts.
 pub fn bf16_vs_f32_worst_cosine(fixture: &Path, device: &Device) -> Result<f64> {
     let exp: serde_json::Value =
@@ -207,10 +215,7 @@ pub fn bf16_vs_f32_worst_cosine(fixture: &Path, device: &Device) -> Result<f64> 
     let mut worst: f64 = 1.0;
     for (x, y) in f.iter().zip(&b) {
         for (u, v) in x.method_a.iter().zip(&y.method_a) {
-            let dot: f64 = u.iter().zip(v).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let nu: f64 = u.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-            let nv: f64 = v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-            worst = worst.min(dot / (nu * nv));
+            worst = worst.min(cosine_f32(u, v));
         }
     }
     Ok(worst)

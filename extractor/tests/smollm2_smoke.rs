@@ -109,11 +109,7 @@ fn smollm2_replies_coherently_and_vectors_are_finite() {
             .unwrap()
             .remove(0);
         for l in 0..layers.len() {
-            let (u, v) = (&a.method_a[l], &b.method_a[l]);
-            let dot: f64 = u.iter().zip(v).map(|(x, y)| *x as f64 * *y as f64).sum();
-            let nu: f64 = u.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-            let nv: f64 = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-            let c = dot / (nu * nv);
+            let c = extractor::fixture_check::cosine_f32(&a.method_a[l], &b.method_a[l]);
             if c < worst {
                 worst = c;
                 eprintln!("persona {p} layer {}: cosine {c:.6}", layers[l]);
