@@ -15,6 +15,10 @@ if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 fi
+# `shared` must keep building for the browser (wasm32); the test script checks it.
+if ! rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
 PY_PKGS=(numpy==2.4.6 scipy==1.17.1 scikit-learn==1.9.1 statsmodels==0.15.0 threadpoolctl==3.8.0)
 if ! python3 -c "import numpy, scipy, sklearn, statsmodels, threadpoolctl" >/dev/null 2>&1; then
   echo "[setup] installing Python test oracles: ${PY_PKGS[*]}"
