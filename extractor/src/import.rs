@@ -656,7 +656,7 @@ fn read_pt_tree(root: &Path, map: &Mapping, on_mismatch: OnMismatch) -> Result<B
         provenance: Provenance {
             tool: "persona-geometry import".into(),
             tool_version: shared::TOOL_VERSION.into(),
-            created: String::new(),
+            created: "unknown (imported)".into(),
             seed: md.get("seed").and_then(|s| s.as_u64()).unwrap_or(0),
             model_id,
             model_revision: String::new(),

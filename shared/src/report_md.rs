@@ -96,9 +96,14 @@ pub fn render(r: &Report) -> String {
             .map(|(m, ls)| format!("{m} {ls:?}"))
             .collect::<Vec<_>>()
             .join("; ");
+        let primary = if v.criterion == crate::analysis::criterion_name(c.primary_threshold) {
+            " (primary)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | **{}** | {} |",
+            "| {} | {}{primary} | **{}** | {} |",
             v.em,
             v.criterion,
             v.verdict,
