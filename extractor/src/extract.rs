@@ -67,76 +67,14 @@ impl<'a> Extractor<'a> {
         max_new: usize,
         method_b: bool,
     ) -> Result<Vec<PromptResult>> {
-        let b = prompts.len();
-        let maxlen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let (tokens, valid) = left_pad(prompts, maxlen);
-        let mut cache = self.model.new_cache(b, maxlen + max_new);
-        let out = self
-            .model
-            .step(&tokens, &valid, &mut cache, self.layers, method_b)?;
-        let mut results: Vec<PromptResult> = (0..b)
-            .map(|i| PromptResult {
-                method_a: out.last_hidden.iter().map(|l| l[i].clone()).collect(),
-                ..Default::default()
-            })
-            .collect();
-        if !method_b {
-            return Ok(results);
-        }
-        let h = self.model.cfg.hidden_size;
-        let mut sums = vec![vec![vec![0f64; h]; self.layers.len()]; b];
-        let mut done = vec![false; b];
-        let mut next = out.next_tokens.expect("asked for next tokens");
-        for step in 0..max_new {
-            let mut feed = vec![vec![0u32]; b];
-            let mut feed_valid = vec![vec![false]; b];
-            for i in 0..b {
-                if done[i] {
-                    continue;
-                }
-                let t = next[i];
-                results[i].generated.push(t);
-                if self.stop_ids.contains(&t) {
-                    done[i] = true;
-                } else {
-                    results[i].response.push(t);
-                    feed[i][0] = t;
-                    feed_valid[i][0] = true;
-                }
-            }
-            if feed_valid.iter().all(|v| !v[0]) {
-                break;
-            }
-            let last = step + 1 == max_new;
-            let out = self
-                .model
-                .step(&feed, &feed_valid, &mut cache, self.layers, !last)?;
-            for i in 0..b {
-                if feed_valid[i][0] {
-                    for (l, layer) in out.last_hidden.iter().enumerate() {
-                        for (s, &x) in sums[i][l].iter_mut().zip(&layer[i]) {
-                            *s += x as f64;
-                        }
-                    }
-                }
-            }
-            if last {
-                break;
-            }
-            next = out.next_tokens.expect("asked for next tokens");
-        }
-        for (i, r) in results.iter_mut().enumerate() {
-            let n = r.response.len();
-            if n > 0 {
-                r.method_b = Some(
-                    sums[i]
-                        .iter()
-                        .map(|s| s.iter().map(|&x| (x / n as f64) as f32).collect())
-                        .collect(),
-                );
-            }
-        }
-        Ok(results)
+        run_batch_with(
+            self.model,
+            self.stop_ids,
+            self.layers,
+            prompts,
+            max_new,
+            method_b,
+        )
     }
 
     /// The upstream scripts' Method-B span: [layer][hidden], or None for an empty answer span.
@@ -172,4 +110,98 @@ impl<'a> Extractor<'a> {
             .collect();
         Ok((ids, Some(pooled)))
     }
+}
+
+/// One left-padded batch: Method A always, Method B (greedy, `max_new` tokens, stopping at
+/// `stop_ids`, pooled on the device while decoding) if asked. The study runs and the throughput
+/// benchmark both go through here.
+pub fn run_batch_with(
+    model: &Model,
+    stop_ids: &[u32],
+    layers: &[usize],
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    method_b: bool,
+) -> Result<Vec<PromptResult>> {
+    let b = prompts.len();
+    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let (tokens, valid) = left_pad(prompts, maxlen);
+    let mut cache = model.new_cache(b, maxlen + max_new);
+    let out = model.step(&tokens, &valid, &mut cache, layers, method_b)?;
+    let mut results: Vec<PromptResult> = (0..b)
+        .map(|i| PromptResult {
+            method_a: out.last_hidden.iter().map(|l| l[i].clone()).collect(),
+            ..Default::default()
+        })
+        .collect();
+    if !method_b {
+        return Ok(results);
+    }
+    // Method B is pooled on the device in f32: per step, sums += captured * (row fed a
+    // response token); nothing crosses to the host but the next token ids.
+    let device = &model.device;
+    let mut sums: Vec<candle_core::Tensor> = layers
+        .iter()
+        .map(|_| {
+            candle_core::Tensor::zeros((b, model.cfg.hidden_size), candle_core::DType::F32, device)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mut done = vec![false; b];
+    let mut next = out.next_tokens.expect("asked for next tokens");
+    for step in 0..max_new {
+        let mut feed = vec![vec![0u32]; b];
+        let mut feed_valid = vec![vec![false]; b];
+        for i in 0..b {
+            if done[i] {
+                continue;
+            }
+            let t = next[i];
+            results[i].generated.push(t);
+            if stop_ids.contains(&t) {
+                done[i] = true;
+            } else {
+                results[i].response.push(t);
+                feed[i][0] = t;
+                feed_valid[i][0] = true;
+            }
+        }
+        if feed_valid.iter().all(|v| !v[0]) {
+            break;
+        }
+        let last = step + 1 == max_new;
+        let (next_tokens, captured) =
+            model.step_on_device(&feed, &feed_valid, &mut cache, layers, !last)?;
+        let weight: Vec<f32> = feed_valid
+            .iter()
+            .map(|v| if v[0] { 1.0 } else { 0.0 })
+            .collect();
+        let weight = candle_core::Tensor::from_vec(weight, (b, 1), device)?;
+        for (s, c) in sums.iter_mut().zip(&captured) {
+            *s = (&*s + c.broadcast_mul(&weight)?)?;
+        }
+        if last {
+            break;
+        }
+        next = next_tokens.expect("asked for next tokens");
+    }
+    let sums: Vec<Vec<Vec<f32>>> = sums
+        .iter()
+        .map(|s| s.to_vec2::<f32>())
+        .collect::<candle_core::Result<_>>()?;
+    for (i, r) in results.iter_mut().enumerate() {
+        let n = r.response.len();
+        if n > 0 {
+            r.method_b = Some(
+                sums.iter()
+                    .map(|layer| {
+                        layer[i]
+                            .iter()
+                            .map(|&x| (x as f64 / n as f64) as f32)
+                            .collect()
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(results)
 }

@@ -416,21 +416,22 @@ impl Model {
         Ok((h, captured))
     }
 
-    /// One step (a prefill or a decoding step): the greedy next tokens (if `want_logits`) and
-    /// hidden states at `capture` layers.
-    pub fn step(
+    /// One step (a prefill or a decoding step) with outputs left on the device: the greedy next
+    /// tokens (if `want_logits`; only ids cross to the host) and, per `capture` layer, the last
+    /// column's block output as an f32 [batch, hidden] tensor.
+    pub fn step_on_device(
         &self,
         tokens: &[Vec<u32>],
         valid: &[Vec<bool>],
         cache: &mut KvCache,
         capture: &[usize],
         want_logits: bool,
-    ) -> Result<StepOutput> {
+    ) -> Result<(Option<Vec<u32>>, Vec<Tensor>)> {
         let t = tokens[0].len();
         let (h, captured) = self.forward_blocks(tokens, valid, cache, capture, false)?;
-        let last_hidden = captured
+        let captured = captured
             .into_iter()
-            .map(|c| -> Result<Vec<Vec<f32>>> { Ok(c.to_dtype(DType::F32)?.to_vec2()?) })
+            .map(|c| Ok(c.to_dtype(DType::F32)?))
             .collect::<Result<_>>()?;
         let next_tokens = if want_logits {
             let last = self.rms_norm(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.norm)?;
@@ -439,6 +440,24 @@ impl Model {
         } else {
             None
         };
+        Ok((next_tokens, captured))
+    }
+
+    /// `step_on_device` with the captured layers copied to the host.
+    pub fn step(
+        &self,
+        tokens: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+        capture: &[usize],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
+        let (next_tokens, captured) =
+            self.step_on_device(tokens, valid, cache, capture, want_logits)?;
+        let last_hidden = captured
+            .iter()
+            .map(|c| Ok(c.to_vec2()?))
+            .collect::<Result<_>>()?;
         Ok(StepOutput {
             next_tokens,
             last_hidden,

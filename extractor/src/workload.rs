@@ -2,7 +2,7 @@
 //! throughput measurements (GPU or CPU). Pairs with `bench/hf_reference_workload.py`, which runs
 //! Hugging Face transformers on the same shape on the same machine.
 
-use crate::extract::left_pad;
+use crate::extract::run_batch_with;
 use crate::model::{Arch, Config, Model};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -124,11 +124,8 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     let t = Instant::now();
     let mut checksum = 0f64;
     for chunk in prompts.chunks(a.batch_a) {
-        let maxlen = chunk.iter().map(|p| p.len()).max().unwrap_or(0);
-        let (tokens, valid) = left_pad(chunk, maxlen);
-        let mut cache = model.new_cache(chunk.len(), maxlen);
-        let out = model.step(&tokens, &valid, &mut cache, &layers, false)?;
-        checksum += out.last_hidden[0][0][0] as f64;
+        let r = run_batch_with(&model, &[], &layers, chunk, 0, false)?;
+        checksum += r[0].method_a[0][0] as f64;
     }
     let ta = t.elapsed().as_secs_f64();
     println!(
@@ -138,37 +135,18 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         prompt_tokens as f64 / ta,
         flop_per_token * prompt_tokens as f64 / ta / 1e12
     );
-    // Method B: greedy decoding of exactly `new_tokens` tokens (no stop ids on random weights),
-    // pooling the study layers while decoding.
+    // Method B: the production decoding path (greedy, pooled on the device), with no stop ids so
+    // that every prompt decodes exactly `new_tokens` tokens on random weights.
     let t = Instant::now();
     let mut generated = 0usize;
     for chunk in prompts.chunks(a.batch_b) {
-        let b = chunk.len();
-        let maxlen = chunk.iter().map(|p| p.len()).max().unwrap_or(0);
-        let (tokens, valid) = left_pad(chunk, maxlen);
-        let mut cache = model.new_cache(b, maxlen + a.new_tokens);
-        let mut out = model.step(&tokens, &valid, &mut cache, &layers, true)?;
-        let mut pooled = vec![vec![0f64; cfg.hidden_size]; layers.len()];
-        for step in 0..a.new_tokens {
-            let next: Vec<Vec<u32>> = out
-                .next_tokens
-                .take()
-                .context("next tokens")?
-                .into_iter()
-                .map(|t| vec![t])
-                .collect();
-            let last = step + 1 == a.new_tokens;
-            out = model.step(&next, &vec![vec![true]; b], &mut cache, &layers, !last)?;
-            for (li, layer) in out.last_hidden.iter().enumerate() {
-                for row in layer {
-                    for (p, &x) in pooled[li].iter_mut().zip(row) {
-                        *p += x as f64;
-                    }
-                }
-            }
-            generated += b;
-        }
-        checksum += pooled[0][0];
+        let r = run_batch_with(&model, &[], &layers, chunk, a.new_tokens, true)?;
+        generated += r.iter().map(|x| x.response.len()).sum::<usize>();
+        checksum += r[0]
+            .method_b
+            .as_ref()
+            .map(|b| b[0][0] as f64)
+            .unwrap_or(0.0);
     }
     let tb = t.elapsed().as_secs_f64();
     println!(
