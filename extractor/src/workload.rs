@@ -120,6 +120,10 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
     let layers = a.layers.clone();
     let flop_per_token = 2.0 * n_params as f64;
+    // Warm-up outside the timings: the first use of each kernel JIT-compiles its PTX.
+    let t = Instant::now();
+    run_batch_with(&model, &[], &layers, &prompts[..prompts.len().min(8)], 2, true)?;
+    println!("warm-up (kernel JIT) {:.1} s", t.elapsed().as_secs_f64());
     // Method A: batched prefill, capture the last token at the study layers.
     let t = Instant::now();
     let mut checksum = 0f64;
