@@ -122,7 +122,14 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     let flop_per_token = 2.0 * n_params as f64;
     // Warm-up outside the timings: the first use of each kernel JIT-compiles its PTX.
     let t = Instant::now();
-    run_batch_with(&model, &[], &layers, &prompts[..prompts.len().min(8)], 2, true)?;
+    run_batch_with(
+        &model,
+        &[],
+        &layers,
+        &prompts[..prompts.len().min(8)],
+        2,
+        true,
+    )?;
     println!("warm-up (kernel JIT) {:.1} s", t.elapsed().as_secs_f64());
     // Method A: batched prefill, capture the last token at the study layers.
     let t = Instant::now();
