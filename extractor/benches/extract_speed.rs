@@ -6,7 +6,6 @@
 use candle_core::{DType, Device};
 use extractor::extract::Extractor;
 use extractor::model::Model;
-use extractor::template::ChatTemplate;
 use extractor::weights::load;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,12 +21,7 @@ fn bench(name: &str, path: PathBuf, layers: Vec<usize>, batch: usize, new_tokens
         DType::F32,
     )
     .unwrap();
-    let template = ChatTemplate::new(
-        loaded.chat_template.as_deref().unwrap(),
-        loaded.bos_token.clone(),
-        loaded.eos_token.clone(),
-    )
-    .unwrap();
+    let template = loaded.chat_template().unwrap();
     let personas = shared_personas();
     let questions =
         extractor::study::parse_questions(extractor::study::DEFAULT_QUESTIONS, "questions")

@@ -5,7 +5,6 @@
 use crate::extract::Extractor;
 use crate::lora::merge_adapter;
 use crate::model::Model;
-use crate::template::ChatTemplate;
 use crate::weights::load_hf_dir;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -77,14 +76,7 @@ pub fn check_variant(
         )?;
     }
     let model = Model::new(loaded.cfg.clone(), weights, device, dtype)?;
-    let template = ChatTemplate::new(
-        loaded
-            .chat_template
-            .as_deref()
-            .context("fixture has a chat template")?,
-        loaded.bos_token.clone(),
-        loaded.eos_token.clone(),
-    )?;
+    let template = loaded.chat_template()?;
     let layers: Vec<usize> = (0..loaded.cfg.num_layers).collect();
     let ex = Extractor {
         model: &model,
@@ -184,11 +176,7 @@ pub fn bf16_vs_f32_worst_cosine(fixture: &Path, device: &Device) -> Result<f64> 
         .as_array()
         .context("no base variant")?;
     let loaded = load_hf_dir(&fixture.join("model"))?;
-    let template = ChatTemplate::new(
-        loaded.chat_template.as_deref().context("chat template")?,
-        loaded.bos_token.clone(),
-        loaded.eos_token.clone(),
-    )?;
+    let template = loaded.chat_template()?;
     let layers: Vec<usize> = (0..loaded.cfg.num_layers).collect();
     let run = |dtype: DType| -> Result<Vec<crate::extract::PromptResult>> {
         let model = Model::new(loaded.cfg.clone(), loaded.weights.clone(), device, dtype)?;

@@ -410,14 +410,7 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
             );
         }
     }
-    let template_src = loaded.chat_template.clone().with_context(|| {
-        format!("{}: the model has no chat template (tokenizer_config.json `chat_template`, chat_template.jinja or GGUF tokenizer.chat_template); persona prompts need one", model_path.display())
-    })?;
-    let template = ChatTemplate::new(
-        &template_src,
-        loaded.bos_token.clone(),
-        loaded.eos_token.clone(),
-    )?;
+    let template = loaded.chat_template()?;
 
     // Everything that determines the result goes into the configuration hash.
     let mut adapter_hashes = Vec::new();
@@ -767,7 +760,7 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
         ("compute.device".into(), st.model.device.clone().unwrap_or_else(|| "cpu".into())),
         ("method_a".into(), "hidden state at the last token of the chat-templated prompt with the generation prompt".into()),
         ("method_b".into(), format!("mean over response tokens ({} span), greedy, max_new_tokens {}, stop ids {:?} excluded", st.generation.span, st.generation.max_new_tokens, loaded.stop_ids)),
-        ("chat_template_sha256".into(), sha256_hex(template_src.as_bytes())),
+        ("chat_template_sha256".into(), sha256_hex(loaded.chat_template.as_deref().unwrap_or_default().as_bytes())),
         ("batch_size".into(), st.batch_size.to_string()),
         ("config_sha256".into(), config_hash.clone()),
         ("study.toml".into(), rs.source_text.clone()),

@@ -3,6 +3,7 @@
 
 use crate::io_util::sha256_file;
 use crate::model::{Arch, Config};
+use crate::template::ChatTemplate;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -21,6 +22,20 @@ pub struct LoadedModel {
     /// (file, sha256) of everything read, for provenance.
     pub files: Vec<(String, String)>,
     pub source: String,
+}
+
+impl LoadedModel {
+    /// The model's own chat template, ready to render; a clear error when the model has none
+    /// (persona prompts need one).
+    pub fn chat_template(&self) -> Result<ChatTemplate> {
+        let src = self.chat_template.as_deref().with_context(|| {
+            format!(
+                "{}: the model has no chat template (tokenizer_config.json `chat_template`, chat_template.jinja or GGUF tokenizer.chat_template); persona prompts need one",
+                self.source
+            )
+        })?;
+        ChatTemplate::new(src, self.bos_token.clone(), self.eos_token.clone())
+    }
 }
 
 /// Where a model comes from: an explicit path (directory or .gguf), or the HF cache by repo id.

@@ -9,7 +9,6 @@ use extractor::extract::Extractor;
 use extractor::fixture_check::{bf16_vs_f32_worst_cosine, check_variant, FIXTURE_ID};
 use extractor::lora::merge_adapter;
 use extractor::model::Model;
-use extractor::template::ChatTemplate;
 use extractor::weights::load_hf_dir;
 use std::path::PathBuf;
 
@@ -65,12 +64,7 @@ fn batched_equals_one_at_a_time() {
         DType::F32,
     )
     .unwrap();
-    let template = ChatTemplate::new(
-        loaded.chat_template.as_deref().unwrap(),
-        loaded.bos_token.clone(),
-        loaded.eos_token.clone(),
-    )
-    .unwrap();
+    let template = loaded.chat_template().unwrap();
     let layers = [3usize];
     let ex = Extractor {
         model: &model,

@@ -6,7 +6,6 @@
 use candle_core::{DType, Device};
 use extractor::extract::Extractor;
 use extractor::model::Model;
-use extractor::template::ChatTemplate;
 use extractor::weights::load;
 use std::path::PathBuf;
 
@@ -35,15 +34,7 @@ fn smollm2_replies_coherently_and_vectors_are_finite() {
         DType::F32,
     )
     .unwrap();
-    let template = ChatTemplate::new(
-        loaded
-            .chat_template
-            .as_deref()
-            .expect("GGUF carries a chat template"),
-        loaded.bos_token.clone(),
-        loaded.eos_token.clone(),
-    )
-    .unwrap();
+    let template = loaded.chat_template().unwrap();
     let layers = [5usize, 15, 29];
     let ex = Extractor {
         model: &model,

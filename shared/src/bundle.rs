@@ -587,14 +587,6 @@ impl Bundle {
         bundle.validate()?;
         Ok(bundle)
     }
-
-    /// Valid flags of one cell as a slice personas x questions.
-    pub fn valid(&self, checkpoint: usize, method: Method, layer: u32) -> &[bool] {
-        &self
-            .cell(checkpoint, method, layer)
-            .expect("cell exists")
-            .valid
-    }
 }
 
 #[cfg(test)]

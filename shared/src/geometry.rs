@@ -282,18 +282,6 @@ impl<'a> PairGeometry<'a> {
         )
     }
 
-    pub fn observed_delta(&self) -> [f64; 4] {
-        let (pre, post) = self.observed_centroids();
-        deltas4(pair_levels(
-            &pre,
-            &post,
-            self.coords.n_personas,
-            self.coords.dim,
-            self.axis_persona,
-            &self.centre,
-        ))
-    }
-
     /// Δ of the four statistics under permutations `range` (indices into 0..N).
     pub fn null_deltas(&self, range: Range<usize>) -> Vec<[f64; 4]> {
         let (p, q, d) = (
