@@ -256,260 +256,535 @@ pub fn comparisons(bundle: &Bundle) -> Result<Vec<Comparison>, AnalysisError> {
 /// Progress messages (stderr in the CLI, a status line in the browser).
 pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
 
+/// One unit of analysis work. The CLI runs one task per job on threads; the browser splits the
+/// permutations of a job into ranges and runs them in Web Workers. Results do not depend on the
+/// split: permutation and bootstrap draw `i` always comes from its own RNG stream `i`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Task {
+    /// Paired swap-permutation null of the geometry metrics, draws `start..end`.
+    GeometryNull {
+        ml: usize,
+        comparison: usize,
+        start: usize,
+        end: usize,
+    },
+    /// Question bootstrap of the geometry deltas, draws `start..end`.
+    GeometryBootstrap {
+        ml: usize,
+        comparison: usize,
+        start: usize,
+        end: usize,
+    },
+    /// Held-out LDA of one checkpoint with its true labels.
+    LdaObserved { ml: usize, checkpoint: usize },
+    /// LDA under within-question label permutations `start..end` (M3 above chance).
+    LdaLabelNull {
+        ml: usize,
+        checkpoint: usize,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Task {
+    /// Index of the (method, layer) this task belongs to.
+    pub fn method_layer(&self) -> usize {
+        match *self {
+            Task::GeometryNull { ml, .. }
+            | Task::GeometryBootstrap { ml, .. }
+            | Task::LdaObserved { ml, .. }
+            | Task::LdaLabelNull { ml, .. } => ml,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum TaskOutput {
+    GeometryNull(Vec<[f64; 4]>),
+    GeometryBootstrap(Vec<Option<[f64; 4]>>),
+    LdaObserved(crate::lda::Evaluation),
+    LdaLabelNull(Vec<[f64; 2]>),
+}
+
+/// Everything computed for one (method, layer): per comparison the geometry result (with its
+/// null and bootstrap), per checkpoint the LDA evaluation and label-permutation null.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellResult {
+    pub geometry: Vec<PairGeometryResult>,
+    pub geometry_null: Vec<Vec<[f64; 4]>>,
+    pub lda: Vec<crate::lda::Evaluation>,
+    pub lda_null: Vec<Vec<[f64; 2]>>,
+}
+
+/// The analysis of one bundle under one configuration: coordinates, comparisons and the task
+/// list. Built identically in the CLI, the page and each Web Worker.
+pub struct Plan {
+    pub cfg: AnalysisConfig,
+    pub coords: Vec<MethodLayerCoords>,
+    pub comparisons: Vec<Comparison>,
+    pub base: usize,
+    pub axis: usize,
+    pub n_checkpoints: usize,
+    /// The last LDA built, reused by consecutive tasks of the same (method, layer, checkpoint).
+    lda_cache: std::sync::Mutex<Option<((usize, usize), std::sync::Arc<Lda>)>>,
+}
+
+impl Plan {
+    pub fn new(bundle: &Bundle, cfg: &AnalysisConfig) -> Result<Plan, AnalysisError> {
+        if cfg.permutations == 0
+            || cfg.bootstrap == 0
+            || cfg.folds < 2
+            || cfg.m3_label_permutations == 0
+        {
+            return Err(AnalysisError::BadConfig(
+                cfg.permutations,
+                cfg.bootstrap,
+                cfg.folds,
+            ));
+        }
+        let axis = bundle
+            .personas
+            .iter()
+            .position(|p| p.name == cfg.axis_persona)
+            .ok_or_else(|| {
+                AnalysisError::NoAxisPersona(
+                    cfg.axis_persona.clone(),
+                    bundle
+                        .personas
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })?;
+        let comps = comparisons(bundle)?;
+        let base = comps.first().map(|c| c.pre).unwrap_or(0);
+        let coords = bundle_coords(bundle, cfg.components, cfg.seed)?;
+        Ok(Plan {
+            cfg: cfg.clone(),
+            coords,
+            comparisons: comps,
+            base,
+            axis,
+            n_checkpoints: bundle.checkpoints.len(),
+            lda_cache: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The tasks of (method, layer) `ml`, permutations split into ranges of at most `chunk`.
+    pub fn tasks(&self, ml: usize, chunk: usize) -> Vec<Task> {
+        let chunk = chunk.max(1);
+        let ranges = |n: usize| {
+            (0..n.div_ceil(chunk))
+                .map(move |i| (i * chunk, ((i + 1) * chunk).min(n)))
+                .collect::<Vec<_>>()
+        };
+        let mut out = Vec::new();
+        for checkpoint in 0..self.n_checkpoints {
+            out.push(Task::LdaObserved { ml, checkpoint });
+            for (start, end) in ranges(self.cfg.m3_label_permutations) {
+                out.push(Task::LdaLabelNull {
+                    ml,
+                    checkpoint,
+                    start,
+                    end,
+                });
+            }
+        }
+        for comparison in 0..self.comparisons.len() {
+            for (start, end) in ranges(self.cfg.permutations) {
+                out.push(Task::GeometryNull {
+                    ml,
+                    comparison,
+                    start,
+                    end,
+                });
+            }
+            for (start, end) in ranges(self.cfg.bootstrap) {
+                out.push(Task::GeometryBootstrap {
+                    ml,
+                    comparison,
+                    start,
+                    end,
+                });
+            }
+        }
+        out
+    }
+
+    fn pair_geometry(&self, ml: usize, ci: usize) -> PairGeometry<'_> {
+        let c = &self.coords[ml];
+        let cmp = &self.comparisons[ci];
+        let centre = if cmp.pre == self.base {
+            Centre::FromPre
+        } else {
+            Centre::Fixed(mean_rows(&c.centroids[self.base], c.n_personas, c.dim))
+        };
+        PairGeometry::new(c, cmp.pre, cmp.post, self.axis, centre, self.cfg.seed)
+    }
+
+    fn lda(&self, ml: usize, ck: usize) -> std::sync::Arc<Lda> {
+        let mut cache = self.lda_cache.lock().expect("no poisoned LDA cache");
+        if let Some((key, lda)) = cache.as_ref() {
+            if *key == (ml, ck) {
+                return lda.clone();
+            }
+        }
+        let lda = std::sync::Arc::new(Lda::new(
+            Samples::from_coords(&self.coords[ml], ck),
+            self.cfg.folds,
+        ));
+        *cache = Some(((ml, ck), lda.clone()));
+        lda
+    }
+
+    fn lda_label(&self, ml: usize) -> String {
+        let c = &self.coords[ml];
+        format!("m3-labels/{}/L{}", c.method.name(), c.layer)
+    }
+
+    pub fn run_task(&self, task: &Task) -> TaskOutput {
+        match *task {
+            Task::GeometryNull {
+                ml,
+                comparison,
+                start,
+                end,
+            } => {
+                TaskOutput::GeometryNull(self.pair_geometry(ml, comparison).null_deltas(start..end))
+            }
+            Task::GeometryBootstrap {
+                ml,
+                comparison,
+                start,
+                end,
+            } => TaskOutput::GeometryBootstrap(
+                self.pair_geometry(ml, comparison)
+                    .bootstrap_deltas(start..end),
+            ),
+            Task::LdaObserved { ml, checkpoint } => {
+                TaskOutput::LdaObserved(self.lda(ml, checkpoint).observed())
+            }
+            Task::LdaLabelNull {
+                ml,
+                checkpoint,
+                start,
+                end,
+            } => TaskOutput::LdaLabelNull(self.lda(ml, checkpoint).label_permutation_null(
+                self.cfg.seed,
+                &self.lda_label(ml),
+                start..end,
+            )),
+        }
+    }
+
+    /// Puts the outputs of every task of `ml` (any order, any split) together.
+    pub fn cell_result(&self, ml: usize, outputs: &[(Task, TaskOutput)]) -> CellResult {
+        let nc = self.comparisons.len();
+        let nck = self.n_checkpoints;
+        let mut gnull: Vec<Vec<(usize, Vec<[f64; 4]>)>> = vec![vec![]; nc];
+        let mut gboot: Vec<Vec<(usize, Vec<Option<[f64; 4]>>)>> = vec![vec![]; nc];
+        let mut lobs: Vec<Option<crate::lda::Evaluation>> = vec![None; nck];
+        let mut lnull: Vec<Vec<(usize, Vec<[f64; 2]>)>> = vec![vec![]; nck];
+        for (task, out) in outputs {
+            match (task, out) {
+                (
+                    Task::GeometryNull {
+                        ml: m,
+                        comparison,
+                        start,
+                        ..
+                    },
+                    TaskOutput::GeometryNull(v),
+                ) if *m == ml => gnull[*comparison].push((*start, v.clone())),
+                (
+                    Task::GeometryBootstrap {
+                        ml: m,
+                        comparison,
+                        start,
+                        ..
+                    },
+                    TaskOutput::GeometryBootstrap(v),
+                ) if *m == ml => gboot[*comparison].push((*start, v.clone())),
+                (Task::LdaObserved { ml: m, checkpoint }, TaskOutput::LdaObserved(e))
+                    if *m == ml =>
+                {
+                    lobs[*checkpoint] = Some(e.clone())
+                }
+                (
+                    Task::LdaLabelNull {
+                        ml: m,
+                        checkpoint,
+                        start,
+                        ..
+                    },
+                    TaskOutput::LdaLabelNull(v),
+                ) if *m == ml => lnull[*checkpoint].push((*start, v.clone())),
+                _ => {}
+            }
+        }
+        fn concat<T: Clone>(mut parts: Vec<(usize, Vec<T>)>) -> Vec<T> {
+            parts.sort_by_key(|p| p.0);
+            parts.into_iter().flat_map(|p| p.1).collect()
+        }
+        let c = &self.coords[ml];
+        let (p, d) = (c.n_personas, c.dim);
+        let mut geometry = Vec::new();
+        let mut geometry_null = Vec::new();
+        for (ci, (n, b)) in gnull.into_iter().zip(gboot).enumerate() {
+            let g = self.pair_geometry(ml, ci);
+            let (pre, post) = (&c.centroids[g.pre], &c.centroids[g.post]);
+            let (pre_values, post_values) =
+                crate::geometry::pair_levels(pre, post, p, d, self.axis, &g.centre);
+            let delta: [f64; 4] = std::array::from_fn(|s| post_values[s] - pre_values[s]);
+            let null = concat(n);
+            geometry.push(g.assemble(pre_values, post_values, delta, &null, &concat(b)));
+            geometry_null.push(null);
+        }
+        CellResult {
+            geometry,
+            geometry_null,
+            lda: lobs
+                .into_iter()
+                .map(|e| e.expect("every LdaObserved task ran"))
+                .collect(),
+            lda_null: lnull.into_iter().map(concat).collect(),
+        }
+    }
+
+    /// The report over the (method, layer)s whose results are present. With every cell present
+    /// this is exactly `analyze`; with some missing (the page while workers run), corrections
+    /// and verdicts cover the present cells only.
+    pub fn report(&self, bundle: &Bundle, cells: &[Option<CellResult>]) -> Report {
+        let cfg = &self.cfg;
+        let base = self.base;
+        let nck = self.n_checkpoints;
+        let p = bundle.n_personas();
+        let mut checkpoint_views = Vec::new();
+        let mut pair_views = Vec::new();
+        let mut rows = Vec::new();
+        let ckname = |i: usize| bundle.checkpoints[i].name.clone();
+        for (ml, c) in self.coords.iter().enumerate() {
+            let Some(Some(cell)) = cells.get(ml) else {
+                continue;
+            };
+            let centre = mean_rows(&c.centroids[base], p, c.dim);
+            for ck in 0..nck {
+                let obs = &cell.lda[ck];
+                let null = &cell.lda_null[ck];
+                let na: Vec<f64> = null.iter().map(|x| x[0]).collect();
+                let nl: Vec<f64> = null.iter().map(|x| x[1]).collect();
+                checkpoint_views.push(CheckpointView {
+                    checkpoint: ckname(ck),
+                    method: c.method,
+                    layer: c.layer,
+                    cos_raw: cosine_matrix(&c.centroids[ck], p, c.dim, None),
+                    cos_centred: cosine_matrix(&c.centroids[ck], p, c.dim, Some(&centre)),
+                    norms: (0..p)
+                        .map(|i| crate::linalg::norm(c.centroid(ck, i)))
+                        .collect(),
+                    m3_accuracy: obs.accuracy,
+                    m3_log_posterior: obs.mean_log_posterior,
+                    m3_shrinkage: obs.shrinkage.clone(),
+                    m3_n_samples: obs.correct.len(),
+                    m3_p_above_chance_accuracy: permutation_p_greater(obs.accuracy, &na),
+                    m3_p_above_chance_log_posterior: permutation_p_greater(
+                        obs.mean_log_posterior,
+                        &nl,
+                    ),
+                    m3_n_label_permutations: null.len(),
+                    m3_null_mean_accuracy: na.iter().sum::<f64>() / na.len() as f64,
+                    m3_null_mean_log_posterior: nl.iter().sum::<f64>() / nl.len() as f64,
+                });
+            }
+            for (ci, cmp) in self.comparisons.iter().enumerate() {
+                let g = cell.geometry[ci].clone();
+                for s in 0..4 {
+                    rows.push(Row {
+                        family: cmp.family,
+                        pre: ckname(cmp.pre),
+                        post: ckname(cmp.post),
+                        method: c.method,
+                        layer: c.layer,
+                        metric: GEOMETRY_METRICS[s].to_string(),
+                        pre_value: g.pre_values[s],
+                        post_value: g.post_values[s],
+                        delta: g.delta[s],
+                        ci95: g.ci95_delta[s],
+                        p: g.p_two_sided[s],
+                        p_bh: None,
+                        p_holm: None,
+                        n_permutations: g.n_permutations,
+                        p_floor: p_floor(g.n_permutations),
+                        n_questions: g.n_questions_paired_min,
+                        n_bootstrap: g.n_bootstrap - g.n_bootstrap_skipped,
+                        seed: cfg.seed,
+                        test: "paired question-level swap permutation (two-sided); basic question-bootstrap CI".into(),
+                    });
+                }
+                let m3 = self.m3_paired(ml, cmp, cell);
+                for (s, name) in ["M3_accuracy", "M3_log_posterior"].iter().enumerate() {
+                    let (pre_e, post_e) = (&cell.lda[cmp.pre], &cell.lda[cmp.post]);
+                    let (pre_v, post_v) = if s == 0 {
+                        (pre_e.accuracy, post_e.accuracy)
+                    } else {
+                        (pre_e.mean_log_posterior, post_e.mean_log_posterior)
+                    };
+                    rows.push(Row {
+                        family: cmp.family,
+                        pre: ckname(cmp.pre),
+                        post: ckname(cmp.post),
+                        method: c.method,
+                        layer: c.layer,
+                        metric: name.to_string(),
+                        pre_value: pre_v,
+                        post_value: post_v,
+                        delta: m3.delta[s],
+                        ci95: m3.ci95[s],
+                        p: m3.p[s],
+                        p_bh: None,
+                        p_holm: None,
+                        n_permutations: m3.n_permutations,
+                        p_floor: p_floor(m3.n_permutations),
+                        n_questions: m3.n_questions,
+                        n_bootstrap: m3.n_bootstrap,
+                        seed: cfg.seed,
+                        test: "paired sign-flip permutation of per-question held-out scores (two-sided); basic question-bootstrap CI".into(),
+                    });
+                }
+                pair_views.push(PairView {
+                    family: cmp.family,
+                    pre: ckname(cmp.pre),
+                    post: ckname(cmp.post),
+                    method: c.method,
+                    layer: c.layer,
+                    geometry: g,
+                });
+            }
+        }
+        // Corrections within each family, over the family metrics.
+        for fam in [
+            Family::EmVsBase,
+            Family::BenignVsBase,
+            Family::EmVsBenign,
+            Family::OtherVsBase,
+        ] {
+            let idx: Vec<usize> = (0..rows.len())
+                .filter(|&i| {
+                    rows[i].family == fam && FAMILY_METRICS.contains(&rows[i].metric.as_str())
+                })
+                .collect();
+            let ps: Vec<f64> = idx.iter().map(|&i| rows[i].p).collect();
+            let bh = bh_adjust(&ps);
+            let holm = holm_adjust(&ps);
+            for (j, &i) in idx.iter().enumerate() {
+                rows[i].p_bh = Some(bh[j]);
+                rows[i].p_holm = Some(holm[j]);
+            }
+        }
+        let (sensitivity, verdicts) = sensitivity_and_verdicts(bundle, &rows, cfg);
+        Report {
+            tool_version: crate::TOOL_VERSION.into(),
+            layer_convention: crate::LAYER_CONVENTION.into(),
+            centre_note: "M1 centred: every checkpoint's centroids minus the mean of the base checkpoint's centroids (the same centre for all checkpoints; under permutation/bootstrap of a base comparison it is recomputed from the permuted base).".into(),
+            config: cfg.clone(),
+            bundle_provenance: bundle.provenance.clone(),
+            personas: bundle.personas.iter().map(|p| p.name.clone()).collect(),
+            n_questions: bundle.n_questions(),
+            checkpoints: bundle
+                .checkpoints
+                .iter()
+                .map(|c| (c.name.clone(), c.role.name().to_string(), c.label.clone()))
+                .collect(),
+            methods: bundle.methods.clone(),
+            layers: bundle.layers.clone(),
+            bases: self
+                .coords
+                .iter()
+                .enumerate()
+                .filter(|(ml, _)| matches!(cells.get(*ml), Some(Some(_))))
+                .map(|(_, c)| basis_view(c))
+                .collect(),
+            checkpoint_views,
+            pair_views,
+            rows,
+            sensitivity,
+            verdicts,
+        }
+    }
+
+    /// M3 pre vs post: paired sign-flip test and bootstrap of per-question held-out scores.
+    pub fn m3_paired(&self, ml: usize, cmp: &Comparison, cell: &CellResult) -> M3Paired {
+        let c = &self.coords[ml];
+        let cfg = &self.cfg;
+        let label = format!(
+            "m3-paired/{}/L{}/{}->{}",
+            c.method.name(),
+            c.layer,
+            cmp.pre,
+            cmp.post
+        );
+        let scores = |ck: usize| per_question_scores(&Samples::from_coords(c, ck), &cell.lda[ck]);
+        let ps = PairedScores::new(&scores(cmp.pre), &scores(cmp.post), cfg.seed, label);
+        let obs = ps.observed();
+        let null = ps.null(0..cfg.permutations);
+        let boot = ps.bootstrap(0..cfg.bootstrap);
+        let col = |v: &[[f64; 2]], s: usize| v.iter().map(|x| x[s]).collect::<Vec<f64>>();
+        M3Paired {
+            delta: obs,
+            p: [0, 1].map(|s| permutation_p_two_sided(obs[s], &col(&null, s))),
+            ci95: [0, 1].map(|s| basic_bootstrap_interval(obs[s], &col(&boot, s), 0.95)),
+            n_permutations: null.len(),
+            n_bootstrap: boot.len(),
+            n_questions: ps.diffs.len(),
+            null,
+        }
+    }
+}
+
+/// Result of the paired M3 test of one comparison ([accuracy, log posterior]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct M3Paired {
+    pub delta: [f64; 2],
+    pub p: [f64; 2],
+    pub ci95: [Option<[f64; 2]>; 2],
+    pub n_permutations: usize,
+    pub n_bootstrap: usize,
+    pub n_questions: usize,
+    pub null: Vec<[f64; 2]>,
+}
+
 pub fn analyze(
     bundle: &Bundle,
     cfg: &AnalysisConfig,
     progress: Progress,
 ) -> Result<Report, AnalysisError> {
-    if cfg.permutations == 0
-        || cfg.bootstrap == 0
-        || cfg.folds < 2
-        || cfg.m3_label_permutations == 0
-    {
-        return Err(AnalysisError::BadConfig(
-            cfg.permutations,
-            cfg.bootstrap,
-            cfg.folds,
-        ));
-    }
-    let axis = bundle
-        .personas
-        .iter()
-        .position(|p| p.name == cfg.axis_persona)
-        .ok_or_else(|| {
-            AnalysisError::NoAxisPersona(
-                cfg.axis_persona.clone(),
-                bundle
-                    .personas
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )
-        })?;
-    let comps = comparisons(bundle)?;
-    let base = comps.first().map(|c| c.pre).unwrap_or(0);
     progress(&format!(
         "building analysis coordinates ({} residual components)",
         cfg.components
     ));
-    let coords = bundle_coords(bundle, cfg.components, cfg.seed)?;
-    let nck = bundle.checkpoints.len();
-    let p = bundle.n_personas();
-
-    // Independent jobs: geometry per (method-layer, comparison), LDA per (method-layer, checkpoint).
-    enum Job {
-        Geometry(usize, usize),
-        Lda(usize, usize),
-    }
-    enum Out {
-        Geometry(PairGeometryResult),
-        Lda(Box<(crate::lda::Evaluation, Samples, Vec<[f64; 2]>)>),
-    }
-    let mut jobs = Vec::new();
-    for ml in 0..coords.len() {
-        for ck in 0..nck {
-            jobs.push(Job::Lda(ml, ck));
-        }
-        for ci in 0..comps.len() {
-            jobs.push(Job::Geometry(ml, ci));
-        }
-    }
+    let plan = Plan::new(bundle, cfg)?;
+    // One task per job natively: threads already keep the cores busy.
+    let chunk = cfg
+        .permutations
+        .max(cfg.bootstrap)
+        .max(cfg.m3_label_permutations);
+    let tasks: Vec<Task> = (0..plan.coords.len())
+        .flat_map(|ml| plan.tasks(ml, chunk))
+        .collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let total = jobs.len();
-    let outs = crate::parallel::par_map(jobs.len(), |i| {
-        let out = match jobs[i] {
-            Job::Geometry(ml, ci) => {
-                let c = &coords[ml];
-                let cmp = &comps[ci];
-                let centre = if cmp.pre == base {
-                    Centre::FromPre
-                } else {
-                    Centre::Fixed(mean_rows(&c.centroids[base], p, c.dim))
-                };
-                let g = PairGeometry::new(c, cmp.pre, cmp.post, axis, centre, cfg.seed);
-                Out::Geometry(g.run(cfg.permutations, cfg.bootstrap))
-            }
-            Job::Lda(ml, ck) => {
-                let c = &coords[ml];
-                let lda = Lda::new(Samples::from_coords(c, ck), cfg.folds);
-                let obs = lda.observed();
-                let label = format!("m3-labels/{}/L{}", c.method.name(), c.layer);
-                let null =
-                    lda.label_permutation_null(cfg.seed, &label, 0..cfg.m3_label_permutations);
-                let samples = lda.samples().clone();
-                Out::Lda(Box::new((obs, samples, null)))
-            }
-        };
+    let total = tasks.len();
+    let outs = crate::parallel::par_map(tasks.len(), |i| {
+        let out = plan.run_task(&tasks[i]);
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        progress(&format!("analysis: {n}/{total} jobs done"));
+        progress(&format!("analysis: {n}/{total} tasks done"));
         out
     });
-    let mut geom: Vec<Vec<Option<PairGeometryResult>>> =
-        vec![vec![None; comps.len()]; coords.len()];
-    let mut ldas: Vec<Vec<Option<(crate::lda::Evaluation, Samples, Vec<[f64; 2]>)>>> = (0..coords
-        .len())
-        .map(|_| (0..nck).map(|_| None).collect())
+    let pairs: Vec<(Task, TaskOutput)> = tasks.into_iter().zip(outs).collect();
+    let cells: Vec<Option<CellResult>> = (0..plan.coords.len())
+        .map(|ml| Some(plan.cell_result(ml, &pairs)))
         .collect();
-    for (job, out) in jobs.iter().zip(outs) {
-        match (job, out) {
-            (Job::Geometry(ml, ci), Out::Geometry(r)) => geom[*ml][*ci] = Some(r),
-            (Job::Lda(ml, ck), Out::Lda(r)) => ldas[*ml][*ck] = Some(*r),
-            _ => unreachable!("job and output kinds match"),
-        }
-    }
-
-    let mut checkpoint_views = Vec::new();
-    let mut pair_views = Vec::new();
-    let mut rows = Vec::new();
-    let ckname = |i: usize| bundle.checkpoints[i].name.clone();
-    for (ml, c) in coords.iter().enumerate() {
-        let centre = mean_rows(&c.centroids[base], p, c.dim);
-        for ck in 0..nck {
-            let (obs, _, null) = ldas[ml][ck].as_ref().expect("every LDA job ran");
-            let na: Vec<f64> = null.iter().map(|x| x[0]).collect();
-            let nl: Vec<f64> = null.iter().map(|x| x[1]).collect();
-            checkpoint_views.push(CheckpointView {
-                checkpoint: ckname(ck),
-                method: c.method,
-                layer: c.layer,
-                cos_raw: cosine_matrix(&c.centroids[ck], p, c.dim, None),
-                cos_centred: cosine_matrix(&c.centroids[ck], p, c.dim, Some(&centre)),
-                norms: (0..p)
-                    .map(|i| crate::linalg::norm(c.centroid(ck, i)))
-                    .collect(),
-                m3_accuracy: obs.accuracy,
-                m3_log_posterior: obs.mean_log_posterior,
-                m3_shrinkage: obs.shrinkage.clone(),
-                m3_n_samples: obs.correct.len(),
-                m3_p_above_chance_accuracy: permutation_p_greater(obs.accuracy, &na),
-                m3_p_above_chance_log_posterior: permutation_p_greater(obs.mean_log_posterior, &nl),
-                m3_n_label_permutations: null.len(),
-                m3_null_mean_accuracy: na.iter().sum::<f64>() / na.len() as f64,
-                m3_null_mean_log_posterior: nl.iter().sum::<f64>() / nl.len() as f64,
-            });
-        }
-        for (ci, cmp) in comps.iter().enumerate() {
-            let g = geom[ml][ci].clone().expect("every geometry job ran");
-            for s in 0..4 {
-                rows.push(Row {
-                    family: cmp.family,
-                    pre: ckname(cmp.pre),
-                    post: ckname(cmp.post),
-                    method: c.method,
-                    layer: c.layer,
-                    metric: GEOMETRY_METRICS[s].to_string(),
-                    pre_value: g.pre_values[s],
-                    post_value: g.post_values[s],
-                    delta: g.delta[s],
-                    ci95: g.ci95_delta[s],
-                    p: g.p_two_sided[s],
-                    p_bh: None,
-                    p_holm: None,
-                    n_permutations: g.n_permutations,
-                    p_floor: p_floor(g.n_permutations),
-                    n_questions: g.n_questions_paired_min,
-                    n_bootstrap: g.n_bootstrap - g.n_bootstrap_skipped,
-                    seed: cfg.seed,
-                    test: "paired question-level swap permutation (two-sided); basic question-bootstrap CI".into(),
-                });
-            }
-            // M3: paired test on held-out per-question scores.
-            let (pre_e, pre_s, _) = ldas[ml][cmp.pre].as_ref().expect("ran");
-            let (post_e, post_s, _) = ldas[ml][cmp.post].as_ref().expect("ran");
-            let label = format!(
-                "m3-paired/{}/L{}/{}->{}",
-                c.method.name(),
-                c.layer,
-                cmp.pre,
-                cmp.post
-            );
-            let ps = PairedScores::new(
-                &per_question_scores(pre_s, pre_e),
-                &per_question_scores(post_s, post_e),
-                cfg.seed,
-                label,
-            );
-            let obs = ps.observed();
-            let null = ps.null(0..cfg.permutations);
-            let boot = ps.bootstrap(0..cfg.bootstrap);
-            for (s, name) in ["M3_accuracy", "M3_log_posterior"].iter().enumerate() {
-                let ns: Vec<f64> = null.iter().map(|x| x[s]).collect();
-                let bs: Vec<f64> = boot.iter().map(|x| x[s]).collect();
-                let (pre_v, post_v) = if s == 0 {
-                    (pre_e.accuracy, post_e.accuracy)
-                } else {
-                    (pre_e.mean_log_posterior, post_e.mean_log_posterior)
-                };
-                rows.push(Row {
-                    family: cmp.family,
-                    pre: ckname(cmp.pre),
-                    post: ckname(cmp.post),
-                    method: c.method,
-                    layer: c.layer,
-                    metric: name.to_string(),
-                    pre_value: pre_v,
-                    post_value: post_v,
-                    delta: obs[s],
-                    ci95: basic_bootstrap_interval(obs[s], &bs, 0.95),
-                    p: permutation_p_two_sided(obs[s], &ns),
-                    p_bh: None,
-                    p_holm: None,
-                    n_permutations: ns.len(),
-                    p_floor: p_floor(ns.len()),
-                    n_questions: ps.diffs.len(),
-                    n_bootstrap: bs.len(),
-                    seed: cfg.seed,
-                    test: "paired sign-flip permutation of per-question held-out scores (two-sided); basic question-bootstrap CI".into(),
-                });
-            }
-            pair_views.push(PairView {
-                family: cmp.family,
-                pre: ckname(cmp.pre),
-                post: ckname(cmp.post),
-                method: c.method,
-                layer: c.layer,
-                geometry: g,
-            });
-        }
-    }
-    // Corrections within each family, over the family metrics.
-    for fam in [
-        Family::EmVsBase,
-        Family::BenignVsBase,
-        Family::EmVsBenign,
-        Family::OtherVsBase,
-    ] {
-        let idx: Vec<usize> = (0..rows.len())
-            .filter(|&i| rows[i].family == fam && FAMILY_METRICS.contains(&rows[i].metric.as_str()))
-            .collect();
-        let ps: Vec<f64> = idx.iter().map(|&i| rows[i].p).collect();
-        let bh = bh_adjust(&ps);
-        let holm = holm_adjust(&ps);
-        for (j, &i) in idx.iter().enumerate() {
-            rows[i].p_bh = Some(bh[j]);
-            rows[i].p_holm = Some(holm[j]);
-        }
-    }
-    let (sensitivity, verdicts) = sensitivity_and_verdicts(bundle, &rows, cfg);
-    Ok(Report {
-        tool_version: crate::TOOL_VERSION.into(),
-        layer_convention: crate::LAYER_CONVENTION.into(),
-        centre_note: "M1 centred: every checkpoint's centroids minus the mean of the base checkpoint's centroids (the same centre for all checkpoints; under permutation/bootstrap of a base comparison it is recomputed from the permuted base).".into(),
-        config: cfg.clone(),
-        bundle_provenance: bundle.provenance.clone(),
-        personas: bundle.personas.iter().map(|p| p.name.clone()).collect(),
-        n_questions: bundle.n_questions(),
-        checkpoints: bundle.checkpoints.iter().map(|c| (c.name.clone(), c.role.name().to_string(), c.label.clone())).collect(),
-        methods: bundle.methods.clone(),
-        layers: bundle.layers.clone(),
-        bases: coords.iter().map(basis_view).collect(),
-        checkpoint_views,
-        pair_views,
-        rows,
-        sensitivity,
-        verdicts,
-    })
+    Ok(plan.report(bundle, &cells))
 }
 
 fn basis_view(c: &MethodLayerCoords) -> BasisView {

@@ -94,7 +94,7 @@ pub struct Lda {
 }
 
 /// Held-out evaluation of one labelling.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evaluation {
     pub accuracy: f64,
     pub mean_log_posterior: f64,

@@ -227,3 +227,62 @@ fn analysis_is_reproducible_and_thread_independent() {
     split.extend(g.null_deltas(25..60));
     assert_eq!(whole, split);
 }
+
+/// The browser runs the analysis as permutation ranges in Web Workers, in any order; the
+/// result must be the CLI's, bit for bit, whatever the split.
+#[test]
+fn any_split_of_the_tasks_gives_the_cli_report() {
+    use shared::analysis::{CellResult, Plan, Task, TaskOutput};
+    let b = synth_bundle(&SynthSpec {
+        compression: 0.2,
+        separability_loss: 0.3,
+        ..spec()
+    });
+    let c = cfg(301);
+    let cli = analyze(&b, &c, &quiet).unwrap();
+    let plan = Plan::new(&b, &c).unwrap();
+    for chunk in [7, 64] {
+        let mut pairs: Vec<(Task, TaskOutput)> = (0..plan.coords.len())
+            .flat_map(|ml| plan.tasks(ml, chunk))
+            .map(|t| {
+                let o = plan.run_task(&t);
+                (t, o)
+            })
+            .collect();
+        pairs.reverse(); // completion order must not matter
+        let cells: Vec<Option<CellResult>> = (0..plan.coords.len())
+            .map(|ml| Some(plan.cell_result(ml, &pairs)))
+            .collect();
+        let split = plan.report(&b, &cells);
+        assert_eq!(split, cli, "chunk {chunk}");
+    }
+    // A partial report (the page while workers run) covers exactly the present cells.
+    let pairs: Vec<(Task, TaskOutput)> = plan
+        .tasks(1, 1000)
+        .into_iter()
+        .map(|t| {
+            let o = plan.run_task(&t);
+            (t, o)
+        })
+        .collect();
+    let mut cells = vec![None; plan.coords.len()];
+    cells[1] = Some(plan.cell_result(1, &pairs));
+    let partial = plan.report(&b, &cells);
+    let (m, l) = (plan.coords[1].method, plan.coords[1].layer);
+    assert!(!partial.rows.is_empty());
+    assert!(partial.rows.iter().all(|r| r.method == m && r.layer == l));
+    for r in &partial.rows {
+        let full = cli
+            .rows
+            .iter()
+            .find(|x| {
+                x.family == r.family
+                    && x.post == r.post
+                    && x.method == m
+                    && x.layer == l
+                    && x.metric == r.metric
+            })
+            .unwrap();
+        assert_eq!((r.delta, r.p, r.ci95), (full.delta, full.p, full.ci95));
+    }
+}
