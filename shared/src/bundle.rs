@@ -512,6 +512,69 @@ impl Bundle {
         Ok(())
     }
 
+    /// The same bundle restricted to the named personas, in the bundle's order (the page's
+    /// persona subset). Coordinates of compact bundles stay valid: the stored basis spans every
+    /// persona's centroid, so cosines and norms of the kept ones are unchanged.
+    pub fn select_personas(&self, names: &[String]) -> Result<Bundle, BundleError> {
+        for n in names {
+            if !self.personas.iter().any(|p| &p.name == n) {
+                return Err(inconsistent(
+                    "personas",
+                    format!("no persona named `{n}` in this bundle"),
+                ));
+            }
+        }
+        let keep: Vec<usize> = (0..self.personas.len())
+            .filter(|&i| names.contains(&self.personas[i].name))
+            .collect();
+        if keep.len() < 2 {
+            return Err(inconsistent(
+                "personas",
+                "select at least two personas (geometry and LDA compare personas)",
+            ));
+        }
+        let q = self.n_questions();
+        let rows = |blob: &Blob, width: usize| -> Blob {
+            let w = width * blob.byte_width();
+            let mut bytes = Vec::with_capacity(keep.len() * w);
+            for &i in &keep {
+                bytes.extend_from_slice(&blob.bytes[i * w..(i + 1) * w]);
+            }
+            Blob {
+                dtype: blob.dtype,
+                bytes,
+            }
+        };
+        let mut out = self.clone();
+        out.personas = keep.iter().map(|&i| self.personas[i].clone()).collect();
+        for cell in out.cells.iter_mut() {
+            let cd = self.centroid_dim(cell.method, cell.layer);
+            let qd = self.per_question_dim(cell.method, cell.layer);
+            cell.centroids = rows(&cell.centroids, cd);
+            cell.per_question = rows(&cell.per_question, q * qd);
+            cell.valid = keep
+                .iter()
+                .flat_map(|&i| cell.valid[i * q..(i + 1) * q].iter().copied())
+                .collect();
+        }
+        for r in out.responses.iter_mut() {
+            if r.texts.len() == self.personas.len() * q {
+                r.texts = keep
+                    .iter()
+                    .flat_map(|&i| r.texts[i * q..(i + 1) * q].iter().cloned())
+                    .collect();
+            }
+            if r.token_counts.len() == self.personas.len() * q {
+                r.token_counts = keep
+                    .iter()
+                    .flat_map(|&i| r.token_counts[i * q..(i + 1) * q].iter().copied())
+                    .collect();
+            }
+        }
+        out.validate()?;
+        Ok(out)
+    }
+
     /// Serialises to the on-disk format. Validates first: an inconsistent bundle is never written.
     pub fn encode(&self) -> Result<Vec<u8>, BundleError> {
         self.validate()?;

@@ -9,6 +9,7 @@
 pub mod analysis;
 pub mod bundle;
 pub mod coords;
+pub mod figures;
 pub mod geometry;
 pub mod lda;
 pub mod linalg;

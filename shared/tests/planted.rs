@@ -286,3 +286,38 @@ fn any_split_of_the_tasks_gives_the_cli_report() {
         assert_eq!((r.delta, r.p, r.ci95), (full.delta, full.p, full.ci95));
     }
 }
+
+/// The page's persona subset: the selected personas' cosines and norms are those of the full
+/// bundle (compact form included), and unknown or too few personas are refused.
+#[test]
+fn persona_subset_keeps_the_selected_geometry() {
+    let b = synth_bundle(&spec());
+    let c = compact_bundle(&b, 32, false, 0).unwrap();
+    let names: Vec<String> = b.personas.iter().map(|p| p.name.clone()).collect();
+    let pick = vec![names[0].clone(), names[2].clone(), names[5].clone()];
+    let cf = AnalysisConfig {
+        components: 32,
+        ..cfg(99)
+    };
+    let full = analyze(&c, &cf, &quiet).unwrap();
+    let sub = c.select_personas(&pick).unwrap();
+    assert_eq!(sub.n_personas(), 3);
+    let sub = Bundle::decode(&sub.encode().unwrap()).unwrap();
+    let r = analyze(&sub, &cf, &quiet).unwrap();
+    let idx = [0usize, 2, 5];
+    let p = names.len();
+    for (v, f) in r.checkpoint_views.iter().zip(&full.checkpoint_views) {
+        for (i, &fi) in idx.iter().enumerate() {
+            assert!((v.norms[i] - f.norms[fi]).abs() < 1e-9);
+            for (j, &fj) in idx.iter().enumerate() {
+                assert!((v.cos_raw[i * 3 + j] - f.cos_raw[fi * p + fj]).abs() < 1e-9);
+            }
+        }
+    }
+    assert!(c.select_personas(&[names[0].clone()]).is_err());
+    let err = c
+        .select_personas(&["nobody".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nobody"), "{err}");
+}
