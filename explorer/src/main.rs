@@ -720,28 +720,8 @@ fn fmt(v: f64) -> String {
     }
 }
 
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect::<String>()
-        .split('-')
-        .filter(|x| !x.is_empty())
-        .collect::<Vec<_>>()
-        .join("-")
-}
-
 #[component]
-fn FigureView(
-    #[prop(into)] figure: Signal<Option<Figure>>,
-    width: u32,
-    height: u32,
-) -> impl IntoView {
+fn FigureView(#[prop(into)] figure: Signal<Option<Figure>>) -> impl IntoView {
     let canvas_ref = NodeRef::<leptos::html::Canvas>::new();
     let hits = StoredValue::new(Vec::<HitBox>::new());
     let tip = RwSignal::new(String::new());
@@ -753,6 +733,11 @@ fn FigureView(
         let Some(fig) = fig else {
             return;
         };
+        // The figure's own size (the same as `analyze --figures`), set before drawing because
+        // resizing a canvas clears it.
+        let (w, h) = fig.size();
+        canvas.set_width(w);
+        canvas.set_height(h);
         if let Some(backend) = CanvasBackend::with_canvas_object(canvas.clone()) {
             let root = backend.into_drawing_area();
             match fig.draw(&root) {
@@ -782,9 +767,10 @@ fn FigureView(
         });
         tip.set(text);
     };
-    let name = move || figure.with(|f| f.as_ref().map(|f| slug(&f.title)).unwrap_or_default());
+    let name = move || figure.with(|f| f.as_ref().map(|f| f.file_stem()).unwrap_or_default());
     let export_svg = move |_| {
         if let Some(f) = figure.get_untracked() {
+            let (width, height) = f.size();
             match f.to_svg(width, height) {
                 Ok(svg) => web::download_text(&format!("{}.svg", name()), "image/svg+xml", &svg),
                 Err(e) => tip.set(e),
@@ -811,7 +797,7 @@ fn FigureView(
     };
     view! {
         <figure class="fig" data-figure=name>
-            <canvas node_ref=canvas_ref width=width height=height
+            <canvas node_ref=canvas_ref width="300" height="150"
                 on:mousemove=on_move on:mouseleave=move |_| tip.set(String::new())></canvas>
             <div class="tip" data-role="tip">{move || tip.get()}</div>
             <figcaption>{move || figure.with(|f| f.as_ref().map(|f| f.caption.clone()))}</figcaption>
@@ -1238,10 +1224,6 @@ fn App() -> impl IntoView {
     };
     let nulls = Memo::new(move |_| null_figures(ctl));
     let null_fig = move |i: usize| Signal::derive(move || nulls.with(|n| n.get(i).cloned()));
-    let hero_width = move || {
-        ctl.meta
-            .with(|m| m.as_ref().map(|m| m.layers.len()).unwrap_or(5)) as u32
-    };
     let on_drop = move |ev: web_sys::DragEvent| {
         ev.prevent_default();
         if let Some(f) = ev
@@ -1263,10 +1245,7 @@ fn App() -> impl IntoView {
                 <Controls ctl=ctl/>
                 <section id="hero">
                     <h2>"Hero figure"</h2>
-                    {move || {
-                        let w = 60 + 190 * hero_width();
-                        view! { <FigureView figure=hero width=w height=520/> }
-                    }}
+                    <FigureView figure=hero/>
                 </section>
                 <section id="verdict-section">
                     <h2>"Benign-vs-EM sensitivity and verdict"</h2>
@@ -1275,16 +1254,16 @@ fn App() -> impl IntoView {
                 <section id="heatmaps">
                     <h2>"Inter-persona cosines: pre, post, Δ"</h2>
                     <div class="row">
-                        <FigureView figure=heat(0) width=470 height=440/>
-                        <FigureView figure=heat(1) width=470 height=440/>
-                        <FigureView figure=heat(2) width=470 height=440/>
+                        <FigureView figure=heat(0)/>
+                        <FigureView figure=heat(1)/>
+                        <FigureView figure=heat(2)/>
                     </div>
                 </section>
                 <section id="personas-section">
                     <h2>"Norms and EM-axis projections per persona"</h2>
                     <div class="row">
-                        <FigureView figure=persona(0) width=700 height=380/>
-                        <FigureView figure=persona(1) width=700 height=380/>
+                        <FigureView figure=persona(0)/>
+                        <FigureView figure=persona(1)/>
                     </div>
                 </section>
                 <section id="tests">
@@ -1298,7 +1277,7 @@ fn App() -> impl IntoView {
                 <section id="nulls">
                     <h2>"Permutation nulls (treated vs base)"</h2>
                     <div class="row">
-                        {(0..5).map(|i| view! { <FigureView figure=null_fig(i) width=470 height=300/> }).collect_view()}
+                        {(0..5).map(|i| view! { <FigureView figure=null_fig(i)/> }).collect_view()}
                     </div>
                 </section>
                 <Provenance ctl=ctl/>

@@ -10,7 +10,12 @@ use shared::Bundle;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub fn run_analyze(bundle_path: &Path, out: &Path, cfg: &AnalysisConfig) -> Result<()> {
+pub fn run_analyze(
+    bundle_path: &Path,
+    out: &Path,
+    cfg: &AnalysisConfig,
+    figures: bool,
+) -> Result<()> {
     let bundle = read_bundle(bundle_path)?;
     let t0 = std::time::Instant::now();
     let last = std::sync::Mutex::new(std::time::Instant::now());
@@ -36,10 +41,45 @@ pub fn run_analyze(bundle_path: &Path, out: &Path, cfg: &AnalysisConfig) -> Resu
         out.join("report.json").display(),
         out.join("report.md").display()
     );
+    if figures {
+        let dir = out.join("figures");
+        let n = write_figures(&report, &dir)?;
+        eprintln!("wrote {n} SVG figures to {}", dir.display());
+    }
     for v in &report.verdicts {
         println!("{}: criterion {} -> {}", v.em, v.criterion, v.verdict);
     }
     Ok(())
+}
+
+/// Every figure of the page for every view, as SVG (file names = the page's download names).
+fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize> {
+    use shared::figures::{cosine_heatmaps, hero_figure, persona_figures, Figure};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut figs: Vec<Figure> = shared::analysis::ALL_METRICS
+        .iter()
+        .map(|m| hero_figure(report, m))
+        .collect();
+    for (ck, _, _) in report.checkpoints.iter().filter(|c| c.1 != "base") {
+        for &m in &report.methods {
+            for &l in &report.layers {
+                for centred in [false, true] {
+                    if let Some(h) = cosine_heatmaps(report, m, l, ck, centred) {
+                        figs.extend(h);
+                    }
+                }
+                if let Some(p) = persona_figures(report, m, l, ck) {
+                    figs.extend(p);
+                }
+            }
+        }
+    }
+    for f in &figs {
+        let (w, h) = f.size();
+        let svg = f.to_svg(w, h).map_err(anyhow::Error::msg)?;
+        write_atomic(&dir.join(format!("{}.svg", f.file_stem())), svg.as_bytes())?;
+    }
+    Ok(figs.len())
 }
 
 pub fn run_compact(

@@ -66,6 +66,9 @@ enum Cmd {
         /// EM/benign ratio thresholds of the sensitivity rows (comma-separated).
         #[arg(long, default_value = "1.5,2,3", value_delimiter = ',')]
         thresholds: Vec<f64>,
+        /// Also write every figure as SVG into OUT/figures/ (the explorer's pictures, same code).
+        #[arg(long)]
+        figures: bool,
     },
     /// Compact a full bundle for the browser: shared basis per (method, layer), f16 residual PCs.
     Compact {
@@ -198,6 +201,7 @@ fn main() -> Result<()> {
             alpha,
             axis_persona,
             thresholds,
+            figures,
         } => {
             let primary = if thresholds.contains(&2.0) {
                 2.0
@@ -217,7 +221,7 @@ fn main() -> Result<()> {
                 axis_persona,
                 ..AnalysisConfig::default()
             };
-            cmd_analysis::run_analyze(&bundle, &out, &cfg)
+            cmd_analysis::run_analyze(&bundle, &out, &cfg, figures)
         }
         Cmd::Compact {
             bundle,

@@ -8,7 +8,10 @@ fn main() {
     let bytes = std::fs::read(&args[1]).expect("read bundle");
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let b = shared::Bundle::decode(&bytes).expect("decode");
-    let cfg = AnalysisConfig { permutations: n, ..AnalysisConfig::default() };
+    let cfg = AnalysisConfig {
+        permutations: n,
+        ..AnalysisConfig::default()
+    };
     let t = Instant::now();
     let plan = Plan::new(&b, &cfg).expect("plan");
     println!("plan: {:.3} s", t.elapsed().as_secs_f64());
@@ -23,5 +26,8 @@ fn main() {
     for (k, v) in &totals {
         println!("{k}: {v:.3} s");
     }
-    println!("view total (1 thread): {:.3} s", totals.values().sum::<f64>());
+    println!(
+        "view total (1 thread): {:.3} s",
+        totals.values().sum::<f64>()
+    );
 }

@@ -9,6 +9,7 @@ use crate::analysis::{Family, Report};
 use crate::bundle::Method;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -144,6 +145,35 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
 }
 
 impl Figure {
+    /// Pixel size of the figure, the same on the page and in `analyze --figures`.
+    pub fn size(&self) -> (u32, u32) {
+        match &self.kind {
+            FigureKind::Hero { layers, .. } => (60 + 190 * layers.len().max(1) as u32, 520),
+            FigureKind::Heatmap { .. } => (470, 440),
+            FigureKind::PersonaBars { .. } => (700, 380),
+            FigureKind::NullHistogram { .. } => (470, 300),
+        }
+    }
+
+    /// File name stem derived from the title (the page's download name).
+    pub fn file_stem(&self) -> String {
+        let s: String = self
+            .title
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        s.split('-')
+            .filter(|x| !x.is_empty())
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+
     /// Draws on `root` (already sized); returns hit boxes in backend pixels.
     pub fn draw<DB: DrawingBackend>(
         &self,
@@ -192,8 +222,19 @@ impl Figure {
                 for (mi, m) in methods.iter().enumerate() {
                     for (li, l) in layers.iter().enumerate() {
                         let area = &panels[mi * layers.len() + li];
-                        let mut chart = ChartBuilder::on(area)
-                            .caption(format!("Method {m}, layer {l}"), ("sans-serif", 13))
+                        // Panel title at a fixed offset: plotters' `caption` sizes the plot by
+                        // the measured text height, which differs between the browser's fonts
+                        // and the SVG writer's estimate; the page and the CLI must agree.
+                        let (title, area) = area.split_vertically(18);
+                        title
+                            .draw(&Text::new(
+                                format!("Method {m}, layer {l}"),
+                                (title.dim_in_pixel().0 as i32 / 2, 3),
+                                TextStyle::from(("sans-serif", 13).into_font())
+                                    .pos(Pos::new(HPos::Center, VPos::Top)),
+                            ))
+                            .map_err(err)?;
+                        let mut chart = ChartBuilder::on(&area)
                             .margin(4)
                             .x_label_area_size(18)
                             .y_label_area_size(if li == 0 { 52 } else { 40 })
@@ -639,6 +680,7 @@ pub fn cosine_heatmaps(
     let (a, b) = (pick(pre), pick(post));
     let delta: Vec<f64> = b.iter().zip(&a).map(|(x, y)| x - y).collect();
     let kind = if centred { "mean-centred" } else { "raw" };
+    let view = format!("Method {}, layer {layer}", method.name());
     let caption = format!(
         "Inter-persona cosines of the persona centroids ({kind}; centred = minus the mean of base's centroids), Method {}, layer {layer} ({}). n = {} questions per persona.",
         method.name(),
@@ -655,10 +697,10 @@ pub fn cosine_heatmaps(
         },
     };
     Some([
-        mk(format!("cosines ({kind}), {base}"), a, false),
-        mk(format!("cosines ({kind}), {treated}"), b, false),
+        mk(format!("cosines ({kind}), {base}, {view}"), a, false),
+        mk(format!("cosines ({kind}), {treated}, {view}"), b, false),
         mk(
-            format!("Δ cosines ({kind}), {treated} − {base}"),
+            format!("Δ cosines ({kind}), {treated} − {base}, {view}"),
             delta,
             true,
         ),
@@ -687,9 +729,10 @@ pub fn persona_figures(
         pv.pre
     );
     let series = vec![format!("{} (pre)", pv.pre), format!("{} (post)", pv.post)];
+    let view = format!("Method {}, layer {layer}", method.name());
     Some([
         Figure {
-            title: format!("centroid norms, {} vs {}", pv.pre, pv.post),
+            title: format!("centroid norms, {} vs {}, {view}", pv.pre, pv.post),
             caption: caption.clone(),
             kind: FigureKind::PersonaBars {
                 personas: report.personas.clone(),
@@ -699,7 +742,10 @@ pub fn persona_figures(
             },
         },
         Figure {
-            title: format!("projection on the EM axis, {} vs {}", pv.pre, pv.post),
+            title: format!(
+                "projection on the EM axis, {} vs {}, {view}",
+                pv.pre, pv.post
+            ),
             caption,
             kind: FigureKind::PersonaBars {
                 personas: report.personas.clone(),

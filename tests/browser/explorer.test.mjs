@@ -1,0 +1,237 @@
+// Browser tests of the explorer page in headless Chromium (node --test). Needs:
+//   PG_DIST  the built site (trunk build --release), PG_BIN the persona-geometry binary,
+//   PG_WORK  a scratch directory. scripts/test_browser.sh sets them.
+// The oracle for every number on screen is `persona-geometry analyze` on the same bundle.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { launch, serve } from './harness.mjs';
+
+const DIST = process.env.PG_DIST || 'dist';
+const BIN = process.env.PG_BIN;
+const WORK = process.env.PG_WORK || fs.mkdtempSync('/tmp/pg-browser-');
+const N = 1000;
+let server, browser, report;
+
+function pg(...args) {
+  return execFileSync(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+}
+
+before(async () => {
+  assert.ok(BIN, 'PG_BIN must point at the persona-geometry binary');
+  // Planted effects; benign gets 60% of EM's: verdict success at 2x, inconclusive at 3x.
+  const full = path.join(WORK, 'test.pgb');
+  pg('synth', '-o', full, '--personas', '6', '--questions', '40', '--hidden', '64',
+    '--layers', '3,5,7', '--compression', '0.3', '--rotation', '0.3', '--benign-scale', '0.6', '--seed', '3');
+  pg('compact', full, '-o', path.join(WORK, 'test.compact.pgb'), '--components', '32');
+  pg('analyze', path.join(WORK, 'test.compact.pgb'), '--out', path.join(WORK, 'report'),
+    '--permutations', String(N), '--figures');
+  report = JSON.parse(fs.readFileSync(path.join(WORK, 'report', 'report.json'), 'utf8'));
+  const compact = fs.readFileSync(path.join(WORK, 'test.compact.pgb'));
+  fs.writeFileSync(path.join(WORK, 'truncated.pgb'), compact.subarray(0, compact.length - 1000));
+  server = await serve(DIST, {
+    '/test.compact.pgb': path.join(WORK, 'test.compact.pgb'),
+    '/test.pgb': full,
+  });
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+async function open(query, { all = true } = {}) {
+  const page = await browser.newPage({ viewport: { width: 1500, height: 1000 }, acceptDownloads: true });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.errors = errors;
+  await page.goto(`${server.url}/${query}`);
+  await page.waitForFunction(() => window.__pg && window.__pg.first_figure_ms, null, { timeout: 60000 });
+  if (all) await page.waitForFunction(() => window.__pg && window.__pg.all_ms, null, { timeout: 300000 });
+  return page;
+}
+
+async function setLayer(page, layers, layer) {
+  await page.locator('#layer').evaluate((el, i) => {
+    el.value = String(i);
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+  }, layers.indexOf(layer));
+  await page.waitForFunction((l) => document.querySelector('#layer-value').textContent.startsWith(`${l} `), layer);
+}
+
+async function tableRows(page) {
+  return page.$$eval('#rows tbody tr', (trs) => trs.map((tr) => ({ ...tr.dataset })));
+}
+
+const close = (a, b, tol) => Math.abs(a - b) <= tol * Math.max(1, Math.abs(b));
+
+test('the default bundle loads and draws (SmolLM2 study, provenance, layer convention)', async () => {
+  const page = await open('?n=200', { all: false });
+  assert.match(await page.locator('#prov-model').innerText(), /SmolLM2-135M-Instruct/);
+  assert.match(await page.locator('#provenance').innerText(), /output of decoder block l/);
+  assert.ok(await page.locator('#hero canvas').count() === 1);
+  assert.ok((await tableRows(page)).length > 0, 'the tests table shows the view');
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test('every number on screen equals `persona-geometry analyze` on the same bundle', async () => {
+  const page = await open(`?bundle=test.compact.pgb&n=${N}`);
+  let compared = 0;
+  for (const method of report.methods) {
+    await page.selectOption('#method', method);
+    for (const layer of report.layers) {
+      await setLayer(page, report.layers, layer);
+      const shown = await tableRows(page);
+      const want = report.rows.filter((r) => r.method === method && r.layer === layer);
+      assert.equal(shown.length, want.length, `rows of ${method}/${layer}`);
+      for (const r of want) {
+        const s = shown.find((x) => x.family === familyName(r.family) && x.post === r.post && x.metric === r.metric);
+        assert.ok(s, `row ${r.family} ${r.post} ${r.metric}`);
+        assert.ok(close(+s.delta, r.delta, 1e-9), `Δ ${r.metric} ${method}/${layer}: ${s.delta} vs ${r.delta}`);
+        assert.ok(close(+s.preValue, r.pre_value, 1e-9));
+        assert.ok(close(+s.postValue, r.post_value, 1e-9));
+        assert.ok(close(+s.p, r.p, 1e-12), `p ${r.metric} ${method}/${layer}: ${s.p} vs ${r.p}`);
+        assert.ok(close(+s.pBh, r.p_bh, 1e-12), `p_bh ${r.metric}: ${s.pBh} vs ${r.p_bh}`);
+        compared++;
+      }
+      const lda = await page.$$eval('#lda tbody tr', (t) => t.map((x) => ({ ...x.dataset })));
+      for (const l of lda) {
+        const v = report.checkpoint_views.find((c) => c.checkpoint === l.checkpoint && c.method === method && c.layer === layer);
+        assert.ok(close(+l.accuracy, v.m3_accuracy, 1e-12));
+      }
+    }
+  }
+  assert.equal(compared, report.rows.length);
+  // The verdict shown equals the CLI's under the same criterion.
+  for (const crit of ['2', '3', 'p']) {
+    await page.click(`[data-preset="${crit}"]`);
+    const name = crit === 'p' ? 'p-only' : `${crit}x`;
+    const want = report.verdicts.find((v) => v.criterion === name).verdict;
+    assert.equal(await page.getAttribute('#verdict', 'data-verdict'), want, name);
+  }
+  await page.close();
+});
+
+function familyName(f) {
+  return { EmVsBase: 'em_vs_base', BenignVsBase: 'benign_vs_base', EmVsBenign: 'em_vs_benign', OtherVsBase: 'other_vs_base' }[f];
+}
+
+test('moving the layer slider and the threshold changes the figures and the verdict', async () => {
+  const page = await open(`?bundle=test.compact.pgb&n=${N}&layer=3`);
+  const delta = page.locator('#heatmaps figure').nth(2);
+  const before = await delta.locator('canvas').evaluate((c) => c.toDataURL());
+  const nameBefore = await delta.getAttribute('data-figure');
+  await setLayer(page, report.layers, 7);
+  await page.waitForFunction(() => document.querySelectorAll('#heatmaps figure')[2].dataset.figure.endsWith('layer-7'));
+  const after = await delta.locator('canvas').evaluate((c) => c.toDataURL());
+  assert.notEqual(before, after, 'the Δ heatmap is redrawn for the new layer');
+  assert.match(nameBefore, /layer-3$/);
+  // Threshold: 2x says success, 3x (and the slider at 3.5) says inconclusive, p-only success.
+  await page.click('[data-preset="2"]');
+  assert.equal(await page.getAttribute('#verdict', 'data-verdict'), 'success');
+  await page.locator('#threshold').evaluate((el) => {
+    el.value = '3.5';
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+  });
+  await page.waitForFunction(() => document.querySelector('#verdict').dataset.criterion === '3.5x');
+  assert.equal(await page.getAttribute('#verdict', 'data-verdict'), 'inconclusive');
+  assert.match(page.url(), /threshold=3\.5/);
+  await page.click('[data-preset="p"]');
+  assert.equal(await page.getAttribute('#verdict', 'data-verdict'), 'success');
+  // Hover read-out on a heatmap cell.
+  const box = await delta.locator('canvas').boundingBox();
+  await delta.locator('canvas').hover({ position: { x: box.width * 0.45, y: box.height * 0.45 } });
+  assert.match(await delta.locator('[data-role=tip]').innerText(), / x .*: /);
+  await page.close();
+});
+
+test('a permalink restores the view state', async () => {
+  const page = await open(`?bundle=test.compact.pgb&n=${N}`);
+  await page.selectOption('#method', 'B');
+  await setLayer(page, report.layers, 7);
+  await page.selectOption('#treated', 'benign');
+  await page.selectOption('#centre', 'centred');
+  await page.selectOption('#metric', 'M2_em_axis');
+  await page.click('[data-preset="3"]');
+  await page.fill('#alpha', '0.05');
+  await page.locator('#alpha').dispatchEvent('change');
+  const url = page.url();
+  await page.close();
+  const again = await open(url.slice(server.url.length + 1), { all: false });
+  assert.equal(await again.locator('#method').inputValue(), 'B');
+  assert.match(await again.locator('#layer-value').innerText(), /^7 /);
+  assert.equal(await again.locator('#treated').inputValue(), 'benign');
+  assert.equal(await again.locator('#centre').inputValue(), 'centred');
+  assert.equal(await again.locator('#metric').inputValue(), 'M2_em_axis');
+  assert.equal(await again.locator('#threshold-value').innerText(), '3x');
+  assert.equal(await again.locator('#alpha').inputValue(), '0.05');
+  const rows = await tableRows(again);
+  assert.ok(rows.length > 0 && rows.every((r) => true));
+  assert.match(await again.locator('#heatmaps figure').nth(1).getAttribute('data-figure'), /mean-centred-benign-method-b-layer-7$/);
+  await again.close();
+});
+
+test('exports: the SVG equals `analyze --figures`, CSV and JSON carry the numbers', async () => {
+  const page = await open(`?bundle=test.compact.pgb&n=${N}&metric=M1_centred`);
+  const hero = page.locator('#hero figure');
+  const [svgDl] = await Promise.all([page.waitForEvent('download'), hero.locator('[data-export=svg]').click()]);
+  const svg = fs.readFileSync(await svgDl.path(), 'utf8');
+  assert.ok(svg.startsWith('<svg') && svg.trim().endsWith('</svg>'));
+  const parsed = await page.evaluate((s) => new DOMParser().parseFromString(s, 'image/svg+xml').querySelector('parsererror') === null, svg);
+  assert.ok(parsed, 'the SVG parses');
+  const cli = fs.readFileSync(path.join(WORK, 'report', 'figures', svgDl.suggestedFilename()), 'utf8');
+  assert.equal(svg, cli, 'page and CLI draw the same picture');
+  const [csvDl] = await Promise.all([page.waitForEvent('download'), hero.locator('[data-export=csv]').click()]);
+  const csv = fs.readFileSync(await csvDl.path(), 'utf8').trim().split('\n');
+  assert.equal(csv[0], 'metric,method,layer,series,value,ci95_low,ci95_high');
+  assert.equal(csv.length - 1, report.methods.length * report.layers.length * report.checkpoints.length);
+  const row = csv.find((l) => l.startsWith('M1_centred,A,5,em,')).split(',');
+  const want = report.rows.find((r) => r.family === 'EmVsBase' && r.method === 'A' && r.layer === 5 && r.metric === 'M1_centred');
+  assert.ok(close(+row[4], want.post_value, 1e-12));
+  const [pngDl] = await Promise.all([page.waitForEvent('download'), hero.locator('[data-export=png]').click()]);
+  const png = fs.readFileSync(await pngDl.path());
+  assert.deepEqual([...png.subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+  const [jsonDl] = await Promise.all([page.waitForEvent('download'), hero.locator('[data-export=json]').click()]);
+  const fig = JSON.parse(fs.readFileSync(await jsonDl.path(), 'utf8'));
+  assert.equal(fig.kind.Hero.metric, 'M1_centred');
+  await page.close();
+});
+
+test('a corrupt or full bundle shows a readable error and keeps the view', async () => {
+  const page = await open(`?bundle=test.compact.pgb&n=${N}`, { all: false });
+  await page.setInputFiles('#file-input', path.join(WORK, 'truncated.pgb'));
+  await page.waitForSelector('#error');
+  const msg = await page.locator('#error').innerText();
+  assert.match(msg, /truncated\.pgb/);
+  assert.match(msg, /truncated|cut short/);
+  assert.match(await page.locator('#prov-source').innerText(), /test\.compact\.pgb/, 'the loaded study stays');
+  await page.setInputFiles('#file-input', path.join(WORK, 'test.pgb'));
+  await page.waitForFunction(() => document.querySelector('#error')?.textContent.includes('full bundle'));
+  assert.match(await page.locator('#error').innerText(), /persona-geometry compact test\.pgb -o test\.compact\.pgb/);
+  await page.close();
+});
+
+test('a missing bundle URL names the URL and the HTTP status', async () => {
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/?bundle=nothing-here.pgb`);
+  await page.waitForSelector('#error');
+  assert.match(await page.locator('#error').innerText(), /nothing-here\.pgb.*404/);
+  await page.close();
+});
+
+test('permutation tests run in workers with progress, and cancel stops them', async () => {
+  const page = await open('?bundle=test.compact.pgb&n=100000', { all: false });
+  await page.waitForFunction(() => /tasks/.test(document.querySelector('#progress').textContent));
+  assert.ok((await page.evaluate(() => window.__pg.workers)) >= 1);
+  // The page stays responsive while workers run: a control responds at once.
+  await page.selectOption('#centre', 'centred');
+  assert.equal(await page.locator('#centre').inputValue(), 'centred');
+  await page.click('#cancel');
+  await page.waitForFunction(() => /stopped/.test(document.querySelector('#progress').textContent));
+  assert.ok(await page.locator('#resume').isVisible());
+  await page.close();
+});
