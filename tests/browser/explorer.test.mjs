@@ -13,6 +13,8 @@ const DIST = process.env.PG_DIST || 'dist';
 const BIN = process.env.PG_BIN;
 const WORK = process.env.PG_WORK || fs.mkdtempSync('/tmp/pg-browser-');
 const N = 1000;
+const E2E = process.env.PG_E2E_DIR && fs.existsSync(path.join(process.env.PG_E2E_DIR, 'e2e-tiny.compact.pgb'))
+  ? path.join(process.env.PG_E2E_DIR, 'e2e-tiny.compact.pgb') : null;
 let server, browser, report;
 
 function pg(...args) {
@@ -34,6 +36,7 @@ before(async () => {
   server = await serve(DIST, {
     '/test.compact.pgb': path.join(WORK, 'test.compact.pgb'),
     '/test.pgb': full,
+    ...(E2E ? { '/e2e.compact.pgb': E2E } : {}),
   });
   browser = await launch();
 });
@@ -78,17 +81,17 @@ test('the default bundle loads and draws (SmolLM2 study, provenance, layer conve
   await page.close();
 });
 
-test('every number on screen equals `persona-geometry analyze` on the same bundle', async () => {
-  const page = await open(`?bundle=test.compact.pgb&n=${N}`);
+async function compareWithAnalyze(bundleName, want) {
+  const page = await open(`?bundle=${bundleName}&n=${N}`);
   let compared = 0;
-  for (const method of report.methods) {
+  for (const method of want.methods) {
     await page.selectOption('#method', method);
-    for (const layer of report.layers) {
-      await setLayer(page, report.layers, layer);
+    for (const layer of want.layers) {
+      await setLayer(page, want.layers, layer);
       const shown = await tableRows(page);
-      const want = report.rows.filter((r) => r.method === method && r.layer === layer);
-      assert.equal(shown.length, want.length, `rows of ${method}/${layer}`);
-      for (const r of want) {
+      const rows = want.rows.filter((r) => r.method === method && r.layer === layer);
+      assert.equal(shown.length, rows.length, `rows of ${method}/${layer}`);
+      for (const r of rows) {
         const s = shown.find((x) => x.family === familyName(r.family) && x.post === r.post && x.metric === r.metric);
         assert.ok(s, `row ${r.family} ${r.post} ${r.metric}`);
         assert.ok(close(+s.delta, r.delta, 1e-9), `Δ ${r.metric} ${method}/${layer}: ${s.delta} vs ${r.delta}`);
@@ -99,21 +102,41 @@ test('every number on screen equals `persona-geometry analyze` on the same bundl
         compared++;
       }
       const lda = await page.$$eval('#lda tbody tr', (t) => t.map((x) => ({ ...x.dataset })));
+      assert.ok(lda.length >= 2);
       for (const l of lda) {
-        const v = report.checkpoint_views.find((c) => c.checkpoint === l.checkpoint && c.method === method && c.layer === layer);
+        const v = want.checkpoint_views.find((c) => c.checkpoint === l.checkpoint && c.method === method && c.layer === layer);
         assert.ok(close(+l.accuracy, v.m3_accuracy, 1e-12));
       }
     }
   }
-  assert.equal(compared, report.rows.length);
+  assert.equal(compared, want.rows.length);
   // The verdict shown equals the CLI's under the same criterion.
   for (const crit of ['2', '3', 'p']) {
     await page.click(`[data-preset="${crit}"]`);
     const name = crit === 'p' ? 'p-only' : `${crit}x`;
-    const want = report.verdicts.find((v) => v.criterion === name).verdict;
-    assert.equal(await page.getAttribute('#verdict', 'data-verdict'), want, name);
+    const v = want.verdicts.find((x) => x.criterion === name).verdict;
+    assert.equal(await page.getAttribute('#verdict', 'data-verdict'), v, name);
   }
   await page.close();
+}
+
+test('the e2e bundle is present when CI requires it', () => {
+  if (process.env.PG_REQUIRE_E2E) assert.ok(E2E, 'PG_E2E_DIR/e2e-tiny.compact.pgb missing: the Rust test default_controls writes it');
+});
+
+test('every number on screen equals `persona-geometry analyze` on the same bundle', async () => {
+  await compareWithAnalyze('test.compact.pgb', report);
+});
+
+// Issue #5's end-to-end: the tiny default study (real model, steering controls) that the Rust
+// test `default_controls` extracted and compacted is decoded and analysed by the page exactly as
+// by the CLI (M2 of both controls included).
+test('the e2e default-study bundle (extract -> compact) decodes in the page with the CLI numbers', { skip: !E2E && 'PG_E2E_DIR has no e2e-tiny.compact.pgb' }, async () => {
+  const out = path.join(WORK, 'e2e-report');
+  pg('analyze', E2E, '--out', out, '--permutations', String(N));
+  const want = JSON.parse(fs.readFileSync(path.join(out, 'report.json'), 'utf8'));
+  assert.deepEqual(want.personas, ['assistant', 'villain', 'librarian', 'comedian']);
+  await compareWithAnalyze('e2e.compact.pgb', want);
 });
 
 function familyName(f) {
@@ -170,7 +193,9 @@ test('a permalink restores the view state', async () => {
   assert.equal(await again.locator('#threshold-value').innerText(), '3x');
   assert.equal(await again.locator('#alpha').inputValue(), '0.05');
   const rows = await tableRows(again);
-  assert.ok(rows.length > 0 && rows.every((r) => true));
+  const want = report.rows.find((r) => r.family === 'BenignVsBase' && r.method === 'B' && r.layer === 7 && r.metric === 'M1_centred');
+  const shown = rows.find((r) => r.family === 'benign_vs_base' && r.metric === 'M1_centred');
+  assert.ok(close(+shown.delta, want.delta, 1e-9), 'the table shows method B, layer 7');
   assert.match(await again.locator('#heatmaps figure').nth(1).getAttribute('data-figure'), /mean-centred-benign-method-b-layer-7$/);
   await again.close();
 });
