@@ -137,8 +137,13 @@ pub fn run_batch_with(
     if !method_b {
         return Ok(results);
     }
-    // Method B is pooled on the device in f32: per step, sums += captured * (row fed a
-    // response token); nothing crosses to the host but the next token ids.
+    // Method B is decoded and pooled on the device: after the prefill nothing crosses between
+    // host and device until the batch ends (tokens, stop handling, masks, RoPE and the f32 pools
+    // all stay there), so the host only queues kernels. Every row feeds one token per step; a
+    // row past its stop token keeps decoding but gets weight 0 in the pool and its tokens are
+    // cut at the stop on the host. Rows are independent (own mask), so this changes nothing for
+    // the others. Whether every row has stopped is checked every `CHECK_EVERY` steps.
+    const CHECK_EVERY: usize = 16;
     let device = &model.device;
     let mut sums: Vec<candle_core::Tensor> = layers
         .iter()
@@ -146,43 +151,55 @@ pub fn run_batch_with(
             candle_core::Tensor::zeros((b, model.cfg.hidden_size), candle_core::DType::F32, device)
         })
         .collect::<candle_core::Result<_>>()?;
-    let mut done = vec![false; b];
-    let mut next = out.next_tokens.expect("asked for next tokens");
-    for step in 0..max_new {
-        let mut feed = vec![vec![0u32]; b];
-        let mut feed_valid = vec![vec![false]; b];
-        for i in 0..b {
-            if done[i] {
-                continue;
-            }
-            let t = next[i];
-            results[i].generated.push(t);
-            if stop_ids.contains(&t) {
-                done[i] = true;
-            } else {
-                results[i].response.push(t);
-                feed[i][0] = t;
-                feed_valid[i][0] = true;
-            }
+    let tables = model.decode_tables(&cache, max_new)?;
+    let stops = candle_core::Tensor::from_vec(stop_ids.to_vec(), (1, stop_ids.len()), device)?;
+    let is_stop = |ids: &candle_core::Tensor| -> candle_core::Result<candle_core::Tensor> {
+        if stop_ids.is_empty() {
+            return candle_core::Tensor::zeros((b, 1), candle_core::DType::F32, device);
         }
-        if feed_valid.iter().all(|v| !v[0]) {
+        ids.unsqueeze(1)?
+            .broadcast_eq(&stops)?
+            .to_dtype(candle_core::DType::F32)?
+            .max_keepdim(1)
+    };
+    let first = out.next_tokens.expect("asked for next tokens");
+    let mut ids = candle_core::Tensor::from_vec(first, (b,), device)?;
+    // 1 where the row has produced a stop token before the token fed now.
+    let mut stopped = candle_core::Tensor::zeros((b, 1), candle_core::DType::F32, device)?;
+    let mut history: Vec<candle_core::Tensor> = Vec::with_capacity(max_new);
+    for step in 0..max_new {
+        history.push(ids.clone());
+        let stop_now = is_stop(&ids)?;
+        // Pool this token's states if it is a response token: not a stop, not after one.
+        let weight = ((1.0 - &stopped)? * (1.0 - &stop_now)?)?;
+        stopped = stopped.maximum(&stop_now)?;
+        if step % CHECK_EVERY == CHECK_EVERY - 1 && stopped.min_all()?.to_scalar::<f32>()? > 0.5 {
             break;
         }
         let last = step + 1 == max_new;
-        let (next_tokens, captured) =
-            model.step_on_device(&feed, &feed_valid, &mut cache, layers, !last)?;
-        let weight: Vec<f32> = feed_valid
-            .iter()
-            .map(|v| if v[0] { 1.0 } else { 0.0 })
-            .collect();
-        let weight = candle_core::Tensor::from_vec(weight, (b, 1), device)?;
+        let (next, captured) = model.decode_step(&ids, step, &tables, &mut cache, layers, !last)?;
         for (s, c) in sums.iter_mut().zip(&captured) {
             *s = (&*s + c.broadcast_mul(&weight)?)?;
         }
-        if last {
-            break;
+        match next {
+            Some(n) => ids = n,
+            None => break,
         }
-        next = next_tokens.expect("asked for next tokens");
+    }
+    // Tokens to the host once: cut each row at its first stop token (kept in `generated`).
+    let tokens = if history.is_empty() {
+        vec![vec![]; b]
+    } else {
+        candle_core::Tensor::stack(&history, 1)?.to_vec2::<u32>()?
+    };
+    for (r, row) in results.iter_mut().zip(&tokens) {
+        for &t in row {
+            r.generated.push(t);
+            if stop_ids.contains(&t) {
+                break;
+            }
+            r.response.push(t);
+        }
     }
     let sums: Vec<Vec<Vec<f32>>> = sums
         .iter()

@@ -166,6 +166,18 @@ pub struct KvCache {
     next_pos: Vec<usize>,
 }
 
+/// See [`Model::decode_tables`].
+pub struct DecodeTables {
+    /// [b, 1, 1, capacity] additive: -inf at the prompts' left padding.
+    key_mask: Tensor,
+    /// [positions, head_dim] in the compute dtype.
+    cos: Tensor,
+    sin: Tensor,
+    /// [max_new, b] u32: row i's position id at decoding step s.
+    positions: Tensor,
+    prompt_len: usize,
+}
+
 pub struct StepOutput {
     /// Greedy next token of each row (argmax of the last column's logits, computed on the
     /// device so that only ids cross to the host), if asked for.
@@ -307,8 +319,6 @@ impl Model {
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let b = tokens.len();
         let t = tokens[0].len();
-        let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         // Positions skip padding.
         let mut positions = vec![vec![0usize; t]; b];
         for i in 0..b {
@@ -340,11 +350,32 @@ impl Model {
         let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
+        self.blocks(&ids, b, t, &cos, &sin, &mask, cache, capture, all_positions)
+    }
+
+    /// The decoder blocks on device tensors: `ids` [b·t] u32, `cos`/`sin` [b, 1, t, hd],
+    /// additive `mask` [b, 1, t, total]. Shared by the host-prepared path (prefill, CPU) and
+    /// the device-resident decoding loop.
+    #[allow(clippy::too_many_arguments)]
+    fn blocks(
+        &self,
+        ids: &Tensor,
+        b: usize,
+        t: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+        capture: &[usize],
+        all_positions: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         // The residual stream is kept in f32 whatever the compute dtype: only the projections
         // run in bf16/f16, so rounding does not accumulate over the blocks.
         let mut h = self
             .embed
-            .index_select(&ids, 0)?
+            .index_select(ids, 0)?
             .reshape((b, t, cfg.hidden_size))?
             .to_dtype(DType::F32)?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
@@ -370,9 +401,10 @@ impl Model {
                 .reshape((b, t, nkv, hd))?
                 .transpose(1, 2)?
                 .contiguous()?;
-            let q = apply_rope(&q, &cos, &sin)?;
-            let k = apply_rope(&k, &cos, &sin)?;
+            let q = apply_rope(&q, cos, sin)?;
+            let k = apply_rope(&k, cos, sin)?;
             let (k, v) = cache.layers[l].append(&k, &v)?;
+            let total = k.dim(2)?;
             // Grouped-query attention without materialising repeated K/V: the `rep` query heads
             // of a KV head (HF repeat_kv order) are stacked along the query axis.
             let rep = nh / nkv;
@@ -441,6 +473,75 @@ impl Model {
             None
         };
         Ok((next_tokens, captured))
+    }
+
+    /// Tables for decoding a batch on the device after its prefill: the key mask (left padding
+    /// of the prompts), RoPE cos/sin for every position the batch can reach (computed exactly
+    /// like `rope_tables`), and each row's position id at every decoding step. Built once per
+    /// batch, so a decoding step moves nothing between host and device.
+    pub fn decode_tables(&self, cache: &KvCache, max_new: usize) -> Result<DecodeTables> {
+        let b = cache.key_valid.len();
+        let prompt = cache.key_valid.first().map(|k| k.len()).unwrap_or(0);
+        let cap = prompt + max_new + 1;
+        let mut mask = vec![0f32; b * cap];
+        for (i, kv) in cache.key_valid.iter().enumerate() {
+            for (j, &v) in kv.iter().enumerate() {
+                if !v {
+                    mask[i * cap + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let max_pos = cache.next_pos.iter().copied().max().unwrap_or(0) + max_new + 1;
+        let (cos, sin) = self.rope_tables(&[(0..max_pos).collect()])?;
+        let hd = self.cfg.head_dim;
+        let mut positions = Vec::with_capacity(max_new * b);
+        for step in 0..max_new {
+            for &p in &cache.next_pos {
+                positions.push((p + step) as u32);
+            }
+        }
+        Ok(DecodeTables {
+            key_mask: Tensor::from_vec(mask, (b, 1, 1, cap), &self.device)?,
+            cos: cos.reshape((max_pos, hd))?,
+            sin: sin.reshape((max_pos, hd))?,
+            positions: Tensor::from_vec(positions, (max_new, b), &self.device)?,
+            prompt_len: prompt,
+        })
+    }
+
+    /// Decoding step `step` (0-based, after the prefill) with every input and output on the
+    /// device: `ids` [b] u32 are the tokens fed now (every row feeds one; rows past their stop
+    /// token feed whatever they produced, and callers ignore those rows). Returns the greedy next
+    /// tokens [b] u32 (if `want_logits`) and per `capture` layer the block output [b, H] f32.
+    pub fn decode_step(
+        &self,
+        ids: &Tensor,
+        step: usize,
+        tables: &DecodeTables,
+        cache: &mut KvCache,
+        capture: &[usize],
+        want_logits: bool,
+    ) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        let b = ids.dim(0)?;
+        let hd = self.cfg.head_dim;
+        let pos = tables.positions.get(step)?;
+        let cos = tables.cos.index_select(&pos, 0)?.reshape((b, 1, 1, hd))?;
+        let sin = tables.sin.index_select(&pos, 0)?.reshape((b, 1, 1, hd))?;
+        let total = tables.prompt_len + step + 1;
+        let mask = tables.key_mask.narrow(3, 0, total)?;
+        let (h, captured) = self.blocks(ids, b, 1, &cos, &sin, &mask, cache, capture, false)?;
+        let captured = captured
+            .into_iter()
+            .map(|c| Ok(c.to_dtype(DType::F32)?))
+            .collect::<Result<_>>()?;
+        let next = if want_logits {
+            let last = self.rms_norm(&h.squeeze(1)?, &self.norm)?;
+            let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+            Some(logits.argmax(D::Minus1)?)
+        } else {
+            None
+        };
+        Ok((next, captured))
     }
 
     /// `step_on_device` with the captured layers copied to the host.
