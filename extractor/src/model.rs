@@ -164,18 +164,48 @@ pub struct KvCache {
     key_valid: Vec<Vec<bool>>,
     /// Per sequence: next position id.
     next_pos: Vec<usize>,
+    /// Preallocated positions per sequence.
+    capacity: usize,
+}
+
+/// Opt-in section timer (PG_PROFILE=1): synchronises the device around each section of a
+/// decoding step so that `bench-workload` can print where a step's time goes. Off by default
+/// (the syncs cost time themselves).
+pub mod profile {
+    use std::sync::Mutex;
+    static TOTALS: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+    pub fn enabled() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("PG_PROFILE").is_some())
+    }
+    pub fn add(name: &'static str, secs: f64) {
+        let mut t = TOTALS.lock().expect("profile lock");
+        match t.iter_mut().find(|(n, _)| *n == name) {
+            Some(e) => e.1 += secs,
+            None => t.push((name, secs)),
+        }
+    }
+    pub fn report() -> String {
+        let t = TOTALS.lock().expect("profile lock");
+        let total: f64 = t.iter().map(|x| x.1).sum();
+        t.iter()
+            .map(|(n, s)| format!("{n}: {s:.2} s ({:.0}%)", 100.0 * s / total.max(1e-12)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// See [`Model::decode_tables`].
 pub struct DecodeTables {
     /// [b, 1, 1, capacity] additive: -inf at the prompts' left padding.
     key_mask: Tensor,
-    /// [positions, head_dim] in the compute dtype.
+    /// [max_new, 1, 1, 1, capacity] additive: -inf at the slots step s must not see yet.
+    future: Tensor,
+    /// [positions, head_dim / 2] in the compute dtype.
     cos: Tensor,
     sin: Tensor,
     /// [max_new, b] u32: row i's position id at decoding step s.
     positions: Tensor,
-    prompt_len: usize,
 }
 
 pub struct StepOutput {
@@ -272,6 +302,7 @@ impl Model {
                 .collect(),
             key_valid: vec![vec![]; batch],
             next_pos: vec![0; batch],
+            capacity: capacity.max(1),
         }
     }
 
@@ -283,26 +314,25 @@ impl Model {
     }
 
     fn rope_tables(&self, positions: &[Vec<usize>]) -> Result<(Tensor, Tensor)> {
-        // [B, 1, T, hd] cos/sin, HF layout: cat(freqs, freqs).
+        // [B, T, hd/2] cos/sin of position x inverse frequency (f32, then the compute dtype),
+        // for candle's fused rotate-half kernel: x1·cos − x2·sin, x2·cos + x1·sin, which is HF's
+        // x·cat(cos, cos) + rotate_half(x)·cat(sin, sin) operation for operation.
         let b = positions.len();
         let t = positions[0].len();
         let half = self.inv_freq.len();
-        let hd = half * 2;
-        let mut cos = Vec::with_capacity(b * t * hd);
-        let mut sin = Vec::with_capacity(b * t * hd);
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
         for row in positions {
             for &p in row {
-                for _half in 0..2 {
-                    for &f in &self.inv_freq {
-                        let a = (p as f32) * f;
-                        cos.push(a.cos());
-                        sin.push(a.sin());
-                    }
+                for &f in &self.inv_freq {
+                    let a = (p as f32) * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
                 }
             }
         }
-        let cos = Tensor::from_vec(cos, (b, 1, t, hd), &self.device)?.to_dtype(self.dtype)?;
-        let sin = Tensor::from_vec(sin, (b, 1, t, hd), &self.device)?.to_dtype(self.dtype)?;
+        let cos = Tensor::from_vec(cos, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
         Ok((cos, sin))
     }
 
@@ -350,12 +380,26 @@ impl Model {
         let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
-        self.blocks(&ids, b, t, &cos, &sin, &mask, cache, capture, all_positions)
+        self.blocks(
+            &ids,
+            b,
+            t,
+            &cos,
+            &sin,
+            &mask,
+            cache,
+            capture,
+            all_positions,
+            false,
+        )
     }
 
-    /// The decoder blocks on device tensors: `ids` [b·t] u32, `cos`/`sin` [b, 1, t, hd],
-    /// additive `mask` [b, 1, t, total]. Shared by the host-prepared path (prefill, CPU) and
-    /// the device-resident decoding loop.
+    /// The decoder blocks on device tensors: `ids` [b·t] u32, `cos`/`sin` [b, t, hd/2],
+    /// additive `mask` [b, 1, t, keys]. Shared by the host-prepared path (prefill, CPU) and
+    /// the device-resident decoding loop. With `full_cache` (decoding) attention runs over the
+    /// whole preallocated K/V buffers (keys = capacity; the mask hides unused slots, which are
+    /// zeros): contiguous buffers go to the matmuls without the per-step copies that a narrowed
+    /// view costs.
     #[allow(clippy::too_many_arguments)]
     fn blocks(
         &self,
@@ -368,6 +412,7 @@ impl Model {
         cache: &mut KvCache,
         capture: &[usize],
         all_positions: bool,
+        full_cache: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -380,8 +425,20 @@ impl Model {
             .to_dtype(DType::F32)?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
         let scale = 1.0 / (hd as f64).sqrt();
+        let prof = profile::enabled() && t == 1;
+        let mut clock = std::time::Instant::now();
+        let mut lap = |name: &'static str| -> Result<()> {
+            if prof {
+                self.device.synchronize()?;
+                profile::add(name, clock.elapsed().as_secs_f64());
+                clock = std::time::Instant::now();
+            }
+            Ok(())
+        };
+        lap("embed")?;
         for (l, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.ln1)?;
+            lap("norm")?;
             let proj = |w: &Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
                 let y = linear(&x, w)?;
                 Ok(match bias {
@@ -401,9 +458,25 @@ impl Model {
                 .reshape((b, t, nkv, hd))?
                 .transpose(1, 2)?
                 .contiguous()?;
-            let q = apply_rope(&q, cos, sin)?;
-            let k = apply_rope(&k, cos, sin)?;
+            lap("qkv")?;
+            let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+            let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+            lap("rope")?;
             let (k, v) = cache.layers[l].append(&k, &v)?;
+            let (k, v) = if full_cache {
+                let all = |c: &candle_nn::kv_cache::Cache| -> Result<Tensor> {
+                    c.all_data()
+                        .clone()
+                        .context("the KV cache is allocated by the append")
+                };
+                (
+                    all(cache.layers[l].k_cache())?,
+                    all(cache.layers[l].v_cache())?,
+                )
+            } else {
+                (k, v)
+            };
+            lap("kv append")?;
             let total = k.dim(2)?;
             // Grouped-query attention without materialising repeated K/V: the `rep` query heads
             // of a KV head (HF repeat_kv order) are stacked along the query axis.
@@ -421,11 +494,14 @@ impl Model {
                 .reshape((b, nh, t, hd))?
                 .transpose(1, 2)?
                 .reshape((b, t, nh * hd))?;
+            lap("attention")?;
             h = (h + linear(&y, &layer.o)?.to_dtype(DType::F32)?)?;
+            lap("o proj")?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
             let g = candle_nn::ops::silu(&linear(&x2, &layer.gate)?)?;
             let u = linear(&x2, &layer.up)?;
             h = (h + linear(&(g * u)?, &layer.down)?.to_dtype(DType::F32)?)?;
+            lap("mlp")?;
             if let Some((sl, vec)) = &self.steering {
                 if *sl == l {
                     h = h.broadcast_add(vec)?;
@@ -482,7 +558,10 @@ impl Model {
     pub fn decode_tables(&self, cache: &KvCache, max_new: usize) -> Result<DecodeTables> {
         let b = cache.key_valid.len();
         let prompt = cache.key_valid.first().map(|k| k.len()).unwrap_or(0);
-        let cap = prompt + max_new + 1;
+        let cap = cache.capacity;
+        if prompt + max_new > cap {
+            bail!("KV cache of {cap} positions is too small for {prompt} + {max_new}");
+        }
         let mut mask = vec![0f32; b * cap];
         for (i, kv) in cache.key_valid.iter().enumerate() {
             for (j, &v) in kv.iter().enumerate() {
@@ -491,9 +570,16 @@ impl Model {
                 }
             }
         }
+        // Step s may see keys 0..=prompt+s; later slots of the buffer are hidden.
+        let mut future = vec![0f32; max_new * cap];
+        for step in 0..max_new {
+            for j in prompt + step + 1..cap {
+                future[step * cap + j] = f32::NEG_INFINITY;
+            }
+        }
         let max_pos = cache.next_pos.iter().copied().max().unwrap_or(0) + max_new + 1;
         let (cos, sin) = self.rope_tables(&[(0..max_pos).collect()])?;
-        let hd = self.cfg.head_dim;
+        let half = self.inv_freq.len();
         let mut positions = Vec::with_capacity(max_new * b);
         for step in 0..max_new {
             for &p in &cache.next_pos {
@@ -502,10 +588,10 @@ impl Model {
         }
         Ok(DecodeTables {
             key_mask: Tensor::from_vec(mask, (b, 1, 1, cap), &self.device)?,
-            cos: cos.reshape((max_pos, hd))?,
-            sin: sin.reshape((max_pos, hd))?,
+            future: Tensor::from_vec(future, (max_new, 1, 1, 1, cap), &self.device)?,
+            cos: cos.reshape((max_pos, half))?,
+            sin: sin.reshape((max_pos, half))?,
             positions: Tensor::from_vec(positions, (max_new, b), &self.device)?,
-            prompt_len: prompt,
         })
     }
 
@@ -523,17 +609,18 @@ impl Model {
         want_logits: bool,
     ) -> Result<(Option<Tensor>, Vec<Tensor>)> {
         let b = ids.dim(0)?;
-        let hd = self.cfg.head_dim;
+        let half = self.inv_freq.len();
         let pos = tables.positions.get(step)?;
-        let cos = tables.cos.index_select(&pos, 0)?.reshape((b, 1, 1, hd))?;
-        let sin = tables.sin.index_select(&pos, 0)?.reshape((b, 1, 1, hd))?;
-        let total = tables.prompt_len + step + 1;
-        let mask = tables.key_mask.narrow(3, 0, total)?;
-        let (h, captured) = self.blocks(ids, b, 1, &cos, &sin, &mask, cache, capture, false)?;
+        let cos = tables.cos.index_select(&pos, 0)?.reshape((b, 1, half))?;
+        let sin = tables.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
+        let mask = tables.key_mask.broadcast_add(&tables.future.get(step)?)?;
+        let (h, captured) =
+            self.blocks(ids, b, 1, &cos, &sin, &mask, cache, capture, false, true)?;
         let captured = captured
             .into_iter()
             .map(|c| Ok(c.to_dtype(DType::F32)?))
             .collect::<Result<_>>()?;
+        let clock = std::time::Instant::now();
         let next = if want_logits {
             let last = self.rms_norm(&h.squeeze(1)?, &self.norm)?;
             let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
@@ -541,6 +628,10 @@ impl Model {
         } else {
             None
         };
+        if profile::enabled() {
+            self.device.synchronize()?;
+            profile::add("lm head + argmax", clock.elapsed().as_secs_f64());
+        }
         Ok((next, captured))
     }
 
@@ -616,13 +707,4 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     let o = w.dim(0)?;
     Ok(x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, o))?)
-}
-
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    // HF rotate_half: x*cos + cat(-x2, x1)*sin.
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rot.broadcast_mul(sin)?)?)
 }

@@ -169,5 +169,11 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         flop_per_token * (generated + prompt_tokens) as f64 / tb / 1e12
     );
     println!("checksum {checksum:.4e} (keeps the work observable)");
+    if crate::model::profile::enabled() {
+        println!(
+            "decode-step profile (device synchronised per section): {}",
+            crate::model::profile::report()
+        );
+    }
     Ok(())
 }
