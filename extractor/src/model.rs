@@ -124,16 +124,14 @@ impl Config {
 }
 
 struct Layer {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    /// q, k and v projections stacked: one matmul per block instead of three.
+    qkv: Tensor,
+    qkv_b: Option<Tensor>,
     o: Tensor,
-    q_b: Option<Tensor>,
-    k_b: Option<Tensor>,
-    v_b: Option<Tensor>,
-    gate: Tensor,
-    up: Tensor,
+    /// gate and up projections stacked.
+    gate_up: Tensor,
     down: Tensor,
+    /// Norm weights in f32: the norms run on the f32 residual stream (fused kernel).
     ln1: Tensor,
     ln2: Tensor,
 }
@@ -245,19 +243,40 @@ impl Model {
             let opt = |w: &mut HashMap<String, Tensor>, n: &str| -> Result<Option<Tensor>> {
                 w.remove(&format!("{p}.{n}")).map(to).transpose()
             };
+            let q = tr(get(&mut w, &format!("{p}.self_attn.q_proj.weight"))?)?;
+            let k = tr(get(&mut w, &format!("{p}.self_attn.k_proj.weight"))?)?;
+            let v = tr(get(&mut w, &format!("{p}.self_attn.v_proj.weight"))?)?;
+            let biases = [
+                opt(&mut w, "self_attn.q_proj.bias")?,
+                opt(&mut w, "self_attn.k_proj.bias")?,
+                opt(&mut w, "self_attn.v_proj.bias")?,
+            ];
+            // A missing bias among present ones is a zero bias.
+            let qkv_b = if biases.iter().any(|b| b.is_some()) {
+                let parts = biases
+                    .iter()
+                    .zip([&q, &k, &v])
+                    .map(|(b, wt)| match b {
+                        Some(b) => Ok(b.clone()),
+                        None => Ok(Tensor::zeros(wt.dim(0)?, dtype, device)?),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Tensor::cat(&parts, 0)?)
+            } else {
+                None
+            };
+            let gate = tr(get(&mut w, &format!("{p}.mlp.gate_proj.weight"))?)?;
+            let up = tr(get(&mut w, &format!("{p}.mlp.up_proj.weight"))?)?;
+            let f32w =
+                |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(DType::F32)?) };
             layers.push(Layer {
-                q: tr(get(&mut w, &format!("{p}.self_attn.q_proj.weight"))?)?,
-                k: tr(get(&mut w, &format!("{p}.self_attn.k_proj.weight"))?)?,
-                v: tr(get(&mut w, &format!("{p}.self_attn.v_proj.weight"))?)?,
+                qkv: Tensor::cat(&[&q, &k, &v], 0)?,
+                qkv_b,
                 o: tr(get(&mut w, &format!("{p}.self_attn.o_proj.weight"))?)?,
-                q_b: opt(&mut w, "self_attn.q_proj.bias")?,
-                k_b: opt(&mut w, "self_attn.k_proj.bias")?,
-                v_b: opt(&mut w, "self_attn.v_proj.bias")?,
-                gate: tr(get(&mut w, &format!("{p}.mlp.gate_proj.weight"))?)?,
-                up: tr(get(&mut w, &format!("{p}.mlp.up_proj.weight"))?)?,
+                gate_up: Tensor::cat(&[&gate, &up], 0)?,
                 down: tr(get(&mut w, &format!("{p}.mlp.down_proj.weight"))?)?,
-                ln1: to(get(&mut w, &format!("{p}.input_layernorm.weight"))?)?,
-                ln2: to(get(
+                ln1: f32w(get(&mut w, &format!("{p}.input_layernorm.weight"))?)?,
+                ln2: f32w(get(
                     &mut w,
                     &format!("{p}.post_attention_layernorm.weight"),
                 )?)?,
@@ -267,7 +286,9 @@ impl Model {
         let inv_freq = rope_inv_freq(&cfg, hd);
         Ok(Model {
             embed: to(embed_raw)?,
-            norm: to(get(&mut w, "model.norm.weight")?)?,
+            norm: get(&mut w, "model.norm.weight")?
+                .to_device(device)?
+                .to_dtype(DType::F32)?,
             lm_head,
             layers,
             inv_freq,
@@ -306,11 +327,12 @@ impl Model {
         }
     }
 
+    /// RMSNorm of the f32 residual stream with f32 weights in one fused kernel
+    /// (x / sqrt(mean(x²) + eps) · w), rounded once to the compute dtype.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let xf = x.to_dtype(DType::F32)?;
-        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xf.broadcast_div(&(var + self.cfg.rms_eps)?.sqrt()?)?;
-        Ok(y.to_dtype(self.dtype)?.broadcast_mul(w)?)
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let y = candle_nn::ops::rms_norm(&x, w, self.cfg.rms_eps as f32)?;
+        Ok(y.to_dtype(self.dtype)?)
     }
 
     fn rope_tables(&self, positions: &[Vec<usize>]) -> Result<(Tensor, Tensor)> {
@@ -439,25 +461,21 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.ln1)?;
             lap("norm")?;
-            let proj = |w: &Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
-                let y = linear(&x, w)?;
-                Ok(match bias {
-                    Some(bb) => y.broadcast_add(bb)?,
-                    None => y,
-                })
+            let qkv = linear(&x, &layer.qkv)?;
+            let qkv = match &layer.qkv_b {
+                Some(bb) => qkv.broadcast_add(bb)?,
+                None => qkv,
             };
-            let q = proj(&layer.q, &layer.q_b)?
-                .reshape((b, t, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = proj(&layer.k, &layer.k_b)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = proj(&layer.v, &layer.v_b)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            let split = |offset: usize, heads: usize| -> Result<Tensor> {
+                Ok(qkv
+                    .narrow(2, offset * hd, heads * hd)?
+                    .reshape((b, t, heads, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
+            };
+            let q = split(0, nh)?;
+            let k = split(nh, nkv)?;
+            let v = split(nh + nkv, nkv)?;
             lap("qkv")?;
             let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
             let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
@@ -498,8 +516,10 @@ impl Model {
             h = (h + linear(&y, &layer.o)?.to_dtype(DType::F32)?)?;
             lap("o proj")?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
-            let g = candle_nn::ops::silu(&linear(&x2, &layer.gate)?)?;
-            let u = linear(&x2, &layer.up)?;
+            let gu = linear(&x2, &layer.gate_up)?;
+            let inter = cfg.intermediate_size;
+            let g = candle_nn::ops::silu(&gu.narrow(2, 0, inter)?)?;
+            let u = gu.narrow(2, inter, inter)?;
             h = (h + linear(&(g * u)?, &layer.down)?.to_dtype(DType::F32)?)?;
             lap("mlp")?;
             if let Some((sl, vec)) = &self.steering {
