@@ -34,6 +34,76 @@ pub struct PromptResult {
     pub method_b: Option<Vec<Vec<f32>>>,
 }
 
+/// The batch for `batch_size = "auto"`: from the device's free memory on CUDA
+/// ([`batch_for_memory`]), 16 on the CPU.
+pub fn auto_batch_size(model: &Model, max_prompt: usize, max_new: usize) -> Result<usize> {
+    match free_device_memory(model)? {
+        Some(free) => Ok(batch_for_memory(
+            &model.cfg,
+            model.dtype.size_in_bytes(),
+            free,
+            max_prompt,
+            max_new,
+        )),
+        None => Ok(16),
+    }
+}
+
+fn free_device_memory(model: &Model) -> Result<Option<usize>> {
+    match &model.device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => Ok(Some(
+            d.cuda_stream()
+                .context()
+                .mem_get_info()
+                .map_err(|e| anyhow::anyhow!("querying free GPU memory: {e:?}"))?
+                .0,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The largest batch whose prefill and decoding fit in `free` bytes, keeping 2 GiB and a 15%
+/// margin. Per row: the KV cache for `max_prompt + max_new` positions, the prefill's transient
+/// activations (f32 residual, q/k/v, attention scores in f32 and the compute dtype, the MLP's
+/// stacked gate/up and product) and the f32 pools.
+pub fn batch_for_memory(
+    c: &crate::model::Config,
+    dtype_bytes: usize,
+    free: usize,
+    max_prompt: usize,
+    max_new: usize,
+) -> usize {
+    let t = max_prompt.max(1);
+    let kv = c.num_layers * 2 * c.num_kv_heads * c.head_dim * (t + max_new) * dtype_bytes;
+    let prefill = t * c.hidden_size * 4 * 4
+        + t * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim * dtype_bytes * 2
+        + c.num_heads * t * t * (4 * 2 + dtype_bytes * 2)
+        + t * c.intermediate_size * dtype_bytes * 4;
+    let per_row = kv + prefill + 2 * c.hidden_size * 4 * 8;
+    let budget = (free.saturating_sub(2 << 30) as f64 * 0.85) as usize;
+    (budget / per_row.max(1)).clamp(1, 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_batch_for_qwen25_7b_on_an_h100_sized_card() {
+        let cfg = crate::workload::qwen25_7b();
+        // 80 GB card with 15.2 GB of bf16 weights loaded: ~64 GB free.
+        let b = batch_for_memory(&cfg, 2, 64 << 30, 110, 200);
+        // KV: 28 x 2 x 4 x 128 x 310 x 2 B = 17.8 MB per row; prefill transients ~30 MB.
+        assert!((900..1600).contains(&b), "{b}");
+        // Longer prompts (the ~400-token confab persona) get smaller batches; nothing fits
+        // in 2 GiB; the batch never exceeds 4096.
+        assert!(batch_for_memory(&cfg, 2, 64 << 30, 420, 200) < b / 2);
+        assert_eq!(batch_for_memory(&cfg, 2, 2 << 30, 110, 200), 1);
+        assert_eq!(batch_for_memory(&cfg, 2, usize::MAX / 4, 1, 0), 4096);
+    }
+}
+
 /// Left-pads prompts to `maxlen` (pad id 0, marked invalid): the last prompt token of every row
 /// sits in the last column.
 pub fn left_pad(prompts: &[Vec<u32>], maxlen: usize) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {

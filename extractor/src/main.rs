@@ -140,10 +140,10 @@ enum Cmd {
         max_len: usize,
         #[arg(long, default_value_t = 200)]
         new_tokens: usize,
-        /// Prompts per Method-A prefill batch.
+        /// Prompts per Method-A prefill batch (0 = from free device memory).
         #[arg(long, default_value_t = 64)]
         batch_a: usize,
-        /// Prompts per Method-B decoding batch.
+        /// Prompts per Method-B decoding batch (0 = from free device memory).
         #[arg(long, default_value_t = 256)]
         batch_b: usize,
         #[arg(long, default_value = "7,14,20,21,27", value_delimiter = ',')]

@@ -89,8 +89,41 @@ fn default_layers() -> Vec<usize> {
 fn default_methods() -> Vec<String> {
     vec!["A".into(), "B".into()]
 }
-fn default_batch() -> usize {
-    8
+fn default_batch() -> BatchSize {
+    BatchSize::Fixed(8)
+}
+
+/// `batch_size = N` or `batch_size = "auto"` (from the device's free memory, see
+/// [`crate::extract::auto_batch_size`]; on the CPU 16).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum BatchSize {
+    Fixed(usize),
+    Named(String),
+}
+
+impl BatchSize {
+    /// The batch for prompts of at most `max_prompt` tokens and `max_new` new tokens.
+    pub fn resolve(
+        &self,
+        model: &crate::model::Model,
+        max_prompt: usize,
+        max_new: usize,
+        n_prompts: usize,
+    ) -> Result<usize> {
+        Ok(match self {
+            BatchSize::Fixed(n) => *n,
+            BatchSize::Named(_) => {
+                crate::extract::auto_batch_size(model, max_prompt, max_new)?.min(n_prompts.max(1))
+            }
+        })
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            BatchSize::Fixed(n) => n.to_string(),
+            BatchSize::Named(s) => s.clone(),
+        }
+    }
 }
 
 impl Default for Generation {
@@ -124,7 +157,7 @@ pub struct Study {
     #[serde(default)]
     pub generation: Generation,
     #[serde(default = "default_batch")]
-    pub batch_size: usize,
+    pub batch_size: BatchSize,
     #[serde(default)]
     pub seed: u64,
 }
@@ -282,8 +315,13 @@ pub fn read_study(path: &Path, output_override: Option<&Path>) -> Result<Resolve
             path.display()
         );
     }
-    if study.batch_size == 0 {
-        bail!("{}: batch_size must be >= 1", path.display());
+    match &study.batch_size {
+        BatchSize::Fixed(0) => bail!("{}: batch_size must be >= 1 or \"auto\"", path.display()),
+        BatchSize::Named(s) if s != "auto" => bail!(
+            "{}: batch_size = {s:?} is not understood: give a number or \"auto\"",
+            path.display()
+        ),
+        _ => {}
     }
     if let Some(p) = &study.model.path {
         study.model.path = Some(resolve_path(&base_dir, p));
@@ -435,7 +473,7 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
         "layers": st.layers,
         "methods": rs.methods,
         "generation": st.generation,
-        "batch_size": st.batch_size,
+        "batch_size": st.batch_size.describe(),
         "seed": st.seed,
     });
     let config_hash = sha256_hex(serde_json::to_string(&hash_input)?.as_bytes());
@@ -560,7 +598,18 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
             let mut b_valid = vec![false; q];
             let mut texts = vec![String::new(); q];
             let mut counts = vec![0u32; q];
-            for chunk in order.chunks(st.batch_size) {
+            let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+            let batch = st.batch_size.resolve(
+                &model,
+                max_prompt,
+                if want_b {
+                    st.generation.max_new_tokens
+                } else {
+                    0
+                },
+                q,
+            )?;
+            for chunk in order.chunks(batch) {
                 let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
                 let res = ex.run_batch(&batch, st.generation.max_new_tokens, want_b)?;
                 for (&qi, r) in chunk.iter().zip(res) {
@@ -761,7 +810,7 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
         ("method_a".into(), "hidden state at the last token of the chat-templated prompt with the generation prompt".into()),
         ("method_b".into(), format!("mean over response tokens ({} span), greedy, max_new_tokens {}, stop ids {:?} excluded", st.generation.span, st.generation.max_new_tokens, loaded.stop_ids)),
         ("chat_template_sha256".into(), sha256_hex(loaded.chat_template.as_deref().unwrap_or_default().as_bytes())),
-        ("batch_size".into(), st.batch_size.to_string()),
+        ("batch_size".into(), st.batch_size.describe()),
         ("config_sha256".into(), config_hash.clone()),
         ("study.toml".into(), rs.source_text.clone()),
     ];
@@ -832,7 +881,12 @@ fn steering_vector(
                     .iter()
                     .map(|q| ex.prompt_ids(&persona.system_prompt, &q.text))
                     .collect::<Result<_>>()?;
-                for chunk in prompts.chunks(rs.study.batch_size) {
+                let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+                let batch = rs
+                    .study
+                    .batch_size
+                    .resolve(ex.model, max_prompt, 0, prompts.len())?;
+                for chunk in prompts.chunks(batch) {
                     for r in ex.run_batch(chunk, 0, false)? {
                         for (a, &x) in acc.iter_mut().zip(&r.method_a[0]) {
                             *a += x as f64;
@@ -852,4 +906,23 @@ fn steering_vector(
         bail!("steering direction is zero");
     }
     Ok(dir.iter().map(|x| (s.alpha * x / n) as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchSize;
+
+    #[derive(serde::Deserialize)]
+    struct S {
+        batch_size: BatchSize,
+    }
+
+    #[test]
+    fn batch_size_is_a_number_or_auto() {
+        let n: S = toml::from_str("batch_size = 24").unwrap();
+        assert_eq!(n.batch_size, BatchSize::Fixed(24));
+        let a: S = toml::from_str("batch_size = \"auto\"").unwrap();
+        assert_eq!(a.batch_size, BatchSize::Named("auto".into()));
+        assert_eq!(a.batch_size.describe(), "auto");
+    }
 }

@@ -131,10 +131,19 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         true,
     )?;
     println!("warm-up (kernel JIT) {:.1} s", t.elapsed().as_secs_f64());
+    // Batch 0 = chosen from the device's free memory (what `batch_size = "auto"` does).
+    let batch_a = match a.batch_a {
+        0 => crate::extract::auto_batch_size(&model, a.max_len, 0)?,
+        n => n,
+    };
+    let batch_b = match a.batch_b {
+        0 => crate::extract::auto_batch_size(&model, a.max_len, a.new_tokens)?,
+        n => n,
+    };
     // Method A: batched prefill, capture the last token at the study layers.
     let t = Instant::now();
     let mut checksum = 0f64;
-    for chunk in prompts.chunks(a.batch_a) {
+    for chunk in prompts.chunks(batch_a) {
         let r = run_batch_with(&model, &[], &layers, chunk, 0, false)?;
         checksum += r[0].method_a[0][0] as f64;
     }
@@ -142,7 +151,7 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     println!(
         "method A: {} prompts ({prompt_tokens} tokens, batch {}) in {ta:.2} s = {:.0} tok/s, {:.0} TFLOP/s effective",
         a.prompts,
-        a.batch_a,
+        batch_a,
         prompt_tokens as f64 / ta,
         flop_per_token * prompt_tokens as f64 / ta / 1e12
     );
@@ -150,7 +159,7 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     // that every prompt decodes exactly `new_tokens` tokens on random weights.
     let t = Instant::now();
     let mut generated = 0usize;
-    for chunk in prompts.chunks(a.batch_b) {
+    for chunk in prompts.chunks(batch_b) {
         let r = run_batch_with(&model, &[], &layers, chunk, a.new_tokens, true)?;
         generated += r.iter().map(|x| x.response.len()).sum::<usize>();
         checksum += r[0]
@@ -164,7 +173,7 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         "method B: {} prompts x {} new tokens (batch {}) in {tb:.2} s = {:.0} generated tok/s, {:.0} TFLOP/s effective (prefill included)",
         a.prompts,
         a.new_tokens,
-        a.batch_b,
+        batch_b,
         generated as f64 / tb,
         flop_per_token * (generated + prompt_tokens) as f64 / tb / 1e12
     );
