@@ -286,8 +286,8 @@ fn main() -> Result<()> {
             seed,
         } => {
             anyhow::ensure!(
-                min_len >= 1 && max_len >= min_len && prompts >= 1 && batch_a >= 1 && batch_b >= 1,
-                "bench-workload: need 1 <= min_len <= max_len and positive counts"
+                min_len >= 1 && max_len >= min_len && prompts >= 1,
+                "bench-workload: need 1 <= min_len <= max_len and at least one prompt (batch 0 = from free device memory)"
             );
             let device = extractor::study::device_from(Some(&device))?;
             let dtype = extractor::study::dtype_from(dtype.as_deref(), &device)?;
