@@ -140,6 +140,26 @@ fn fmt(v: f64) -> String {
 
 type DrawResult<T> = Result<T, String>;
 
+/// A row of colour swatches and names; series `i` gets colour `i + first_colour`.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    series: &[String],
+    spacing: i32,
+    first_colour: usize,
+) -> DrawResult<()> {
+    for (si, s) in series.iter().enumerate() {
+        let x = 10 + si as i32 * spacing;
+        area.draw(&Rectangle::new(
+            [(x, 5), (x + 14, 17)],
+            series_colour(si + first_colour).filled(),
+        ))
+        .map_err(err)?;
+        area.draw(&Text::new(s.clone(), (x + 18, 4), ("sans-serif", 13)))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("drawing failed: {e:?}")
 }
@@ -206,18 +226,7 @@ impl Figure {
                     false,
                 );
                 let (legend, grid) = body.split_vertically(22);
-                for (si, s) in series.iter().enumerate() {
-                    let x = 10 + si as i32 * 110;
-                    legend
-                        .draw(&Rectangle::new(
-                            [(x, 5), (x + 14, 17)],
-                            series_colour(si).filled(),
-                        ))
-                        .map_err(err)?;
-                    legend
-                        .draw(&Text::new(s.clone(), (x + 18, 4), ("sans-serif", 13)))
-                        .map_err(err)?;
-                }
+                draw_legend(&legend, series, 110, 0)?;
                 let panels = grid.split_evenly((methods.len().max(1), layers.len().max(1)));
                 for (mi, m) in methods.iter().enumerate() {
                     for (li, l) in layers.iter().enumerate() {
@@ -382,18 +391,7 @@ impl Figure {
                 let n = personas.len() * g;
                 let (lo, hi) = finite_range(values.iter().flatten().copied(), true);
                 let (legend, plot) = body.split_vertically(22);
-                for (si, s) in series.iter().enumerate() {
-                    let x = 10 + si as i32 * 150;
-                    legend
-                        .draw(&Rectangle::new(
-                            [(x, 5), (x + 14, 17)],
-                            series_colour(si + 1).filled(),
-                        ))
-                        .map_err(err)?;
-                    legend
-                        .draw(&Text::new(s.clone(), (x + 18, 4), ("sans-serif", 13)))
-                        .map_err(err)?;
-                }
+                draw_legend(&legend, series, 150, 1)?;
                 let mut chart = ChartBuilder::on(&plot)
                     .margin(6)
                     .x_label_area_size(90)
