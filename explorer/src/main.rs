@@ -745,7 +745,6 @@ fn FigureView(#[prop(into)] figure: Signal<Option<Figure>>) -> impl IntoView {
                 Err(e) => tip.set(e),
             }
             web::mark("figures_drawn", JsValue::TRUE);
-            STATE.with(|_| ());
             first_figure_mark();
         }
     });
