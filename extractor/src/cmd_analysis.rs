@@ -44,7 +44,7 @@ pub fn run_analyze(
     if figures {
         let dir = out.join("figures");
         let n = write_figures(&report, &dir)?;
-        eprintln!("wrote {n} SVG figures to {}", dir.display());
+        eprintln!("wrote {n} figures (SVG and PNG) to {}", dir.display());
     }
     for v in &report.verdicts {
         println!("{}: criterion {} -> {}", v.em, v.criterion, v.verdict);
@@ -52,7 +52,8 @@ pub fn run_analyze(
     Ok(())
 }
 
-/// Every figure of the page for every view, as SVG (file names = the page's download names).
+/// Every figure of the page for every view, as SVG and as PNG (the SVG rasterised at 2x with the
+/// system's sans-serif font), file names = the page's download names.
 fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize> {
     use shared::figures::{cosine_heatmaps, hero_figure, persona_figures, Figure};
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -74,12 +75,56 @@ fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize>
             }
         }
     }
+    let mut opt = resvg::usvg::Options::default();
+    let db = opt.fontdb_mut();
+    db.load_system_fonts();
+    // The figures ask for the generic `sans-serif`; fontdb maps it to Arial unless told.
+    let family = [
+        "DejaVu Sans",
+        "Liberation Sans",
+        "Arial",
+        "Helvetica",
+        "Noto Sans",
+    ]
+    .into_iter()
+    .find(|f| {
+        db.faces()
+            .any(|face| face.families.iter().any(|(n, _)| n == f))
+    });
+    match family {
+        Some(f) => db.set_sans_serif_family(f),
+        None => eprintln!(
+            "warning: no DejaVu/Liberation/Arial font found: PNG figures may have no text (the SVGs do)"
+        ),
+    }
     for f in &figs {
         let (w, h) = f.size();
         let svg = f.to_svg(w, h).map_err(anyhow::Error::msg)?;
-        write_atomic(&dir.join(format!("{}.svg", f.file_stem())), svg.as_bytes())?;
+        let stem = f.file_stem();
+        write_atomic(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
+        write_atomic(
+            &dir.join(format!("{stem}.png")),
+            &svg_to_png(&svg, &opt, 2.0)?,
+        )?;
     }
     Ok(figs.len())
+}
+
+fn svg_to_png(svg: &str, opt: &resvg::usvg::Options, scale: f32) -> Result<Vec<u8>> {
+    let tree = resvg::usvg::Tree::from_str(svg, opt).context("parsing a figure's SVG")?;
+    let size = tree
+        .size()
+        .to_int_size()
+        .scale_by(scale)
+        .context("figure size")?;
+    let mut pixmap =
+        resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("allocating the PNG")?;
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().context("encoding the PNG")
 }
 
 pub fn run_compact(

@@ -126,6 +126,16 @@ fn finite_range(vals: impl Iterator<Item = f64>, include_zero: bool) -> (f64, f6
     (lo - pad, hi + pad)
 }
 
+/// Axis tick label with three decimals ("0.000", never "-0.000").
+fn tick(v: f64) -> String {
+    let s = format!("{v:.3}");
+    if s == "-0.000" {
+        "0.000".into()
+    } else {
+        s
+    }
+}
+
 fn fmt(v: f64) -> String {
     if !v.is_finite() {
         return "n/a".into();
@@ -260,7 +270,7 @@ impl Figure {
                                 _ => String::new(),
                             })
                             .y_labels(5)
-                            .y_label_formatter(&|v| format!("{v:.3}"))
+                            .y_label_formatter(&|v| tick(*v))
                             .y_desc(if li == 0 { metric.as_str() } else { "" })
                             .label_style(("sans-serif", 11))
                             .draw()
@@ -414,7 +424,7 @@ impl Figure {
                             .transform(FontTransform::Rotate90),
                     )
                     .y_desc(y_label.as_str())
-                    .y_label_formatter(&|v| format!("{v:.3}"))
+                    .y_label_formatter(&|v| tick(*v))
                     .label_style(("sans-serif", 11))
                     .draw()
                     .map_err(err)?;

@@ -210,6 +210,10 @@ test('exports: the SVG equals `analyze --figures`, CSV and JSON carry the number
   assert.ok(parsed, 'the SVG parses');
   const cli = fs.readFileSync(path.join(WORK, 'report', 'figures', svgDl.suggestedFilename()), 'utf8');
   assert.equal(svg, cli, 'page and CLI draw the same picture');
+  // `analyze --figures` also writes the PNG of that SVG (rasterised at 2x).
+  const cliPng = fs.readFileSync(path.join(WORK, 'report', 'figures', svgDl.suggestedFilename().replace(/\.svg$/, '.png')));
+  assert.deepEqual([...cliPng.subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+  assert.equal(cliPng.readUInt32BE(16), 2 * Number(svg.match(/width="(\d+)"/)[1]), 'PNG width = 2x the SVG width');
   const [csvDl] = await Promise.all([page.waitForEvent('download'), hero.locator('[data-export=csv]').click()]);
   const csv = fs.readFileSync(await csvDl.path(), 'utf8').trim().split('\n');
   assert.equal(csv[0], 'metric,method,layer,series,value,ci95_low,ci95_high');
