@@ -30,10 +30,10 @@ echo
 echo "[run] report: $OUT_DIR/report/report.md (and report.json, figures/); bundle: $BUNDLE"
 echo "[run] building the explorer page (first time: installs trunk, wasm-bindgen, binaryen)"
 ./scripts/build_explorer.sh >/dev/null
-cp "$OUT_DIR/$NAME.compact.pgb" "dist/$NAME.compact.pgb"
+cp "$OUT_DIR/$NAME.compact.pgb" "dist/run-$NAME.compact.pgb"
 [ -n "${PG_NO_SERVE:-}" ] && exit 0
 PORT="${PG_PORT:-8080}"
-echo "[run] explorer with this run's bundle:  http://127.0.0.1:$PORT/?bundle=$NAME.compact.pgb"
+echo "[run] explorer with this run's bundle:  http://127.0.0.1:$PORT/?bundle=run-$NAME.compact.pgb"
 echo "[run] the embedded full-size study:     http://127.0.0.1:$PORT/"
 echo "[run] serving dist/ (plain static files; Ctrl-C stops)"
 exec python3 -m http.server "$PORT" --bind 127.0.0.1 --directory dist
