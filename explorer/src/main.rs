@@ -12,7 +12,9 @@ use shared::analysis::{
     ALL_METRICS,
 };
 use shared::bundle::{Method, Role};
-use shared::figures::{cosine_heatmaps, hero_figure, persona_figures, Figure, FigureKind, HitBox};
+use shared::figures::{
+    cosine_heatmaps, fmt, hero_figure, persona_figures, Figure, FigureKind, HitBox,
+};
 use shared::Bundle;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -709,16 +711,6 @@ fn null_figures(ctl: Ctl) -> Vec<Figure> {
 
 // ---------------------------------------------------------------------------------------------
 // Components
-
-fn fmt(v: f64) -> String {
-    if !v.is_finite() {
-        "n/a".into()
-    } else if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e4) {
-        format!("{v:.3e}")
-    } else {
-        format!("{v:.4}")
-    }
-}
 
 #[component]
 fn FigureView(#[prop(into)] figure: Signal<Option<Figure>>) -> impl IntoView {

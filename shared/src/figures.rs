@@ -136,7 +136,8 @@ fn tick(v: f64) -> String {
     }
 }
 
-fn fmt(v: f64) -> String {
+/// A number as the figures and the page show it: 4 decimals, scientific outside [1e-3, 1e4).
+pub fn fmt(v: f64) -> String {
     if !v.is_finite() {
         return "n/a".into();
     }
