@@ -128,8 +128,11 @@ struct Layer {
     qkv: Tensor,
     qkv_b: Option<Tensor>,
     o: Tensor,
-    /// gate and up projections stacked.
-    gate_up: Tensor,
+    /// gate and up stay separate: stacked, their halves are strided views, and candle's strided
+    /// SiLU/mul kernels on the prefill's [tokens, intermediate] tensors cost more than the
+    /// second matmul launch saves.
+    gate: Tensor,
+    up: Tensor,
     down: Tensor,
     /// Norm weights in f32: the norms run on the f32 residual stream (fused kernel).
     ln1: Tensor,
@@ -273,7 +276,8 @@ impl Model {
                 qkv: Tensor::cat(&[&q, &k, &v], 0)?,
                 qkv_b,
                 o: tr(get(&mut w, &format!("{p}.self_attn.o_proj.weight"))?)?,
-                gate_up: Tensor::cat(&[&gate, &up], 0)?,
+                gate,
+                up,
                 down: tr(get(&mut w, &format!("{p}.mlp.down_proj.weight"))?)?,
                 ln1: f32w(get(&mut w, &format!("{p}.input_layernorm.weight"))?)?,
                 ln2: f32w(get(
@@ -516,10 +520,8 @@ impl Model {
             h = (h + linear(&y, &layer.o)?.to_dtype(DType::F32)?)?;
             lap("o proj")?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
-            let gu = linear(&x2, &layer.gate_up)?;
-            let inter = cfg.intermediate_size;
-            let g = candle_nn::ops::silu(&gu.narrow(2, 0, inter)?)?;
-            let u = gu.narrow(2, inter, inter)?;
+            let g = candle_nn::ops::silu(&linear(&x2, &layer.gate)?)?;
+            let u = linear(&x2, &layer.up)?;
             h = (h + linear(&(g * u)?, &layer.down)?.to_dtype(DType::F32)?)?;
             lap("mlp")?;
             if let Some((sl, vec)) = &self.steering {
