@@ -63,9 +63,10 @@ fn free_device_memory(model: &Model) -> Result<Option<usize>> {
     }
 }
 
-/// Upper bound of automatic batches: measured on an H200 (Qwen2.5-7B shape), Method B per
-/// prompt keeps improving up to 720 rows (54.7 s vs 61.6 s at 256); a run that let the memory
-/// estimate pick ~2,000 rows did not finish in 5 minutes, so larger batches are not chosen.
+/// Upper bound of automatic batches: measured on an H200 (Qwen2.5-7B shape), Method B keeps
+/// improving up to 720 rows (44.9 s vs 53.1 s at 256 for the bench workload); a run that let
+/// the memory estimate pick ~2,000 rows did not finish in 5 minutes, so larger batches are not
+/// chosen.
 pub const MAX_AUTO_BATCH: usize = 720;
 
 /// The largest batch whose prefill and decoding fit in `free` bytes, keeping 2 GiB and a 15%
