@@ -674,7 +674,7 @@ fn null_figures(ctl: Ctl) -> Vec<Figure> {
                 },
             });
         }
-        let m3 = a.plan.m3_paired(ml, &a.plan.comparisons[ci], cell);
+        let m3 = &cell.m3[ci];
         for (s, name) in ["M3_accuracy", "M3_log_posterior"].iter().enumerate() {
             out.push(Figure {
                 title: format!("null of Δ {name} ({treated} − {base}), p = {:.4}", m3.p[s]),

@@ -108,12 +108,6 @@ impl Pool {
         inner.queue = front;
     }
 
-    /// Tasks queued or running.
-    pub fn pending(&self) -> usize {
-        let inner = self.inner.borrow();
-        inner.queue.len() + inner.inflight.len()
-    }
-
     pub fn workers(&self) -> usize {
         self.inner.borrow().slots.len()
     }

@@ -546,31 +546,18 @@ impl Model {
         Ok((h, captured))
     }
 
-    /// One step (a prefill or a decoding step) with outputs left on the device: the greedy next
-    /// tokens (if `want_logits`; only ids cross to the host) and, per `capture` layer, the last
-    /// column's block output as an f32 [batch, hidden] tensor.
-    pub fn step_on_device(
-        &self,
-        tokens: &[Vec<u32>],
-        valid: &[Vec<bool>],
-        cache: &mut KvCache,
-        capture: &[usize],
-        want_logits: bool,
-    ) -> Result<(Option<Vec<u32>>, Vec<Tensor>)> {
-        let t = tokens[0].len();
-        let (h, captured) = self.forward_blocks(tokens, valid, cache, capture, false)?;
-        let captured = captured
-            .into_iter()
-            .map(|c| Ok(c.to_dtype(DType::F32)?))
-            .collect::<Result<_>>()?;
-        let next_tokens = if want_logits {
-            let last = self.rms_norm(&h.narrow(1, t - 1, 1)?.squeeze(1)?, &self.norm)?;
-            let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
-            Some(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
-        } else {
-            None
-        };
-        Ok((next_tokens, captured))
+    /// The greedy next token of each row from its last block output [b, H] (final norm,
+    /// LM head, argmax on the device).
+    fn greedy_next(&self, last: &Tensor) -> Result<Tensor> {
+        let clock = std::time::Instant::now();
+        let last = self.rms_norm(last, &self.norm)?;
+        let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let next = logits.argmax(D::Minus1)?;
+        if profile::enabled() {
+            self.device.synchronize()?;
+            profile::add("lm head + argmax", clock.elapsed().as_secs_f64());
+        }
+        Ok(next)
     }
 
     /// Tables for decoding a batch on the device after its prefill: the key mask (left padding
@@ -642,22 +629,17 @@ impl Model {
             .into_iter()
             .map(|c| Ok(c.to_dtype(DType::F32)?))
             .collect::<Result<_>>()?;
-        let clock = std::time::Instant::now();
         let next = if want_logits {
-            let last = self.rms_norm(&h.squeeze(1)?, &self.norm)?;
-            let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
-            Some(logits.argmax(D::Minus1)?)
+            Some(self.greedy_next(&h.squeeze(1)?)?)
         } else {
             None
         };
-        if profile::enabled() {
-            self.device.synchronize()?;
-            profile::add("lm head + argmax", clock.elapsed().as_secs_f64());
-        }
         Ok((next, captured))
     }
 
-    /// `step_on_device` with the captured layers copied to the host.
+    /// A prefill over host tokens (left-padded, `valid` marks real tokens): the greedy
+    /// next tokens if `want_logits` and, per `capture` layer, the last column's block output,
+    /// copied to the host.
     pub fn step(
         &self,
         tokens: &[Vec<u32>],
@@ -666,11 +648,19 @@ impl Model {
         capture: &[usize],
         want_logits: bool,
     ) -> Result<StepOutput> {
-        let (next_tokens, captured) =
-            self.step_on_device(tokens, valid, cache, capture, want_logits)?;
+        let t = tokens[0].len();
+        let (h, captured) = self.forward_blocks(tokens, valid, cache, capture, false)?;
+        let next_tokens = if want_logits {
+            Some(
+                self.greedy_next(&h.narrow(1, t - 1, 1)?.squeeze(1)?)?
+                    .to_vec1::<u32>()?,
+            )
+        } else {
+            None
+        };
         let last_hidden = captured
             .iter()
-            .map(|c| Ok(c.to_vec2()?))
+            .map(|c| Ok(c.to_dtype(DType::F32)?.to_vec2()?))
             .collect::<Result<_>>()?;
         Ok(StepOutput {
             next_tokens,

@@ -18,17 +18,8 @@ use extractor::study::run_study;
 use shared::analysis::{analyze, AnalysisConfig, Family};
 use shared::bundle::Method;
 use shared::coords::{bundle_coords, compact_bundle};
+use shared::linalg::cosine as cos;
 use std::path::PathBuf;
-
-fn unit(v: Vec<f64>) -> Vec<f64> {
-    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    v.into_iter().map(|x| x / n).collect()
-}
-
-fn cos(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    d / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
-}
 
 #[test]
 fn default_study_controls_end_to_end() {
@@ -116,13 +107,12 @@ fn default_study_controls_end_to_end() {
             .unwrap()
     };
     let (v, a) = (idx("villain"), idx("assistant"));
-    let axis = unit(
-        c.centroid(ck("base"), v)
-            .iter()
-            .zip(c.centroid(ck("base"), a))
-            .map(|(x, y)| x - y)
-            .collect(),
-    );
+    let axis: Vec<f64> = c
+        .centroid(ck("base"), v)
+        .iter()
+        .zip(c.centroid(ck("base"), a))
+        .map(|(x, y)| x - y)
+        .collect();
     let mean_cos = |k: usize| {
         (0..c.n_personas)
             .map(|p| cos(c.centroid(k, p), &axis))

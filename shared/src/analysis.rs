@@ -314,6 +314,8 @@ pub struct CellResult {
     pub geometry_null: Vec<Vec<[f64; 4]>>,
     pub lda: Vec<crate::lda::Evaluation>,
     pub lda_null: Vec<Vec<[f64; 2]>>,
+    /// Per comparison: the paired M3 test (computed once here, not per report).
+    pub m3: Vec<M3Paired>,
 }
 
 /// The analysis of one bundle under one configuration: coordinates, comparisons and the task
@@ -541,14 +543,24 @@ impl Plan {
             geometry.push(g.assemble(pre_values, post_values, delta, &null, &concat(b)));
             geometry_null.push(null);
         }
+        let lda: Vec<crate::lda::Evaluation> = lobs
+            .into_iter()
+            .map(|e| e.expect("every LdaObserved task ran"))
+            .collect();
+        let scores: Vec<Vec<Option<[f64; 2]>>> = (0..nck)
+            .map(|ck| per_question_scores(&Samples::from_coords(c, ck), &lda[ck]))
+            .collect();
+        let m3 = self
+            .comparisons
+            .iter()
+            .map(|cmp| self.m3_paired(ml, cmp, &scores))
+            .collect();
         CellResult {
             geometry,
             geometry_null,
-            lda: lobs
-                .into_iter()
-                .map(|e| e.expect("every LdaObserved task ran"))
-                .collect(),
+            lda,
             lda_null: lnull.into_iter().map(concat).collect(),
+            m3,
         }
     }
 
@@ -622,7 +634,7 @@ impl Plan {
                         test: "paired question-level swap permutation (two-sided); basic question-bootstrap CI".into(),
                     });
                 }
-                let m3 = self.m3_paired(ml, cmp, cell);
+                let m3 = &cell.m3[ci];
                 for (s, name) in ["M3_accuracy", "M3_log_posterior"].iter().enumerate() {
                     let (pre_e, post_e) = (&cell.lda[cmp.pre], &cell.lda[cmp.post]);
                     let (pre_v, post_v) = if s == 0 {
@@ -713,8 +725,9 @@ impl Plan {
         }
     }
 
-    /// M3 pre vs post: paired sign-flip test and bootstrap of per-question held-out scores.
-    pub fn m3_paired(&self, ml: usize, cmp: &Comparison, cell: &CellResult) -> M3Paired {
+    /// M3 pre vs post: paired sign-flip test and bootstrap of per-question held-out scores
+    /// (`scores` per checkpoint).
+    fn m3_paired(&self, ml: usize, cmp: &Comparison, scores: &[Vec<Option<[f64; 2]>>]) -> M3Paired {
         let c = &self.coords[ml];
         let cfg = &self.cfg;
         let label = format!(
@@ -724,8 +737,7 @@ impl Plan {
             cmp.pre,
             cmp.post
         );
-        let scores = |ck: usize| per_question_scores(&Samples::from_coords(c, ck), &cell.lda[ck]);
-        let ps = PairedScores::new(&scores(cmp.pre), &scores(cmp.post), cfg.seed, label);
+        let ps = PairedScores::new(&scores[cmp.pre], &scores[cmp.post], cfg.seed, label);
         let obs = ps.observed();
         let null = ps.null(0..cfg.permutations);
         let boot = ps.bootstrap(0..cfg.bootstrap);
