@@ -52,13 +52,15 @@ pub fn auto_batch_size(model: &Model, max_prompt: usize, max_new: usize) -> Resu
 fn free_device_memory(model: &Model) -> Result<Option<usize>> {
     match &model.device {
         #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(d) => Ok(Some(
+        candle_core::Device::Cuda(d) => Ok(Some({
+            // Memory cached by the allocator's pool is free for this process's batches.
+            crate::cuda_ops::release_cached_memory(&model.device)?;
             d.cuda_stream()
                 .context()
                 .mem_get_info()
                 .map_err(|e| anyhow::anyhow!("querying free GPU memory: {e:?}"))?
-                .0,
-        )),
+                .0
+        })),
         _ => Ok(None),
     }
 }

@@ -6,6 +6,7 @@
 //! `model.layers[l]`; the last block is taken before the final norm.
 
 pub mod cmd_analysis;
+pub mod cuda_ops;
 pub mod extract;
 pub mod fixture_check;
 pub mod import;

@@ -156,6 +156,12 @@ enum Cmd {
         dtype: Option<String>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Which methods to time: a, b or a,b.
+        #[arg(long, default_value = "a,b", value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Also time Method B with the fused CUDA kernels off (candle ops), same process.
+        #[arg(long)]
+        compare_unfused: bool,
     },
     /// Check this build against the Hugging Face fixture (hf-tiny-qwen2) on a device: prompts,
     /// ids and greedy generations exact, activations within 1e-4 (f32), bf16 agreement.
@@ -284,7 +290,14 @@ fn main() -> Result<()> {
             device,
             dtype,
             seed,
+            methods,
+            compare_unfused,
         } => {
+            anyhow::ensure!(
+                methods.iter().all(|m| m == "a" || m == "b"),
+                "bench-workload --methods: expected a, b or a,b, got {}",
+                methods.join(",")
+            );
             anyhow::ensure!(
                 min_len >= 1 && max_len >= min_len && prompts >= 1,
                 "bench-workload: need 1 <= min_len <= max_len and at least one prompt (batch 0 = from free device memory)"
@@ -303,6 +316,9 @@ fn main() -> Result<()> {
                 device,
                 dtype,
                 seed,
+                method_a: methods.iter().any(|m| m == "a"),
+                method_b: methods.iter().any(|m| m == "b"),
+                compare_unfused,
             })
         }
         Cmd::Import {

@@ -186,6 +186,20 @@ pub mod profile {
             None => t.push((name, secs)),
         }
     }
+    /// Section names of a prefill pass are prefixed ("prefill: mlp"), decoding ones not.
+    pub fn label(decoding: bool, name: &'static str) -> &'static str {
+        if decoding {
+            return name;
+        }
+        static PREFILL: Mutex<Vec<(&'static str, &'static str)>> = Mutex::new(Vec::new());
+        let mut known = PREFILL.lock().expect("profile lock");
+        if let Some((_, l)) = known.iter().find(|(n, _)| *n == name) {
+            return l;
+        }
+        let l: &'static str = Box::leak(format!("prefill: {name}").into_boxed_str());
+        known.push((name, l));
+        l
+    }
     pub fn report() -> String {
         let t = TOTALS.lock().expect("profile lock");
         let total: f64 = t.iter().map(|x| x.1).sum();
@@ -207,6 +221,20 @@ pub struct DecodeTables {
     sin: Tensor,
     /// [max_new, b] u32: row i's position id at decoding step s.
     positions: Tensor,
+    /// [b] u32: the first real key of each row (the prompts' left padding comes before), for
+    /// the fused decoding attention.
+    first_key: Tensor,
+    /// Cached positions before decoding (the padded prompt length).
+    prompt: usize,
+}
+
+/// How a pass through the blocks attends.
+enum Attend<'a> {
+    /// Over the cache's filled part with an additive mask [b, 1, t, keys] (prefill).
+    Masked(&'a Tensor),
+    /// Decoding step `step` over the whole preallocated K/V buffers: the fused CUDA kernel
+    /// where it applies, else the mask `key_mask + future[step]` (unused slots are zeros).
+    Decode { tables: &'a DecodeTables, step: usize },
 }
 
 pub struct StepOutput {
@@ -412,20 +440,17 @@ impl Model {
             t,
             &cos,
             &sin,
-            &mask,
+            &Attend::Masked(&mask),
             cache,
             capture,
             all_positions,
-            false,
         )
     }
 
-    /// The decoder blocks on device tensors: `ids` [b·t] u32, `cos`/`sin` [b, t, hd/2],
-    /// additive `mask` [b, 1, t, keys]. Shared by the host-prepared path (prefill, CPU) and
-    /// the device-resident decoding loop. With `full_cache` (decoding) attention runs over the
-    /// whole preallocated K/V buffers (keys = capacity; the mask hides unused slots, which are
-    /// zeros): contiguous buffers go to the matmuls without the per-step copies that a narrowed
-    /// view costs.
+    /// The decoder blocks on device tensors: `ids` [b·t] u32, `cos`/`sin` [b, t, hd/2].
+    /// Shared by the host-prepared path (prefill, CPU) and the device-resident decoding loop.
+    /// Decoding attends over the whole preallocated K/V buffers (keys = capacity): contiguous
+    /// buffers go to the kernels without the per-step copies that a narrowed view costs.
     #[allow(clippy::too_many_arguments)]
     fn blocks(
         &self,
@@ -434,11 +459,10 @@ impl Model {
         t: usize,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        attend: &Attend,
         cache: &mut KvCache,
         capture: &[usize],
         all_positions: bool,
-        full_cache: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -451,16 +475,19 @@ impl Model {
             .to_dtype(DType::F32)?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
         let scale = 1.0 / (hd as f64).sqrt();
-        let prof = profile::enabled() && t == 1;
+        let prof = profile::enabled();
+        let decoding = matches!(attend, Attend::Decode { .. });
         let mut clock = std::time::Instant::now();
         let mut lap = |name: &'static str| -> Result<()> {
             if prof {
                 self.device.synchronize()?;
-                profile::add(name, clock.elapsed().as_secs_f64());
+                profile::add(profile::label(decoding, name), clock.elapsed().as_secs_f64());
                 clock = std::time::Instant::now();
             }
             Ok(())
         };
+        // The decoding fallback's mask, built once per step if some layer needs it.
+        let mut decode_mask: Option<Tensor> = None;
         lap("embed")?;
         for (l, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.ln1)?;
@@ -485,7 +512,7 @@ impl Model {
             let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
             lap("rope")?;
             let (k, v) = cache.layers[l].append(&k, &v)?;
-            let (k, v) = if full_cache {
+            let (k, v) = if decoding {
                 let all = |c: &candle_nn::kv_cache::Cache| -> Result<Tensor> {
                     c.all_data()
                         .clone()
@@ -499,30 +526,44 @@ impl Model {
                 (k, v)
             };
             lap("kv append")?;
-            let total = k.dim(2)?;
-            // Grouped-query attention without materialising repeated K/V: the `rep` query heads
-            // of a KV head (HF repeat_kv order) are stacked along the query axis.
-            let rep = nh / nkv;
-            let q = q.reshape((b, nkv, rep * t, hd))?;
-            let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-            let att = att
-                .reshape((b, nkv, rep, t, total))?
-                .broadcast_add(&mask.unsqueeze(1)?)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?
-                .to_dtype(self.dtype)?
-                .reshape((b, nkv, rep * t, total))?;
-            let y = att
-                .matmul(&v.contiguous()?)?
-                .reshape((b, nh, t, hd))?
-                .transpose(1, 2)?
-                .reshape((b, t, nh * hd))?;
+            let y = match attend {
+                Attend::Masked(mask) => self.masked_attention(&q, &k, &v, mask)?,
+                Attend::Decode { tables, step } => {
+                    let fused = crate::cuda_ops::decode_attention(
+                        &q,
+                        &k,
+                        &v,
+                        &tables.first_key,
+                        tables.prompt + step + 1,
+                        scale as f32,
+                    )?;
+                    match fused {
+                        Some(y) => y,
+                        None => {
+                            if decode_mask.is_none() {
+                                decode_mask = Some(
+                                    tables
+                                        .key_mask
+                                        .broadcast_add(&tables.future.get(*step)?)?,
+                                );
+                            }
+                            let mask = decode_mask.as_ref().context("decoding mask")?;
+                            self.masked_attention(&q, &k, &v, mask)?
+                        }
+                    }
+                }
+            };
             lap("attention")?;
             h = (h + linear(&y, &layer.o)?.to_dtype(DType::F32)?)?;
             lap("o proj")?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
-            let g = candle_nn::ops::silu(&linear(&x2, &layer.gate)?)?;
+            let g = linear(&x2, &layer.gate)?;
             let u = linear(&x2, &layer.up)?;
-            h = (h + linear(&(g * u)?, &layer.down)?.to_dtype(DType::F32)?)?;
+            let gu = match crate::cuda_ops::silu_mul(&g, &u)? {
+                Some(gu) => gu,
+                None => (candle_nn::ops::silu(&g)? * u)?,
+            };
+            h = (h + linear(&gu, &layer.down)?.to_dtype(DType::F32)?)?;
             lap("mlp")?;
             if let Some((sl, vec)) = &self.steering {
                 if *sl == l {
@@ -544,6 +585,38 @@ impl Model {
             .map(|c| c.context("captured layer beyond the model's depth"))
             .collect::<Result<_>>()?;
         Ok((h, captured))
+    }
+
+    /// Grouped-query attention with candle ops: `q` [b, nh, t, hd], `k`/`v` [b, nkv, keys, hd],
+    /// additive `mask` [b, 1, t, keys] (f32). Returns [b, t, nh·hd]. The `rep` query heads of a
+    /// KV head (HF repeat_kv order) are stacked along the query axis, so repeated K/V are never
+    /// materialised. Scores are rounded to the compute dtype before the f32 softmax, as in HF's
+    /// eager attention.
+    pub fn masked_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, nh, t, hd) = q.dims4()?;
+        let nkv = k.dim(1)?;
+        let total = k.dim(2)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let rep = nh / nkv;
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let att = att
+            .reshape((b, nkv, rep, t, total))?
+            .broadcast_add(&mask.unsqueeze(1)?)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?
+            .to_dtype(self.dtype)?
+            .reshape((b, nkv, rep * t, total))?;
+        Ok(att
+            .matmul(&v.contiguous()?)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?)
     }
 
     /// The greedy next token of each row from its last block output [b, H] (final norm,
@@ -595,7 +668,24 @@ impl Model {
                 positions.push((p + step) as u32);
             }
         }
+        let first_key: Vec<u32> = cache
+            .key_valid
+            .iter()
+            .map(|kv| kv.iter().take_while(|v| !**v).count() as u32)
+            .collect();
+        // The fused kernel takes each row's keys as one span first_key..: padding must be a
+        // prefix (left padding), as `left_pad` makes it.
+        if cache
+            .key_valid
+            .iter()
+            .zip(&first_key)
+            .any(|(kv, &f)| kv[f as usize..].iter().any(|v| !v))
+        {
+            bail!("decoding needs left-padded prompts (padding only before each prompt)");
+        }
         Ok(DecodeTables {
+            first_key: Tensor::from_vec(first_key, (b,), &self.device)?,
+            prompt,
             key_mask: Tensor::from_vec(mask, (b, 1, 1, cap), &self.device)?,
             future: Tensor::from_vec(future, (max_new, 1, 1, 1, cap), &self.device)?,
             cos: cos.reshape((max_pos, half))?,
@@ -622,9 +712,17 @@ impl Model {
         let pos = tables.positions.get(step)?;
         let cos = tables.cos.index_select(&pos, 0)?.reshape((b, 1, half))?;
         let sin = tables.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
-        let mask = tables.key_mask.broadcast_add(&tables.future.get(step)?)?;
-        let (h, captured) =
-            self.blocks(ids, b, 1, &cos, &sin, &mask, cache, capture, false, true)?;
+        let (h, captured) = self.blocks(
+            ids,
+            b,
+            1,
+            &cos,
+            &sin,
+            &Attend::Decode { tables, step },
+            cache,
+            capture,
+            false,
+        )?;
         let captured = captured
             .into_iter()
             .map(|c| Ok(c.to_dtype(DType::F32)?))

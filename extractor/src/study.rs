@@ -365,7 +365,9 @@ pub fn device_from(spec: Option<&str>) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 bail!("device `{s}`: this binary was built without CUDA; build with `--features cuda` (see README, GPU section)");
             }
-            Ok(Device::new_cuda(idx)?)
+            let device = Device::new_cuda(idx)?;
+            crate::cuda_ops::tune_device(&device)?;
+            Ok(device)
         }
         s => bail!("unknown device `{s}` (cpu, cuda, cuda:N)"),
     }

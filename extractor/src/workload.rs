@@ -82,6 +82,80 @@ pub struct WorkloadArgs {
     pub device: Device,
     pub dtype: DType,
     pub seed: u64,
+    /// Run Method A (batched prefill) / Method B (decoding).
+    pub method_a: bool,
+    pub method_b: bool,
+    /// Also time Method B with the fused CUDA kernels off (candle ops), in the same process.
+    pub compare_unfused: bool,
+}
+
+/// Relative error ‖x − reference‖ / ‖reference‖ in f32.
+fn relative_error(x: &Tensor, reference: &Tensor) -> Result<f32> {
+    let x = x.to_dtype(DType::F32)?;
+    let r = reference.to_dtype(DType::F32)?;
+    let diff = (x - &r)?.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
+    let norm = r.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
+    Ok(diff / norm.max(f32::MIN_POSITIVE))
+}
+
+/// Checks the fused CUDA kernels against f32 references built from candle ops, on random data
+/// of the model's shape (fresh inputs, uneven left padding). Fails beyond the rounding of the
+/// compute dtype, so that no timing is printed for a wrong kernel. Prints the unfused candle
+/// path's error too.
+pub fn check_fused_kernels(model: &Model) -> Result<()> {
+    let cfg = &model.cfg;
+    let (device, dtype) = (&model.device, model.dtype);
+    let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let (b, cap, n_keys) = (48usize, 320usize, 291usize);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let rounded = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?) };
+    let q = rounded(Tensor::randn(0f32, 1.0, (b, nh, 1, hd), device)?)?;
+    let k = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
+    let v = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
+    let first: Vec<u32> = (0..b).map(|i| ((i * 37) % 61) as u32).collect();
+    let first_key = Tensor::from_vec(first.clone(), (b,), device)?;
+    let mut mask = vec![0f32; b * cap];
+    for (i, &f) in first.iter().enumerate() {
+        for j in 0..cap {
+            if j < f as usize || j >= n_keys {
+                mask[i * cap + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let mask = Tensor::from_vec(mask, (b, 1, 1, cap), device)?;
+    let tolerance = if dtype == DType::F32 { 1e-5 } else { 4e-3 };
+    let fused = crate::cuda_ops::decode_attention(&q, &k, &v, &first_key, n_keys, scale as f32)?;
+    match fused {
+        None => println!("fused decoding attention: not used on this device/shape"),
+        Some(fused) => {
+            // Reference: the same rounded inputs in f32.
+            let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
+            let rep = nh / nkv;
+            let scores = (f(&q)?.reshape((b, nkv, rep, hd))?.matmul(&f(&k)?.t()?)? * scale)?
+                .broadcast_add(&mask)?;
+            let reference = candle_nn::ops::softmax_last_dim(&scores)?
+                .matmul(&f(&v)?)?
+                .reshape((b, 1, nh * hd))?;
+            let err = relative_error(&fused, &reference)?;
+            let candle_err = relative_error(&model.masked_attention(&q, &k, &v, &mask)?, &reference)?;
+            println!("fused decoding attention vs f32 reference: relative error {err:.2e} (candle ops: {candle_err:.2e}; bound {tolerance:.0e})");
+            anyhow::ensure!(err.is_finite() && err <= tolerance, "fused decoding attention disagrees with the reference: {err:.3e} > {tolerance:.0e}");
+        }
+    }
+    let g = rounded(Tensor::randn(0f32, 2.0, (b, cfg.intermediate_size), device)?)?;
+    let u = rounded(Tensor::randn(0f32, 1.0, (b, cfg.intermediate_size), device)?)?;
+    match crate::cuda_ops::silu_mul(&g, &u)? {
+        None => println!("fused silu·mul: not used on this device"),
+        Some(fused) => {
+            let gf = g.to_dtype(DType::F32)?;
+            let silu = candle_nn::ops::silu(&gf)?.to_dtype(dtype)?.to_dtype(DType::F32)?;
+            let reference = (silu * u.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+            let err = relative_error(&fused, &reference)?;
+            println!("fused silu·mul vs candle ops (same roundings): relative error {err:.2e} (bound {tolerance:.0e})");
+            anyhow::ensure!(err.is_finite() && err <= tolerance, "fused silu·mul disagrees with the reference: {err:.3e}");
+        }
+    }
+    Ok(())
 }
 
 pub fn run(a: &WorkloadArgs) -> Result<()> {
@@ -117,9 +191,9 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         })
         .collect();
     prompts.sort_by_key(|p| p.len());
-    let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
     let layers = a.layers.clone();
     let flop_per_token = 2.0 * n_params as f64;
+    check_fused_kernels(&model)?;
     // Warm-up outside the timings: the first use of each kernel JIT-compiles its PTX.
     let t = Instant::now();
     run_batch_with(
@@ -140,29 +214,73 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         0 => crate::extract::auto_batch_size(&model, a.max_len, a.new_tokens)?,
         n => n,
     };
-    // Method A: batched prefill, capture the last token at the study layers.
-    let t = Instant::now();
     let mut checksum = 0f64;
+    if a.method_a {
+        method_a(&model, &prompts, batch_a, &layers, flop_per_token, &mut checksum)?;
+    }
+    if a.method_b {
+        method_b(&model, &prompts, batch_b, a.new_tokens, &layers, flop_per_token, &mut checksum)?;
+        if a.compare_unfused {
+            crate::cuda_ops::set_fused(false);
+            print!("(fused kernels off) ");
+            method_b(&model, &prompts, batch_b, a.new_tokens, &layers, flop_per_token, &mut checksum)?;
+            crate::cuda_ops::set_fused(true);
+        }
+    }
+    println!("checksum {checksum:.4e} (keeps the work observable)");
+    if crate::model::profile::enabled() {
+        println!(
+            "profile (device synchronised per section): {}",
+            crate::model::profile::report()
+        );
+    }
+    Ok(())
+}
+
+/// Method A: batched prefill, capture the last token at the study layers.
+fn method_a(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    batch_a: usize,
+    layers: &[usize],
+    flop_per_token: f64,
+    checksum: &mut f64,
+) -> Result<()> {
+    let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
+    let t = Instant::now();
     for chunk in prompts.chunks(batch_a) {
-        let r = run_batch_with(&model, &[], &layers, chunk, 0, false)?;
-        checksum += r[0].method_a[0][0] as f64;
+        let r = run_batch_with(model, &[], layers, chunk, 0, false)?;
+        *checksum += r[0].method_a[0][0] as f64;
     }
     let ta = t.elapsed().as_secs_f64();
     println!(
         "method A: {} prompts ({prompt_tokens} tokens, batch {}) in {ta:.2} s = {:.0} tok/s, {:.0} TFLOP/s effective",
-        a.prompts,
+        prompts.len(),
         batch_a,
         prompt_tokens as f64 / ta,
         flop_per_token * prompt_tokens as f64 / ta / 1e12
     );
-    // Method B: the production decoding path (greedy, pooled on the device), with no stop ids so
-    // that every prompt decodes exactly `new_tokens` tokens on random weights.
+    Ok(())
+}
+
+/// Method B: the production decoding path (greedy, pooled on the device), with no stop ids so
+/// that every prompt decodes exactly `new_tokens` tokens on random weights.
+fn method_b(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    batch_b: usize,
+    new_tokens: usize,
+    layers: &[usize],
+    flop_per_token: f64,
+    checksum: &mut f64,
+) -> Result<()> {
+    let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
     let t = Instant::now();
     let mut generated = 0usize;
     for chunk in prompts.chunks(batch_b) {
-        let r = run_batch_with(&model, &[], &layers, chunk, a.new_tokens, true)?;
+        let r = run_batch_with(model, &[], layers, chunk, new_tokens, true)?;
         generated += r.iter().map(|x| x.response.len()).sum::<usize>();
-        checksum += r[0]
+        *checksum += r[0]
             .method_b
             .as_ref()
             .map(|b| b[0][0] as f64)
@@ -171,18 +289,11 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     let tb = t.elapsed().as_secs_f64();
     println!(
         "method B: {} prompts x {} new tokens (batch {}) in {tb:.2} s = {:.0} generated tok/s, {:.0} TFLOP/s effective (prefill included)",
-        a.prompts,
-        a.new_tokens,
+        prompts.len(),
+        new_tokens,
         batch_b,
         generated as f64 / tb,
         flop_per_token * (generated + prompt_tokens) as f64 / tb / 1e12
     );
-    println!("checksum {checksum:.4e} (keeps the work observable)");
-    if crate::model::profile::enabled() {
-        println!(
-            "decode-step profile (device synchronised per section): {}",
-            crate::model::profile::report()
-        );
-    }
     Ok(())
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One GPU-host session of checks and timings, for the `device` tool or any CUDA host with torch's
+# CUDA 13 libraries: unpacks the CUDA binary carried in .gpu/pg.xz (built here with
+# scripts/build_cuda.sh), then runs what the arguments name, logging to $OUT (or /tmp/pg-out):
+#   verify      parity with the HF fixture on the GPU (f32 within 1e-4, the fused kernels in use)
+#   bench       Method A + B (auto batch) with the fused kernels, and B again with them off
+#   profile     per-section profile of one 720-row batch (device synchronised per section)
+#   hf          the HF transformers reference (bench/hf_reference_workload.py), same card
+#   big         Method B at batch 1440 (fused), to see whether larger batches still pay
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/pg-out}"
+mkdir -p "$OUT"
+PG=/tmp/persona-geometry
+xz -dc .gpu/pg.xz > "$PG" && chmod +x "$PG"
+LIB=$(python3 -c "import nvidia,os;print([os.path.join(p,'cu13','lib') for p in nvidia.__path__][0])")
+export LD_LIBRARY_PATH="$LIB:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+for what in "$@"; do
+  echo "=== $what"
+  case "$what" in
+    verify) "$PG" verify-fixture .gpu/fixture --device cuda 2>&1 | tee "$OUT/verify.log" | tail -25 ;;
+    bench) "$PG" bench-workload --batch-b 0 --compare-unfused 2>&1 | tee "$OUT/bench.log" ;;
+    bench256) "$PG" bench-workload --batch-b 256 --compare-unfused 2>&1 | tee "$OUT/bench256.log" ;;
+    profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;
+    big) timeout 240 "$PG" bench-workload --methods b --batch-b 1440 2>&1 | tee "$OUT/big.log" ;;
+    hf) PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py 2>&1 | tee "$OUT/hf.log" ;;
+    *) echo "unknown step $what" ;;
+  esac
+done

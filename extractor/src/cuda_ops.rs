@@ -1,0 +1,429 @@
+//! Fused CUDA kernels for decoding (src/kernels/decode.cu, built to PTX by build.rs with the
+//! `cuda` feature). Each entry point returns `None` where the kernel does not apply (CPU tensors,
+//! a build without `cuda`, unsupported shapes, or `PG_FUSED=0` to compare against candle's
+//! unfused path); callers then run the candle ops they replace. The kernels compute the same
+//! function as those ops (the GPU parity checks in `verify-fixture` and `bench-workload` compare
+//! them).
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not yet read from `PG_FUSED`; 1: on; 2: off.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the fused kernels may be used (on by default; `PG_FUSED=0` turns them off).
+pub fn fused_enabled() -> bool {
+    match FUSED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("PG_FUSED").map(|v| v != "0").unwrap_or(true);
+            set_fused(on);
+            on
+        }
+    }
+}
+
+/// Turns the fused kernels on or off for this process (the benchmark times both paths).
+pub fn set_fused(on: bool) {
+    FUSED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// One decoding step of grouped-query attention over the whole preallocated cache buffers.
+/// `q` [b, nh, 1, hd] (after RoPE), `k`/`v` [b, nkv, cap, hd] contiguous, `first_key` [b] u32
+/// (row i attends keys first_key[i] .. n_keys-1: left padding before, unwritten slots after).
+/// Returns [b, 1, nh·hd], or `None` where the kernel does not apply.
+pub fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first_key: &Tensor,
+    n_keys: usize,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    imp::decode_attention(q, k, v, first_key, n_keys, scale)
+}
+
+/// Allocator and bookkeeping settings for a CUDA device, applied once when it is opened:
+/// - the stream-ordered memory pool keeps freed memory (release threshold = unlimited, like
+///   PyTorch's caching allocator). With the default threshold of 0 every synchronisation (the
+///   end of each batch, the decoding loop's stop checks) hands the pool's free memory back to
+///   the driver, and the next batch maps it again.
+/// - cudarc's per-allocation event tracking is off: this program uses a single stream, so the
+///   two CUDA events created and destroyed with every tensor are pure host overhead.
+///
+/// No-op on the CPU.
+pub fn tune_device(device: &candle_core::Device) -> Result<()> {
+    imp::tune_device(device)
+}
+
+/// Hands the memory pool's cached free memory back to the driver (after synchronising), so
+/// that a free-memory query sees what this process could allocate. No-op on the CPU.
+pub fn release_cached_memory(device: &candle_core::Device) -> Result<()> {
+    imp::release_cached_memory(device)
+}
+
+/// silu(gate) · up ([.., n] each, same shape), or `None` where the kernel does not apply.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    imp::silu_mul(gate, up)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn decode_attention(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: usize,
+        _: f32,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn silu_mul(_: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn tune_device(_: &candle_core::Device) -> Result<()> {
+        Ok(())
+    }
+    pub fn release_cached_memory(_: &candle_core::Device) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use super::*;
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+    use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
+    const MODULE: &str = "persona_geometry_decode";
+    const THREADS: u32 = 128;
+    /// Dynamic shared memory without raising the per-kernel limit.
+    const SHARED_LIMIT: usize = 48 * 1024;
+    /// Query heads per KV head that the kernel holds in registers (REP4 in decode.cu).
+    const MAX_REP: usize = 8;
+
+    /// Dynamic shared memory of the attention kernel (decode.cu's layout): q, probabilities
+    /// [n_keys][8], 1/sum [8], and the key groups' partial outputs.
+    fn attention_shared_bytes(rep: usize, hd: usize, n_keys: usize) -> usize {
+        let groups = THREADS as usize / (hd / 4).max(1);
+        (rep * hd + n_keys * MAX_REP + MAX_REP + groups * rep * hd) * 4
+    }
+
+    fn suffix(dtype: DType) -> Option<&'static str> {
+        match dtype {
+            DType::F32 => Some("f32"),
+            DType::BF16 => Some("bf16"),
+            DType::F16 => Some("f16"),
+            _ => None,
+        }
+    }
+
+    fn contiguous_offsets(l: &Layout, what: &str) -> candle_core::Result<(usize, usize)> {
+        l.contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))
+    }
+
+    struct DecodeAttention {
+        first_key: Tensor,
+        n_keys: usize,
+        scale: f32,
+        nh: usize,
+        nkv: usize,
+        cap: usize,
+        hd: usize,
+        b: usize,
+    }
+
+    impl CustomOp3 for DecodeAttention {
+        fn name(&self) -> &'static str {
+            "decode-attention"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("decode-attention is a CUDA kernel")
+        }
+        fn cuda_fwd(
+            &self,
+            sq: &CudaStorage,
+            lq: &Layout,
+            sk: &CudaStorage,
+            lk: &Layout,
+            sv: &CudaStorage,
+            lv: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = sq.device().clone();
+            let (fk_storage, fk_layout) = self.first_key.storage_and_layout();
+            let fk = match &*fk_storage {
+                candle_core::Storage::Cuda(s) => s.as_cuda_slice::<u32>()?,
+                _ => candle_core::bail!("first_key must be on the CUDA device"),
+            };
+            let (f0, f1) = contiguous_offsets(fk_layout, "first_key")?;
+            let fk = fk.slice(f0..f1);
+            let (q0, q1) = contiguous_offsets(lq, "q")?;
+            let (k0, k1) = contiguous_offsets(lk, "k")?;
+            let (v0, v1) = contiguous_offsets(lv, "v")?;
+            let rep = self.nh / self.nkv;
+            let shared = attention_shared_bytes(rep, self.hd, self.n_keys);
+            // Head dims the kernel is specialised for (loops unrolled); others read it at run time.
+            let hd_variant = match self.hd {
+                64 => "hd64",
+                128 => "hd128",
+                _ => "hd0",
+            };
+            let cfg = LaunchConfig {
+                grid_dim: (self.nkv as u32, self.b as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: shared as u32,
+            };
+            let out_len = self.b * self.nh * self.hd;
+            macro_rules! launch {
+                ($variant:ident, $t:ty, $name:literal) => {{
+                    let (CudaStorageSlice::$variant(q), CudaStorageSlice::$variant(k), CudaStorageSlice::$variant(v)) =
+                        (&sq.slice, &sk.slice, &sv.slice)
+                    else {
+                        candle_core::bail!("decode-attention: q, k and v must share one dtype")
+                    };
+                    let func = dev.get_or_load_custom_func(
+                        &format!("{}_{hd_variant}", $name),
+                        MODULE,
+                        PTX,
+                    )?;
+                    // SAFETY: every element is written by the kernel.
+                    let out = unsafe { dev.alloc::<$t>(out_len)? };
+                    let (q, k, v) = (q.slice(q0..q1), k.slice(k0..k1), v.slice(v0..v1));
+                    let (nh, nkv, cap, hd, n_keys) = (
+                        self.nh as i32,
+                        self.nkv as i32,
+                        self.cap as i32,
+                        self.hd as i32,
+                        self.n_keys as i32,
+                    );
+                    let mut builder = func.builder();
+                    builder.arg(&q);
+                    builder.arg(&k);
+                    builder.arg(&v);
+                    builder.arg(&fk);
+                    builder.arg(&out);
+                    builder.arg(&nh);
+                    builder.arg(&nkv);
+                    builder.arg(&cap);
+                    builder.arg(&hd);
+                    builder.arg(&n_keys);
+                    builder.arg(&self.scale);
+                    // SAFETY: argument types and order match the kernel's signature; the
+                    // shapes were checked by `decode_attention`.
+                    unsafe { builder.launch(cfg) }.w()?;
+                    CudaStorageSlice::$variant(out)
+                }};
+            }
+            let slice = match sq.dtype() {
+                DType::F32 => launch!(F32, f32, "decode_attention_f32"),
+                DType::BF16 => launch!(BF16, half::bf16, "decode_attention_bf16"),
+                DType::F16 => launch!(F16, half::f16, "decode_attention_f16"),
+                d => candle_core::bail!("decode-attention: unsupported dtype {d:?}"),
+            };
+            Ok((
+                CudaStorage { slice, device: dev },
+                Shape::from((self.b, 1, self.nh * self.hd)),
+            ))
+        }
+    }
+
+    pub fn decode_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        first_key: &Tensor,
+        n_keys: usize,
+        scale: f32,
+    ) -> Result<Option<Tensor>> {
+        if !fused_enabled() || !q.device().is_cuda() {
+            return Ok(None);
+        }
+        let Some(suffix_len) = suffix(q.dtype()).map(|_| q.dtype().size_in_bytes()) else {
+            return Ok(None);
+        };
+        let (b, nh, t, hd) = q.dims4()?;
+        let (kb, nkv, cap, khd) = k.dims4()?;
+        let rep = nh / nkv.max(1);
+        let shared = attention_shared_bytes(rep, hd, n_keys);
+        let fits = t == 1
+            && kb == b
+            && khd == hd
+            && v.dims() == k.dims()
+            && nkv > 0
+            && nh % nkv == 0
+            && rep <= MAX_REP
+            && hd % 4 == 0
+            && hd / 4 <= THREADS as usize
+            && (hd * suffix_len) % 16 == 0
+            && n_keys >= 1
+            && n_keys <= cap
+            && shared <= SHARED_LIMIT
+            && first_key.dims() == [b]
+            && first_key.dtype() == DType::U32
+            && k.dtype() == q.dtype()
+            && v.dtype() == q.dtype();
+        if !fits {
+            return Ok(None);
+        }
+        let op = DecodeAttention {
+            first_key: first_key.contiguous()?,
+            n_keys,
+            scale,
+            nh,
+            nkv,
+            cap,
+            hd,
+            b,
+        };
+        Ok(Some(q.contiguous()?.apply_op3_no_bwd(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &op,
+        )?))
+    }
+
+    struct SiluMul;
+
+    impl CustomOp2 for SiluMul {
+        fn name(&self) -> &'static str {
+            "silu-mul"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("silu-mul is a CUDA kernel")
+        }
+        fn cuda_fwd(
+            &self,
+            sg: &CudaStorage,
+            lg: &Layout,
+            su: &CudaStorage,
+            lu: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = sg.device().clone();
+            let (g0, g1) = contiguous_offsets(lg, "gate")?;
+            let (u0, u1) = contiguous_offsets(lu, "up")?;
+            let n = g1 - g0;
+            let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            macro_rules! launch {
+                ($variant:ident, $t:ty, $name:literal) => {{
+                    let (CudaStorageSlice::$variant(g), CudaStorageSlice::$variant(u)) =
+                        (&sg.slice, &su.slice)
+                    else {
+                        candle_core::bail!("silu-mul: gate and up must share one dtype")
+                    };
+                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
+                    // SAFETY: every element is written by the kernel.
+                    let out = unsafe { dev.alloc::<$t>(n)? };
+                    let (g, u) = (g.slice(g0..g1), u.slice(u0..u1));
+                    let n64 = n as u64;
+                    let mut builder = func.builder();
+                    builder.arg(&g);
+                    builder.arg(&u);
+                    builder.arg(&out);
+                    builder.arg(&n64);
+                    // SAFETY: argument types and order match the kernel's signature.
+                    unsafe { builder.launch(cfg) }.w()?;
+                    CudaStorageSlice::$variant(out)
+                }};
+            }
+            let slice = match sg.dtype() {
+                DType::F32 => launch!(F32, f32, "silu_mul_f32"),
+                DType::BF16 => launch!(BF16, half::bf16, "silu_mul_bf16"),
+                DType::F16 => launch!(F16, half::f16, "silu_mul_f16"),
+                d => candle_core::bail!("silu-mul: unsupported dtype {d:?}"),
+            };
+            Ok((CudaStorage { slice, device: dev }, lg.shape().clone()))
+        }
+    }
+
+    use candle_core::cuda_backend::cudarc::driver::sys;
+
+    /// The default memory pool of the device's context (what cuMemAllocAsync draws from).
+    fn default_pool(d: &candle_core::CudaDevice) -> Result<sys::CUmemoryPool> {
+        let ctx = d.cuda_stream().context().clone();
+        ctx.bind_to_thread()
+            .map_err(|e| anyhow::anyhow!("binding the CUDA context: {e:?}"))?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: valid out-pointer, the context's own device.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+            .result()
+            .map_err(|e| anyhow::anyhow!("querying the CUDA memory pool: {e:?}"))?;
+        Ok(pool)
+    }
+
+    pub fn release_cached_memory(device: &candle_core::Device) -> Result<()> {
+        let candle_core::Device::Cuda(d) = device else {
+            return Ok(());
+        };
+        device.synchronize()?;
+        let pool = default_pool(d)?;
+        // SAFETY: a valid pool; trimming only releases memory no allocation holds.
+        unsafe { sys::cuMemPoolTrimTo(pool, 0) }
+            .result()
+            .map_err(|e| anyhow::anyhow!("trimming the CUDA memory pool: {e:?}"))?;
+        Ok(())
+    }
+
+    pub fn tune_device(device: &candle_core::Device) -> Result<()> {
+        let candle_core::Device::Cuda(d) = device else {
+            return Ok(());
+        };
+        // SAFETY: one stream per device in this program (see the doc comment).
+        unsafe { d.disable_event_tracking() };
+        let pool = default_pool(d)?;
+        let mut threshold: u64 = u64::MAX;
+        // SAFETY: a valid pool and a pointer to a u64, the attribute's type.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+            .result()
+            .map_err(|e| anyhow::anyhow!("setting the CUDA memory pool's release threshold: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+        if !fused_enabled()
+            || !gate.device().is_cuda()
+            || suffix(gate.dtype()).is_none()
+            || gate.dims() != up.dims()
+            || gate.dtype() != up.dtype()
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            gate.contiguous()?
+                .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?,
+        ))
+    }
+}

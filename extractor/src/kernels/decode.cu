@@ -1,0 +1,245 @@
+// Fused CUDA kernels for the decoding loop (built to PTX by extractor/build.rs with the `cuda`
+// feature; loaded by src/cuda_ops.rs).
+//
+// decode_attention_*: one decoding step of grouped-query attention over the preallocated K/V
+//   buffers, for one (batch row, KV head) per block: scores of the KV head's `rep` query heads
+//   in f32, softmax in f32, P·V in f32, one rounding to the output type. Replaces candle's
+//   ~8 kernels per layer (two batched matmuls with 7-row tiles, scale, casts, mask add,
+//   softmax) and reads each K/V row once.
+// silu_mul_*: silu(gate) · up in one pass, rounded like PyTorch's two ops (silu rounded to the
+//   storage type, then the product rounded).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+// 16 bytes of T as floats (4 f32 or 8 bf16/f16). `p` is 16-byte aligned (checked on the host:
+// head_dim · sizeof(T) is a multiple of 16 and the buffers come from cudaMalloc).
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+  static constexpr int N = 4;
+  __device__ __forceinline__ static void load(const float* p, float* f) {
+    float4 x = *reinterpret_cast<const float4*>(p);
+    f[0] = x.x; f[1] = x.y; f[2] = x.z; f[3] = x.w;
+  }
+};
+template <> struct Vec16<__nv_bfloat16> {
+  static constexpr int N = 8;
+  __device__ __forceinline__ static void load(const __nv_bfloat16* p, float* f) {
+    uint4 x = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 t = __bfloat1622float2(h[i]);
+      f[2 * i] = t.x; f[2 * i + 1] = t.y;
+    }
+  }
+};
+template <> struct Vec16<__half> {
+  static constexpr int N = 8;
+  __device__ __forceinline__ static void load(const __half* p, float* f) {
+    uint4 x = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&x);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 t = __half22float2(h[i]);
+      f[2 * i] = t.x; f[2 * i + 1] = t.y;
+    }
+  }
+};
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Small vector loads of 4 elements (8 bytes of bf16/f16, 16 of f32) as floats.
+__device__ __forceinline__ void load4(const float* p, float* f) {
+  float4 x = *reinterpret_cast<const float4*>(p);
+  f[0] = x.x; f[1] = x.y; f[2] = x.z; f[3] = x.w;
+}
+__device__ __forceinline__ void load4(const __nv_bfloat16* p, float* f) {
+  uint2 x = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&x);
+  float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+  f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y;
+}
+__device__ __forceinline__ void load4(const __half* p, float* f) {
+  uint2 x = *reinterpret_cast<const uint2*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&x);
+  float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
+  f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y;
+}
+
+// q   [b, nh, hd]          the step's queries (after RoPE)
+// k,v [b, nkv, cap, hd]    the preallocated cache buffers; keys first_key[row] .. n_keys-1 are
+//                          attended (left padding before, unwritten slots after)
+// out [b, nh, hd]
+// grid (nkv, b), block 128 threads. HD > 0 fixes the head dimension at compile time (loops
+// unrolled, all of a K row's loads in flight at once); HD = 0 reads it from `hd`.
+// Shared memory (floats): q [rep][hd] | probabilities [n_keys][REP4] | 1/sum [REP4] |
+// partial outputs [groups][rep][hd].
+#define REP4 8
+template <typename T, int HD>
+__device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ k,
+                                 const T* __restrict__ v, const uint32_t* __restrict__ first_key,
+                                 T* __restrict__ out, int nh, int nkv, int cap, int hd_arg,
+                                 int n_keys, float scale) {
+  extern __shared__ __align__(16) float smem[];
+  const int hd = HD > 0 ? HD : hd_arg;
+  const int rep = nh / nkv;
+  const int g = blockIdx.x;
+  const int row = blockIdx.y;
+  float* qs = smem;                        // [rep][hd], pre-scaled
+  float* pr = qs + rep * hd;               // [n_keys][REP4]: scores, then probabilities
+  float* inv_sum = pr + n_keys * REP4;     // [REP4]
+  float* part = inv_sum + REP4;            // [groups][rep][hd]
+  const T* qrow = q + ((size_t)row * nh + (size_t)g * rep) * hd;
+  for (int i = threadIdx.x; i < rep * hd; i += blockDim.x) qs[i] = to_f(qrow[i]) * scale;
+  __syncthreads();
+  const size_t base = ((size_t)row * nkv + g) * (size_t)cap * hd;
+  const int j0 = (int)first_key[row];
+  constexpr int VN = Vec16<T>::N;
+  // Scores: one key per thread; its K row read in 16-byte pieces, all in flight when HD is
+  // known; q read as float4 broadcasts.
+  for (int j = threadIdx.x; j < n_keys; j += blockDim.x) {
+    float acc[REP4];
+#pragma unroll
+    for (int h = 0; h < REP4; ++h) acc[h] = 0.f;
+    if (j >= j0) {
+      const T* krow = k + base + (size_t)j * hd;
+#pragma unroll
+      for (int d = 0; d < hd; d += VN) {
+        float kf[VN];
+        Vec16<T>::load(krow + d, kf);
+#pragma unroll
+        for (int h = 0; h < REP4; ++h) {
+          if (h < rep) {
+            const float4* qh = reinterpret_cast<const float4*>(qs + h * hd + d);
+#pragma unroll
+            for (int e = 0; e < VN; e += 4) {
+              float4 qq = qh[e / 4];
+              acc[h] = fmaf(qq.x, kf[e], acc[h]);
+              acc[h] = fmaf(qq.y, kf[e + 1], acc[h]);
+              acc[h] = fmaf(qq.z, kf[e + 2], acc[h]);
+              acc[h] = fmaf(qq.w, kf[e + 3], acc[h]);
+            }
+          }
+        }
+      }
+    }
+    float4* dst = reinterpret_cast<float4*>(pr + j * REP4);
+#pragma unroll
+    for (int h = 0; h < REP4; h += 4) {
+      float4 s4;
+      s4.x = (j >= j0 && h < rep) ? acc[h] : -INFINITY;
+      s4.y = (j >= j0 && h + 1 < rep) ? acc[h + 1] : -INFINITY;
+      s4.z = (j >= j0 && h + 2 < rep) ? acc[h + 2] : -INFINITY;
+      s4.w = (j >= j0 && h + 3 < rep) ? acc[h + 3] : -INFINITY;
+      dst[h / 4] = s4;
+    }
+  }
+  __syncthreads();
+  // Softmax per query head, one warp per head.
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  for (int h = warp; h < rep; h += nwarps) {
+    float m = -INFINITY;
+    for (int j = j0 + lane; j < n_keys; j += 32) m = fmaxf(m, pr[j * REP4 + h]);
+    m = warp_max(m);
+    float sum = 0.f;
+    for (int j = lane; j < n_keys; j += 32) {
+      float e = (j >= j0) ? expf(pr[j * REP4 + h] - m) : 0.f;
+      pr[j * REP4 + h] = e;
+      sum += e;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) inv_sum[h] = 1.f / sum;
+  }
+  __syncthreads();
+  // P·V: each thread owns 4 output dimensions of every head for one group of keys
+  // (j = j0 + group, step groups), so that several V loads are in flight per thread; the
+  // groups' partial sums are added through shared memory.
+  const int quads = hd / 4;
+  const int groups = blockDim.x / quads;
+  const int quad = threadIdx.x % quads, grp = threadIdx.x / quads;
+  if (grp < groups) {
+    float o[REP4][4];
+#pragma unroll
+    for (int h = 0; h < REP4; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[h][e] = 0.f;
+    const T* vcol = v + base + quad * 4;
+#pragma unroll 8
+    for (int j = j0 + grp; j < n_keys; j += groups) {
+      float vf[4];
+      load4(vcol + (size_t)j * hd, vf);
+      const float4* p4 = reinterpret_cast<const float4*>(pr + j * REP4);
+      float4 pa = p4[0], pb = p4[1];
+      float pj[REP4] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+      for (int h = 0; h < REP4; ++h)
+        if (h < rep)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[h][e] = fmaf(pj[h], vf[e], o[h][e]);
+    }
+#pragma unroll
+    for (int h = 0; h < REP4; ++h)
+      if (h < rep) {
+        float4 w = make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
+        *reinterpret_cast<float4*>(part + ((size_t)grp * rep + h) * hd + quad * 4) = w;
+      }
+  }
+  __syncthreads();
+  T* orow = out + ((size_t)row * nh + (size_t)g * rep) * hd;
+  for (int i = threadIdx.x; i < rep * hd; i += blockDim.x) {
+    float s = 0.f;
+    for (int gg = 0; gg < groups; ++gg) s += part[(size_t)gg * rep * hd + i];
+    orow[i] = from_f<T>(s * inv_sum[i / hd]);
+  }
+}
+
+template <typename T>
+__device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
+                         size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    float g = to_f(gate[i]);
+    float s = to_f(from_f<T>(g / (1.f + expf(-g))));
+    out[i] = from_f<T>(s * to_f(up[i]));
+  }
+}
+
+#define DEFINE_ATTENTION(NAME, T, HD)                                                          \
+  extern "C" __global__ void __launch_bounds__(128)                                           \
+      decode_attention_##NAME##_hd##HD(const T* q, const T* k, const T* v,                    \
+                                       const uint32_t* first_key, T* out, int nh, int nkv,    \
+                                       int cap, int hd, int n_keys, float scale) {            \
+    decode_attention<T, HD>(q, k, v, first_key, out, nh, nkv, cap, hd, n_keys, scale);       \
+  }
+#define DEFINE(NAME, T)                                                                        \
+  DEFINE_ATTENTION(NAME, T, 0)                                                                 \
+  DEFINE_ATTENTION(NAME, T, 64)                                                                \
+  DEFINE_ATTENTION(NAME, T, 128)                                                               \
+  extern "C" __global__ void silu_mul_##NAME(const T* gate, const T* up, T* out, size_t n) {  \
+    silu_mul<T>(gate, up, out, n);                                                            \
+  }
+
+DEFINE(f32, float)
+DEFINE(bf16, __nv_bfloat16)
+DEFINE(f16, __half)
