@@ -46,6 +46,24 @@ pub fn decode_attention(
     imp::decode_attention(q, k, v, first_key, n_keys, scale)
 }
 
+/// After the stacked q/k/v projection `qkv` [b, t, (nh + 2·nkv)·hd]: adds `bias`, applies RoPE
+/// (`cos`/`sin` [b, t, hd/2]) and writes k and v into the cache buffers `k_cache`/`v_cache`
+/// [b, nkv, cap, hd] at positions `offset..offset + t` in place. Returns q [b, nh, t, hd], or
+/// `None` where the kernel does not apply (then nothing was written).
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_append(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    offset: usize,
+    heads: (usize, usize, usize),
+) -> Result<Option<Tensor>> {
+    imp::qkv_rope_append(qkv, bias, cos, sin, k_cache, v_cache, offset, heads)
+}
+
 /// Allocator and bookkeeping settings for a CUDA device, applied once when it is opened:
 /// - the stream-ordered memory pool keeps freed memory (release threshold = unlimited, like
 ///   PyTorch's caching allocator). With the default threshold of 0 every synchronisation (the
@@ -91,6 +109,19 @@ mod imp {
     }
     pub fn release_cached_memory(_: &candle_core::Device) -> Result<()> {
         Ok(())
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope_append(
+        _: &Tensor,
+        _: Option<&Tensor>,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: usize,
+        _: (usize, usize, usize),
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 }
 
@@ -364,6 +395,190 @@ mod imp {
     }
 
     use candle_core::cuda_backend::cudarc::driver::sys;
+
+    struct QkvRope {
+        bias: Option<Tensor>,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        offset: usize,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+        cap: usize,
+    }
+
+    impl CustomOp3 for QkvRope {
+        fn name(&self) -> &'static str {
+            "qkv-rope-append"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("qkv-rope-append is a CUDA kernel")
+        }
+        fn cuda_fwd(
+            &self,
+            sx: &CudaStorage,
+            lx: &Layout,
+            sc: &CudaStorage,
+            lc: &Layout,
+            ss: &CudaStorage,
+            ls: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = sx.device().clone();
+            let (x0, x1) = contiguous_offsets(lx, "qkv")?;
+            let (c0, c1) = contiguous_offsets(lc, "cos")?;
+            let (s0, s1) = contiguous_offsets(ls, "sin")?;
+            let held = |t: &Tensor| t.storage_and_layout();
+            let (kst, kl) = held(&self.k_cache);
+            let (vst, vl) = held(&self.v_cache);
+            let (k0, k1) = contiguous_offsets(kl, "k cache")?;
+            let (v0, v1) = contiguous_offsets(vl, "v cache")?;
+            let bias_held = self.bias.as_ref().map(held);
+            let cfg = LaunchConfig {
+                grid_dim: ((self.b * self.t) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let q_len = self.b * self.nh * self.t * self.hd;
+            macro_rules! launch {
+                ($variant:ident, $t:ty, $name:literal) => {{
+                    let (CudaStorageSlice::$variant(x), CudaStorageSlice::$variant(c), CudaStorageSlice::$variant(sn)) =
+                        (&sx.slice, &sc.slice, &ss.slice)
+                    else {
+                        candle_core::bail!("qkv-rope-append: qkv, cos and sin must share one dtype")
+                    };
+                    let kslice = match &*kst {
+                        candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$t>()?,
+                        _ => candle_core::bail!("qkv-rope-append: the k cache must be on the CUDA device"),
+                    };
+                    let vslice = match &*vst {
+                        candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$t>()?,
+                        _ => candle_core::bail!("qkv-rope-append: the v cache must be on the CUDA device"),
+                    };
+                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
+                    // SAFETY: every element of q is written by the kernel.
+                    let q = unsafe { dev.alloc::<$t>(q_len)? };
+                    let (x, c, sn) = (x.slice(x0..x1), c.slice(c0..c1), sn.slice(s0..s1));
+                    let (kv, vv) = (kslice.slice(k0..k1), vslice.slice(v0..v1));
+                    let (t, nh, nkv, hd, cap, offset) = (
+                        self.t as i32,
+                        self.nh as i32,
+                        self.nkv as i32,
+                        self.hd as i32,
+                        self.cap as i32,
+                        self.offset as i32,
+                    );
+                    let null: u64 = 0;
+                    let mut builder = func.builder();
+                    builder.arg(&x);
+                    let bias_view;
+                    match &bias_held {
+                        Some((bst, bl)) => {
+                            let (b0, b1) = contiguous_offsets(bl, "bias")?;
+                            let bslice = match &**bst {
+                                candle_core::Storage::Cuda(cs) => cs.as_cuda_slice::<$t>()?,
+                                _ => candle_core::bail!("qkv-rope-append: the bias must be on the CUDA device"),
+                            };
+                            bias_view = bslice.slice(b0..b1);
+                            builder.arg(&bias_view);
+                        }
+                        None => {
+                            builder.arg(&null);
+                        }
+                    }
+                    builder.arg(&c);
+                    builder.arg(&sn);
+                    builder.arg(&q);
+                    builder.arg(&kv);
+                    builder.arg(&vv);
+                    builder.arg(&t);
+                    builder.arg(&nh);
+                    builder.arg(&nkv);
+                    builder.arg(&hd);
+                    builder.arg(&cap);
+                    builder.arg(&offset);
+                    // SAFETY: argument types and order match the kernel's signature; shapes and
+                    // the cache's room were checked by `qkv_rope_append`. The cache buffers are
+                    // written in place on the one stream that all their readers use.
+                    unsafe { builder.launch(cfg) }.w()?;
+                    CudaStorageSlice::$variant(q)
+                }};
+            }
+            let slice = match sx.dtype() {
+                DType::F32 => launch!(F32, f32, "qkv_rope_f32"),
+                DType::BF16 => launch!(BF16, half::bf16, "qkv_rope_bf16"),
+                DType::F16 => launch!(F16, half::f16, "qkv_rope_f16"),
+                d => candle_core::bail!("qkv-rope-append: unsupported dtype {d:?}"),
+            };
+            Ok((
+                CudaStorage { slice, device: dev },
+                Shape::from((self.b, self.nh, self.t, self.hd)),
+            ))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope_append(
+        qkv: &Tensor,
+        bias: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        offset: usize,
+        (nh, nkv, hd): (usize, usize, usize),
+    ) -> Result<Option<Tensor>> {
+        if !fused_enabled() || !qkv.device().is_cuda() || suffix(qkv.dtype()).is_none() {
+            return Ok(None);
+        }
+        let (b, t, w) = qkv.dims3()?;
+        let (kb, knkv, cap, khd) = k_cache.dims4()?;
+        let dt = qkv.dtype();
+        let fits = w == (nh + 2 * nkv) * hd
+            && hd % 2 == 0
+            && kb == b
+            && knkv == nkv
+            && khd == hd
+            && offset + t <= cap
+            && v_cache.dims() == k_cache.dims()
+            && cos.dims() == [b, t, hd / 2]
+            && sin.dims() == cos.dims()
+            && bias.is_none_or(|bb| bb.dims() == [w] && bb.dtype() == dt)
+            && [cos.dtype(), sin.dtype(), k_cache.dtype(), v_cache.dtype()]
+                .iter()
+                .all(|d| *d == dt)
+            && k_cache.is_contiguous()
+            && v_cache.is_contiguous();
+        if !fits {
+            return Ok(None);
+        }
+        let op = QkvRope {
+            bias: bias.map(|bb| bb.contiguous()).transpose()?,
+            k_cache: k_cache.clone(),
+            v_cache: v_cache.clone(),
+            offset,
+            b,
+            t,
+            nh,
+            nkv,
+            hd,
+            cap,
+        };
+        Ok(Some(qkv.contiguous()?.apply_op3_no_bwd(
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            &op,
+        )?))
+    }
 
     /// The default memory pool of the device's context (what cuMemAllocAsync draws from).
     fn default_pool(d: &candle_core::CudaDevice) -> Result<sys::CUmemoryPool> {

@@ -205,7 +205,7 @@ pub fn run_batch_with(
     let b = prompts.len();
     let maxlen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let (tokens, valid) = left_pad(prompts, maxlen);
-    let mut cache = model.new_cache(b, maxlen + max_new);
+    let mut cache = model.new_cache(b, maxlen + max_new)?;
     let out = model.step(&tokens, &valid, &mut cache, layers, method_b)?;
     let mut results: Vec<PromptResult> = (0..b)
         .map(|i| PromptResult {

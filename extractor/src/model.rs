@@ -158,9 +158,14 @@ pub struct Model {
     steering: Option<(usize, Tensor)>,
 }
 
-/// Per-layer key/value cache for a batch, preallocated (in-place appends, no per-step copies).
+/// Per-layer key/value cache for a batch: buffers [b, kv heads, capacity, head_dim] allocated
+/// once (zeros: the unfused decoding path masks unused slots, and 0 · garbage could be NaN),
+/// written in place.
 pub struct KvCache {
-    layers: Vec<candle_nn::kv_cache::KvCache>,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Positions written so far (the same for every layer between passes).
+    len: usize,
     /// Per sequence: whether each cached key column is real (not left padding).
     key_valid: Vec<Vec<bool>>,
     /// Per sequence: next position id.
@@ -347,16 +352,23 @@ impl Model {
         Ok(())
     }
 
-    /// A cache for `batch` sequences; `capacity` positions are preallocated (it grows if needed).
-    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
-        KvCache {
-            layers: (0..self.cfg.num_layers)
-                .map(|_| candle_nn::kv_cache::KvCache::new(2, capacity.max(1)))
-                .collect(),
+    /// A cache for `batch` sequences with room for `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let capacity = capacity.max(1);
+        let shape = (batch, self.cfg.num_kv_heads, capacity, self.cfg.head_dim);
+        let buffers = || -> Result<Vec<Tensor>> {
+            (0..self.cfg.num_layers)
+                .map(|_| Ok(Tensor::zeros(shape, self.dtype, &self.device)?))
+                .collect()
+        };
+        Ok(KvCache {
+            k: buffers()?,
+            v: buffers()?,
+            len: 0,
             key_valid: vec![vec![]; batch],
             next_pos: vec![0; batch],
-            capacity: capacity.max(1),
-        }
+            capacity,
+        })
     }
 
     /// RMSNorm of the f32 residual stream with f32 weights in one fused kernel
@@ -493,39 +505,57 @@ impl Model {
             let x = self.rms_norm(&h, &layer.ln1)?;
             lap("norm")?;
             let qkv = linear(&x, &layer.qkv)?;
-            let qkv = match &layer.qkv_b {
-                Some(bb) => qkv.broadcast_add(bb)?,
-                None => qkv,
+            let offset = cache.len;
+            if offset + t > cache.capacity {
+                bail!(
+                    "KV cache of {} positions is too small for {offset} + {t}",
+                    cache.capacity
+                );
+            }
+            let fused = crate::cuda_ops::qkv_rope_append(
+                &qkv,
+                layer.qkv_b.as_ref(),
+                cos,
+                sin,
+                &cache.k[l],
+                &cache.v[l],
+                offset,
+                (nh, nkv, hd),
+            )?;
+            let q = match fused {
+                Some(q) => q,
+                None => {
+                    let qkv = match &layer.qkv_b {
+                        Some(bb) => qkv.broadcast_add(bb)?,
+                        None => qkv,
+                    };
+                    let split = |offset: usize, heads: usize| -> Result<Tensor> {
+                        Ok(qkv
+                            .narrow(2, offset * hd, heads * hd)?
+                            .reshape((b, t, heads, hd))?
+                            .transpose(1, 2)?
+                            .contiguous()?)
+                    };
+                    let q = split(0, nh)?;
+                    let k = split(nh, nkv)?;
+                    let v = split(nh + nkv, nkv)?;
+                    let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+                    let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+                    cache.k[l].slice_set(&k, 2, offset)?;
+                    cache.v[l].slice_set(&v, 2, offset)?;
+                    q
+                }
             };
-            let split = |offset: usize, heads: usize| -> Result<Tensor> {
-                Ok(qkv
-                    .narrow(2, offset * hd, heads * hd)?
-                    .reshape((b, t, heads, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
-            };
-            let q = split(0, nh)?;
-            let k = split(nh, nkv)?;
-            let v = split(nh + nkv, nkv)?;
-            lap("qkv")?;
-            let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-            let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-            lap("rope")?;
-            let (k, v) = cache.layers[l].append(&k, &v)?;
+            lap("qkv + rope + kv append")?;
+            // Decoding attends over the whole buffers; a prefill over the filled part.
             let (k, v) = if decoding {
-                let all = |c: &candle_nn::kv_cache::Cache| -> Result<Tensor> {
-                    c.all_data()
-                        .clone()
-                        .context("the KV cache is allocated by the append")
-                };
-                (
-                    all(cache.layers[l].k_cache())?,
-                    all(cache.layers[l].v_cache())?,
-                )
+                (cache.k[l].clone(), cache.v[l].clone())
             } else {
-                (k, v)
+                (
+                    cache.k[l].narrow(2, 0, offset + t)?,
+                    cache.v[l].narrow(2, 0, offset + t)?,
+                )
             };
-            lap("kv append")?;
             let y = match attend {
                 Attend::Masked(mask) => self.masked_attention(&q, &k, &v, mask)?,
                 Attend::Decode { tables, step } => {
@@ -580,6 +610,7 @@ impl Model {
                 }
             }
         }
+        cache.len += t;
         let captured = captured
             .into_iter()
             .map(|c| c.context("captured layer beyond the model's depth"))
@@ -769,7 +800,7 @@ impl Model {
     /// Hidden states of every position at `capture` layers for one unpadded sequence
     /// ([layer][position][hidden]); used for the `templated` Method-B span.
     pub fn all_positions(&self, tokens: &[u32], capture: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
-        let mut cache = self.new_cache(1, tokens.len());
+        let mut cache = self.new_cache(1, tokens.len())?;
         let (_, captured) = self.forward_blocks(
             &[tokens.to_vec()],
             &[vec![true; tokens.len()]],

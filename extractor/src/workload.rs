@@ -142,6 +142,48 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
             anyhow::ensure!(err.is_finite() && err <= tolerance, "fused decoding attention disagrees with the reference: {err:.3e} > {tolerance:.0e}");
         }
     }
+    // Bias + RoPE + scatter into the cache, at an offset, for a short prefill-like chunk.
+    let (t, offset) = (5usize, 7usize);
+    let w = (nh + 2 * nkv) * hd;
+    let qkv = rounded(Tensor::randn(0f32, 1.0, (b, t, w), device)?)?;
+    let bias = rounded(Tensor::randn(0f32, 0.5, (w,), device)?)?;
+    let angles = Tensor::randn(0f32, 3.0, (b, t, hd / 2), device)?;
+    let (cos, sin) = (rounded(angles.cos()?)?, rounded(angles.sin()?)?);
+    let zeros = || Tensor::zeros((b, nkv, cap, hd), dtype, device);
+    let (kc, vc) = (zeros()?, zeros()?);
+    match crate::cuda_ops::qkv_rope_append(&qkv, Some(&bias), &cos, &sin, &kc, &vc, offset, (nh, nkv, hd))? {
+        None => println!("fused q/k/v + RoPE + cache append: not used on this device"),
+        Some(q) => {
+            let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
+            // The biased projection rounded to the compute dtype, then RoPE in f32.
+            let x = f(&rounded(qkv.to_dtype(DType::F32)?.broadcast_add(&f(&bias)?)?)?)?;
+            let split = |o: usize, heads: usize| -> Result<Tensor> {
+                Ok(x.narrow(2, o * hd, heads * hd)?
+                    .reshape((b, t, heads, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
+            };
+            let (cf, sf) = (f(&cos)?, f(&sin)?);
+            let q_ref = candle_nn::rotary_emb::rope(&split(0, nh)?, &cf, &sf)?;
+            let k_ref = candle_nn::rotary_emb::rope(&split(nh, nkv)?, &cf, &sf)?;
+            let v_ref = split(nh + nkv, nkv)?;
+            let errs = [
+                relative_error(&q, &q_ref)?,
+                relative_error(&kc.narrow(2, offset, t)?, &k_ref)?,
+                relative_error(&vc.narrow(2, offset, t)?, &v_ref)?,
+            ];
+            // Slots outside offset..offset+t stay untouched: with the written ones zeroed again,
+            // both buffers are all zeros.
+            let hole = Tensor::zeros((b, nkv, t, hd), dtype, device)?;
+            kc.slice_set(&hole, 2, offset)?;
+            vc.slice_set(&hole, 2, offset)?;
+            let outside = (kc.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?
+                + vc.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?)
+                .abs();
+            println!("fused q/k/v + RoPE + cache append vs f32 reference: relative error q {:.2e}, k {:.2e}, v {:.2e}; |cache outside the written slots| {outside:.1e} (bound {tolerance:.0e})", errs[0], errs[1], errs[2]);
+            anyhow::ensure!(errs.iter().all(|e| e.is_finite() && *e <= tolerance) && outside == 0.0, "fused q/k/v + RoPE + cache append disagrees with the reference: {errs:?}, outside {outside}");
+        }
+    }
     let g = rounded(Tensor::randn(0f32, 2.0, (b, cfg.intermediate_size), device)?)?;
     let u = rounded(Tensor::randn(0f32, 1.0, (b, cfg.intermediate_size), device)?)?;
     match crate::cuda_ops::silu_mul(&g, &u)? {

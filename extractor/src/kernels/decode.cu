@@ -214,6 +214,49 @@ __device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ 
   }
 }
 
+// After the stacked q/k/v projection: adds the bias, applies RoPE (rotate-half form) to the
+// q and k heads and scatters them: q to q_out [b, nh, t, hd], k and v straight into the cache
+// buffers [b, nkv, cap, hd] at positions offset .. offset+t. Replaces candle's bias add, three
+// strided copies, two RoPE kernels and two cache copies.
+// qkv [b·t, (nh + 2·nkv)·hd]; bias [(nh + 2·nkv)·hd] or null; cos/sin [b·t, hd/2].
+// The biased projection is rounded to T before RoPE (as the reference's biased linear layer
+// is), RoPE runs in f32 and is rounded once.
+template <typename T>
+__device__ void qkv_rope(const T* __restrict__ qkv, const T* __restrict__ bias,
+                         const T* __restrict__ cos, const T* __restrict__ sin,
+                         T* __restrict__ q_out, T* __restrict__ kc, T* __restrict__ vc, int t,
+                         int nh, int nkv, int hd, int cap, int offset) {
+  const int n = blockIdx.x;
+  const int bi = n / t, ti = n % t;
+  const int half = hd / 2;
+  const int heads = nh + 2 * nkv;
+  const T* src = qkv + (size_t)n * heads * hd;
+  const T* cs = cos + (size_t)n * half;
+  const T* sn = sin + (size_t)n * half;
+  for (int p = threadIdx.x; p < heads * half; p += blockDim.x) {
+    const int h = p / half, i = p % half;
+    const int c1 = h * hd + i, c2 = c1 + half;
+    float x1 = to_f(src[c1]), x2 = to_f(src[c2]);
+    if (bias != nullptr) {
+      x1 = to_f(from_f<T>(x1 + to_f(bias[c1])));
+      x2 = to_f(from_f<T>(x2 + to_f(bias[c2])));
+    }
+    T* dst;
+    if (h < nh + nkv) {
+      const float c = to_f(cs[i]), s = to_f(sn[i]);
+      const float o1 = x1 * c - x2 * s, o2 = x2 * c + x1 * s;
+      x1 = o1;
+      x2 = o2;
+      dst = h < nh ? q_out + (((size_t)bi * nh + h) * t + ti) * hd
+                   : kc + (((size_t)bi * nkv + (h - nh)) * cap + offset + ti) * hd;
+    } else {
+      dst = vc + (((size_t)bi * nkv + (h - nh - nkv)) * cap + offset + ti) * hd;
+    }
+    dst[i] = from_f<T>(x1);
+    dst[i + half] = from_f<T>(x2);
+  }
+}
+
 template <typename T>
 __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
                          size_t n) {
@@ -238,6 +281,11 @@ __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up, T
   DEFINE_ATTENTION(NAME, T, 128)                                                               \
   extern "C" __global__ void silu_mul_##NAME(const T* gate, const T* up, T* out, size_t n) {  \
     silu_mul<T>(gate, up, out, n);                                                            \
+  }                                                                                            \
+  extern "C" __global__ void qkv_rope_##NAME(const T* qkv, const T* bias, const T* cos,       \
+                                             const T* sin, T* q_out, T* kc, T* vc, int t,     \
+                                             int nh, int nkv, int hd, int cap, int offset) {  \
+    qkv_rope<T>(qkv, bias, cos, sin, q_out, kc, vc, t, nh, nkv, hd, cap, offset);             \
   }
 
 DEFINE(f32, float)
