@@ -437,12 +437,14 @@ mod imp {
             let (x0, x1) = contiguous_offsets(lx, "qkv")?;
             let (c0, c1) = contiguous_offsets(lc, "cos")?;
             let (s0, s1) = contiguous_offsets(ls, "sin")?;
-            let held = |t: &Tensor| t.storage_and_layout();
+            fn held(t: &Tensor) -> (candle_core::StorageRef<'_>, &Layout) {
+                t.storage_and_layout()
+            }
             let (kst, kl) = held(&self.k_cache);
             let (vst, vl) = held(&self.v_cache);
             let (k0, k1) = contiguous_offsets(kl, "k cache")?;
             let (v0, v1) = contiguous_offsets(vl, "v cache")?;
-            let bias_held = self.bias.as_ref().map(held);
+            let bias_held = self.bias.as_ref().map(|bb| held(bb));
             let cfg = LaunchConfig {
                 grid_dim: ((self.b * self.t) as u32, 1, 1),
                 block_dim: (256, 1, 1),
