@@ -7,6 +7,7 @@
 #   profile     per-section profile of one 720-row batch (device synchronised per section)
 #   hf          the HF transformers reference (bench/hf_reference_workload.py), same card
 #   big         Method B at batch 1440 (fused), to see whether larger batches still pay
+#   ncu         Nsight Compute counters of one decoding-attention launch
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/pg-out}"
@@ -24,6 +25,11 @@ for what in "$@"; do
     bench256) "$PG" bench-workload --batch-b 256 --compare-unfused 2>&1 | tee "$OUT/bench256.log" ;;
     profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;
     big) timeout 240 "$PG" bench-workload --methods b --batch-b 1440 2>&1 | tee "$OUT/big.log" ;;
+    ncu) ncu --clock-control none -k regex:decode_attention --launch-skip 300 --launch-count 1 \
+           --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+           --section Occupancy --section LaunchStats --section SchedulerStats \
+           "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 40 2>&1 \
+         | tee "$OUT/ncu.log" | grep -v "^==PROF==" | tail -120 ;;
     hf) PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py 2>&1 | tee "$OUT/hf.log" ;;
     *) echo "unknown step $what" ;;
   esac
