@@ -31,19 +31,21 @@ pub fn set_fused(on: bool) {
     FUSED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
-/// One decoding step of grouped-query attention over the whole preallocated cache buffers.
-/// `q` [b, nh, 1, hd] (after RoPE), `k`/`v` [b, nkv, cap, hd] contiguous, `first_key` [b] u32
-/// (row i attends keys first_key[i] .. n_keys-1: left padding before, unwritten slots after).
-/// Returns [b, 1, nh·hd], or `None` where the kernel does not apply.
-pub fn decode_attention(
+/// Grouped-query attention of `t` new positions per row over the cache buffers (decoding:
+/// t = 1; prefill: the chunk). `q` [b, nh, t, hd] (after RoPE), `k`/`v` [b, nkv, cap, hd]
+/// contiguous with this chunk's keys already at `offset..offset + t`, `first_key` [b] u32:
+/// query ti of row i attends keys first_key[i] ..= offset + ti (left padding before, causal
+/// limit after; a padded query gets zeros). Returns [b, t, nh·hd], or `None` where the kernel
+/// does not apply.
+pub fn cached_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     first_key: &Tensor,
-    n_keys: usize,
+    offset: usize,
     scale: f32,
 ) -> Result<Option<Tensor>> {
-    imp::decode_attention(q, k, v, first_key, n_keys, scale)
+    imp::cached_attention(q, k, v, first_key, offset, scale)
 }
 
 /// After the stacked q/k/v projection `qkv` [b, t, (nh + 2·nkv)·hd]: adds `bias`, applies RoPE
@@ -91,7 +93,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::*;
-    pub fn decode_attention(
+    pub fn cached_attention(
         _: &Tensor,
         _: &Tensor,
         _: &Tensor,
@@ -164,7 +166,8 @@ mod imp {
 
     struct DecodeAttention {
         first_key: Tensor,
-        n_keys: usize,
+        t: usize,
+        offset: usize,
         scale: f32,
         nh: usize,
         nkv: usize,
@@ -209,7 +212,7 @@ mod imp {
             let (k0, k1) = contiguous_offsets(lk, "k")?;
             let (v0, v1) = contiguous_offsets(lv, "v")?;
             let rep = self.nh / self.nkv;
-            let shared = attention_shared_bytes(rep, self.hd, self.n_keys);
+            let shared = attention_shared_bytes(rep, self.hd, self.offset + self.t);
             // Head dims the kernel is specialised for (loops unrolled); others read it at run time.
             let hd_variant = match self.hd {
                 64 => "hd64",
@@ -217,11 +220,11 @@ mod imp {
                 _ => "hd0",
             };
             let cfg = LaunchConfig {
-                grid_dim: (self.nkv as u32, self.b as u32, 1),
+                grid_dim: (self.t as u32, self.nkv as u32, self.b as u32),
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: shared as u32,
             };
-            let out_len = self.b * self.nh * self.hd;
+            let out_len = self.b * self.t * self.nh * self.hd;
             macro_rules! launch {
                 ($variant:ident, $t:ty, $name:literal) => {{
                     let (CudaStorageSlice::$variant(q), CudaStorageSlice::$variant(k), CudaStorageSlice::$variant(v)) =
@@ -237,12 +240,13 @@ mod imp {
                     // SAFETY: every element is written by the kernel.
                     let out = unsafe { dev.alloc::<$t>(out_len)? };
                     let (q, k, v) = (q.slice(q0..q1), k.slice(k0..k1), v.slice(v0..v1));
-                    let (nh, nkv, cap, hd, n_keys) = (
+                    let (nh, nkv, cap, hd, t, offset) = (
                         self.nh as i32,
                         self.nkv as i32,
                         self.cap as i32,
                         self.hd as i32,
-                        self.n_keys as i32,
+                        self.t as i32,
+                        self.offset as i32,
                     );
                     let mut builder = func.builder();
                     builder.arg(&q);
@@ -254,7 +258,8 @@ mod imp {
                     builder.arg(&nkv);
                     builder.arg(&cap);
                     builder.arg(&hd);
-                    builder.arg(&n_keys);
+                    builder.arg(&t);
+                    builder.arg(&offset);
                     builder.arg(&self.scale);
                     // SAFETY: argument types and order match the kernel's signature; the
                     // shapes were checked by `decode_attention`.
@@ -270,17 +275,17 @@ mod imp {
             };
             Ok((
                 CudaStorage { slice, device: dev },
-                Shape::from((self.b, 1, self.nh * self.hd)),
+                Shape::from((self.b, self.t, self.nh * self.hd)),
             ))
         }
     }
 
-    pub fn decode_attention(
+    pub fn cached_attention(
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         first_key: &Tensor,
-        n_keys: usize,
+        offset: usize,
         scale: f32,
     ) -> Result<Option<Tensor>> {
         if !fused_enabled() || !q.device().is_cuda() {
@@ -292,8 +297,10 @@ mod imp {
         let (b, nh, t, hd) = q.dims4()?;
         let (kb, nkv, cap, khd) = k.dims4()?;
         let rep = nh / nkv.max(1);
-        let shared = attention_shared_bytes(rep, hd, n_keys);
-        let fits = t == 1
+        let shared = attention_shared_bytes(rep, hd, offset + t);
+        let fits = t >= 1
+            && t <= i32::MAX as usize
+            && b <= 65_535
             && kb == b
             && khd == hd
             && v.dims() == k.dims()
@@ -303,8 +310,7 @@ mod imp {
             && hd % 4 == 0
             && hd / 4 <= THREADS as usize
             && (hd * suffix_len) % 16 == 0
-            && n_keys >= 1
-            && n_keys <= cap
+            && offset + t <= cap
             && shared <= SHARED_LIMIT
             && first_key.dims() == [b]
             && first_key.dtype() == DType::U32
@@ -315,7 +321,8 @@ mod imp {
         }
         let op = DecodeAttention {
             first_key: first_key.contiguous()?,
-            n_keys,
+            t,
+            offset,
             scale,
             nh,
             nkv,

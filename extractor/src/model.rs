@@ -235,8 +235,13 @@ pub struct DecodeTables {
 
 /// How a pass through the blocks attends.
 enum Attend<'a> {
-    /// Over the cache's filled part with an additive mask [b, 1, t, keys] (prefill).
-    Masked(&'a Tensor),
+    /// A prefill over the cache's filled part: the fused CUDA kernel where it applies (given
+    /// each row's first real key, when padding is a prefix), else the additive mask
+    /// [b, 1, t, keys].
+    Masked {
+        mask: &'a Tensor,
+        first_key: Option<&'a Tensor>,
+    },
     /// Decoding step `step` over the whole preallocated K/V buffers: the fused CUDA kernel
     /// where it applies, else the mask `key_mask + future[step]` (unused slots are zeros).
     Decode { tables: &'a DecodeTables, step: usize },
@@ -444,6 +449,7 @@ impl Model {
             }
         }
         let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?;
+        let first_key = self.first_keys(cache)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
         self.blocks(
@@ -452,7 +458,10 @@ impl Model {
             t,
             &cos,
             &sin,
-            &Attend::Masked(&mask),
+            &Attend::Masked {
+                mask: &mask,
+                first_key: first_key.as_ref(),
+            },
             cache,
             capture,
             all_positions,
@@ -547,40 +556,41 @@ impl Model {
                 }
             };
             lap("qkv + rope + kv append")?;
-            // Decoding attends over the whole buffers; a prefill over the filled part.
-            let (k, v) = if decoding {
-                (cache.k[l].clone(), cache.v[l].clone())
-            } else {
-                (
-                    cache.k[l].narrow(2, 0, offset + t)?,
-                    cache.v[l].narrow(2, 0, offset + t)?,
-                )
+            // The fused kernel reads the whole buffers; candle's ops the filled part (decoding:
+            // the whole buffers, unused slots masked).
+            let (first_key, fused_offset) = match attend {
+                Attend::Masked { first_key, .. } => (*first_key, offset),
+                Attend::Decode { tables, step } => (Some(&tables.first_key), tables.prompt + step),
             };
-            let y = match attend {
-                Attend::Masked(mask) => self.masked_attention(&q, &k, &v, mask)?,
-                Attend::Decode { tables, step } => {
-                    let fused = crate::cuda_ops::decode_attention(
-                        &q,
-                        &k,
-                        &v,
-                        &tables.first_key,
-                        tables.prompt + step + 1,
-                        scale as f32,
-                    )?;
-                    match fused {
-                        Some(y) => y,
-                        None => {
-                            if decode_mask.is_none() {
-                                decode_mask = Some(
-                                    tables
-                                        .key_mask
-                                        .broadcast_add(&tables.future.get(*step)?)?,
-                                );
-                            }
-                            let mask = decode_mask.as_ref().context("decoding mask")?;
-                            self.masked_attention(&q, &k, &v, mask)?
-                        }
+            let fused = match first_key {
+                Some(fk) => crate::cuda_ops::cached_attention(
+                    &q,
+                    &cache.k[l],
+                    &cache.v[l],
+                    fk,
+                    fused_offset,
+                    scale as f32,
+                )?,
+                None => None,
+            };
+            let y = match (fused, attend) {
+                (Some(y), _) => y,
+                (None, Attend::Masked { mask, .. }) => self.masked_attention(
+                    &q,
+                    &cache.k[l].narrow(2, 0, offset + t)?,
+                    &cache.v[l].narrow(2, 0, offset + t)?,
+                    mask,
+                )?,
+                (None, Attend::Decode { tables, step }) => {
+                    if decode_mask.is_none() {
+                        decode_mask = Some(
+                            tables
+                                .key_mask
+                                .broadcast_add(&tables.future.get(*step)?)?,
+                        );
                     }
+                    let mask = decode_mask.as_ref().context("decoding mask")?;
+                    self.masked_attention(&q, &cache.k[l], &cache.v[l], mask)?
                 }
             };
             lap("attention")?;
@@ -664,6 +674,22 @@ impl Model {
         Ok(next)
     }
 
+    /// Each row's first real key [b] u32 on the device, when every row's padding is a prefix
+    /// of its keys (left padding, as `left_pad` makes it): what the fused attention kernel takes
+    /// instead of a mask. `None` otherwise.
+    fn first_keys(&self, cache: &KvCache) -> Result<Option<Tensor>> {
+        let mut first = Vec::with_capacity(cache.key_valid.len());
+        for kv in &cache.key_valid {
+            let f = kv.iter().take_while(|v| !**v).count();
+            if kv[f..].iter().any(|v| !v) {
+                return Ok(None);
+            }
+            first.push(f as u32);
+        }
+        let b = first.len();
+        Ok(Some(Tensor::from_vec(first, (b,), &self.device)?))
+    }
+
     /// Tables for decoding a batch on the device after its prefill: the key mask (left padding
     /// of the prompts), RoPE cos/sin for every position the batch can reach (computed exactly
     /// like `rope_tables`), and each row's position id at every decoding step. Built once per
@@ -699,23 +725,11 @@ impl Model {
                 positions.push((p + step) as u32);
             }
         }
-        let first_key: Vec<u32> = cache
-            .key_valid
-            .iter()
-            .map(|kv| kv.iter().take_while(|v| !**v).count() as u32)
-            .collect();
-        // The fused kernel takes each row's keys as one span first_key..: padding must be a
-        // prefix (left padding), as `left_pad` makes it.
-        if cache
-            .key_valid
-            .iter()
-            .zip(&first_key)
-            .any(|(kv, &f)| kv[f as usize..].iter().any(|v| !v))
-        {
-            bail!("decoding needs left-padded prompts (padding only before each prompt)");
-        }
+        let first_key = self
+            .first_keys(cache)?
+            .context("decoding needs left-padded prompts (padding only before each prompt)")?;
         Ok(DecodeTables {
-            first_key: Tensor::from_vec(first_key, (b,), &self.device)?,
+            first_key,
             prompt,
             key_mask: Tensor::from_vec(mask, (b, 1, 1, cap), &self.device)?,
             future: Tensor::from_vec(future, (max_new, 1, 1, 1, cap), &self.device)?,

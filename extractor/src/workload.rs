@@ -106,41 +106,49 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
     let cfg = &model.cfg;
     let (device, dtype) = (&model.device, model.dtype);
     let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    let (b, cap, n_keys) = (48usize, 320usize, 291usize);
+    let (b, cap) = (48usize, 320usize);
     let scale = 1.0 / (hd as f64).sqrt();
     let rounded = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?) };
-    let q = rounded(Tensor::randn(0f32, 1.0, (b, nh, 1, hd), device)?)?;
     let k = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
     let v = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
     let first: Vec<u32> = (0..b).map(|i| ((i * 37) % 61) as u32).collect();
     let first_key = Tensor::from_vec(first.clone(), (b,), device)?;
-    let mut mask = vec![0f32; b * cap];
-    for (i, &f) in first.iter().enumerate() {
-        for j in 0..cap {
-            if j < f as usize || j >= n_keys {
-                mask[i * cap + j] = f32::NEG_INFINITY;
+    let tolerance = if dtype == DType::F32 { 1e-5 } else { 4e-3 };
+    // A decoding step (one query at position 290) and a prefill-like chunk (6 queries from
+    // position 61, causal), each against an f32 reference on the same rounded inputs.
+    for (t, offset) in [(1usize, 290usize), (6, 61)] {
+        let q = rounded(Tensor::randn(0f32, 1.0, (b, nh, t, hd), device)?)?;
+        let mut mask = vec![0f32; b * t * cap];
+        for (i, &f) in first.iter().enumerate() {
+            for qi in 0..t {
+                for j in 0..cap {
+                    if j < f as usize || j > offset + qi {
+                        mask[(i * t + qi) * cap + j] = f32::NEG_INFINITY;
+                    }
+                }
             }
         }
-    }
-    let mask = Tensor::from_vec(mask, (b, 1, 1, cap), device)?;
-    let tolerance = if dtype == DType::F32 { 1e-5 } else { 4e-3 };
-    let fused = crate::cuda_ops::decode_attention(&q, &k, &v, &first_key, n_keys, scale as f32)?;
-    match fused {
-        None => println!("fused decoding attention: not used on this device/shape"),
-        Some(fused) => {
-            // Reference: the same rounded inputs in f32.
-            let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
-            let rep = nh / nkv;
-            let scores = (f(&q)?.reshape((b, nkv, rep, hd))?.matmul(&f(&k)?.t()?)? * scale)?
-                .broadcast_add(&mask)?;
-            let reference = candle_nn::ops::softmax_last_dim(&scores)?
-                .matmul(&f(&v)?)?
-                .reshape((b, 1, nh * hd))?;
-            let err = relative_error(&fused, &reference)?;
-            let candle_err = relative_error(&model.masked_attention(&q, &k, &v, &mask)?, &reference)?;
-            println!("fused decoding attention vs f32 reference: relative error {err:.2e} (candle ops: {candle_err:.2e}; bound {tolerance:.0e})");
-            anyhow::ensure!(err.is_finite() && err <= tolerance, "fused decoding attention disagrees with the reference: {err:.3e} > {tolerance:.0e}");
-        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, cap), device)?;
+        let fused = crate::cuda_ops::cached_attention(&q, &k, &v, &first_key, offset, scale as f32)?;
+        let Some(fused) = fused else {
+            println!("fused attention: not used on this device/shape");
+            break;
+        };
+        let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
+        let rep = nh / nkv;
+        let scores = (f(&q)?.reshape((b, nkv, rep * t, hd))?.matmul(&f(&k)?.t()?)? * scale)?
+            .reshape((b, nkv, rep, t, cap))?
+            .broadcast_add(&mask.unsqueeze(1)?)?;
+        let reference = candle_nn::ops::softmax_last_dim(&scores)?
+            .reshape((b, nkv, rep * t, cap))?
+            .matmul(&f(&v)?)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        let err = relative_error(&fused, &reference)?;
+        let candle_err = relative_error(&model.masked_attention(&q, &k, &v, &mask)?, &reference)?;
+        println!("fused attention ({t} quer{} per row from position {offset}) vs f32 reference: relative error {err:.2e} (candle ops: {candle_err:.2e}; bound {tolerance:.0e})", if t == 1 { "y" } else { "ies" });
+        anyhow::ensure!(err.is_finite() && err <= tolerance, "fused attention disagrees with the reference: {err:.3e} > {tolerance:.0e}");
     }
     // Bias + RoPE + scatter into the cache, at an offset, for a short prefill-like chunk.
     let (t, offset) = (5usize, 7usize);

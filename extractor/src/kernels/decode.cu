@@ -87,34 +87,46 @@ __device__ __forceinline__ void load4(const __half* p, float* f) {
   f[0] = a.x; f[1] = a.y; f[2] = b.x; f[3] = b.y;
 }
 
-// q   [b, nh, hd]          the step's queries (after RoPE)
-// k,v [b, nkv, cap, hd]    the preallocated cache buffers; keys first_key[row] .. n_keys-1 are
-//                          attended (left padding before, unwritten slots after)
-// out [b, nh, hd]
-// grid (nkv, b), block 128 threads. HD > 0 fixes the head dimension at compile time (loops
+// Attention of t new query positions per row over the cache (decoding: t = 1; prefill: t =
+// the chunk), one (query position, KV head, batch row) per block:
+// q   [b, nh, t, hd]        the queries (after RoPE)
+// k,v [b, nkv, cap, hd]     the cache buffers, this chunk's keys already written at offset..
+// out [b, t, nh, hd]        (the layout the output projection takes, no transpose)
+// Query ti of row r attends keys first_key[r] .. offset + ti (left padding before, causal
+// limit after); a padded query (no key) gets zeros, which nothing reads.
+// grid (t, nkv, b), block 128 threads. HD > 0 fixes the head dimension at compile time (loops
 // unrolled, all of a K row's loads in flight at once); HD = 0 reads it from `hd`.
-// Shared memory (floats): q [rep][hd] | probabilities [n_keys][REP4] | 1/sum [REP4] |
+// Shared memory (floats): q [rep][hd] | probabilities [offset + t][REP4] | 1/sum [REP4] |
 // partial outputs [groups][rep][hd].
 #define REP4 8
 template <typename T, int HD>
 __device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ k,
                                  const T* __restrict__ v, const uint32_t* __restrict__ first_key,
-                                 T* __restrict__ out, int nh, int nkv, int cap, int hd_arg,
-                                 int n_keys, float scale) {
+                                 T* __restrict__ out, int nh, int nkv, int cap, int hd_arg, int t,
+                                 int offset, float scale) {
   extern __shared__ __align__(16) float smem[];
   const int hd = HD > 0 ? HD : hd_arg;
   const int rep = nh / nkv;
-  const int g = blockIdx.x;
-  const int row = blockIdx.y;
+  const int ti = blockIdx.x;
+  const int g = blockIdx.y;
+  const int row = blockIdx.z;
+  const int n_keys = offset + ti + 1;
+  const int j0 = (int)first_key[row];
+  T* orow = out + (((size_t)row * t + ti) * nh + (size_t)g * rep) * hd;
+  if (n_keys <= j0) {
+    for (int i = threadIdx.x; i < rep * hd; i += blockDim.x) orow[i] = from_f<T>(0.f);
+    return;
+  }
   float* qs = smem;                        // [rep][hd], pre-scaled
   float* pr = qs + rep * hd;               // [n_keys][REP4]: scores, then probabilities
-  float* inv_sum = pr + n_keys * REP4;     // [REP4]
+  float* inv_sum = pr + (offset + t) * REP4;  // [REP4]
   float* part = inv_sum + REP4;            // [groups][rep][hd]
-  const T* qrow = q + ((size_t)row * nh + (size_t)g * rep) * hd;
-  for (int i = threadIdx.x; i < rep * hd; i += blockDim.x) qs[i] = to_f(qrow[i]) * scale;
+  for (int i = threadIdx.x; i < rep * hd; i += blockDim.x) {
+    const int h = i / hd, d = i % hd;
+    qs[i] = to_f(q[((((size_t)row * nh + g * rep + h) * t) + ti) * hd + d]) * scale;
+  }
   __syncthreads();
   const size_t base = ((size_t)row * nkv + g) * (size_t)cap * hd;
-  const int j0 = (int)first_key[row];
   constexpr int VN = Vec16<T>::N;
   // Scores: one key per thread; its K row read in 16-byte pieces, all in flight when HD is
   // known; q read as float4 broadcasts.
@@ -206,7 +218,6 @@ __device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ 
       }
   }
   __syncthreads();
-  T* orow = out + ((size_t)row * nh + (size_t)g * rep) * hd;
   for (int i = threadIdx.x; i < rep * hd; i += blockDim.x) {
     float s = 0.f;
     for (int gg = 0; gg < groups; ++gg) s += part[(size_t)gg * rep * hd + i];
@@ -272,8 +283,8 @@ __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up, T
   extern "C" __global__ void __launch_bounds__(128)                                           \
       decode_attention_##NAME##_hd##HD(const T* q, const T* k, const T* v,                    \
                                        const uint32_t* first_key, T* out, int nh, int nkv,    \
-                                       int cap, int hd, int n_keys, float scale) {            \
-    decode_attention<T, HD>(q, k, v, first_key, out, nh, nkv, cap, hd, n_keys, scale);       \
+                                       int cap, int hd, int t, int offset, float scale) {     \
+    decode_attention<T, HD>(q, k, v, first_key, out, nh, nkv, cap, hd, t, offset, scale);    \
   }
 #define DEFINE(NAME, T)                                                                        \
   DEFINE_ATTENTION(NAME, T, 0)                                                                 \
