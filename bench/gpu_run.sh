@@ -9,6 +9,7 @@
 #   hf          the HF transformers reference (bench/hf_reference_workload.py), same card
 #   big         Method B at batch 1440 (fused), to see whether larger batches still pay
 #   ncu         Nsight Compute counters of one decoding-attention launch
+#   kernels     every kernel's duration over ~3 decoding steps of a 720-row batch (ncu, CSV)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/pg-out}"
@@ -31,6 +32,10 @@ for what in "$@"; do
            --section Occupancy --section LaunchStats --section SchedulerStats \
            "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 40 2>&1 \
          | tee "$OUT/ncu.log" | grep -v "^==PROF==" | tail -120 ;;
+    kernels) ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 3500 \
+               --launch-count 1500 --csv --print-units base \
+               "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 12 \
+               > "$OUT/kernels.csv" 2> "$OUT/kernels.err"; tail -3 "$OUT/kernels.err" ;;
     hf) PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py 2>&1 | tee "$OUT/hf.log" ;;
     *) echo "unknown step $what" ;;
   esac
