@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/pg-out}"
 mkdir -p "$OUT"
 PG=/tmp/persona-geometry
-xz -dc .gpu/pg.xz > "$PG" && chmod +x "$PG"
+xz -dc "${PGXZ:-.gpu/pg.xz}" > "$PG" && chmod +x "$PG"
 LIB=$(python3 -c "import nvidia,os;print([os.path.join(p,'cu13','lib') for p in nvidia.__path__][0])")
 export LD_LIBRARY_PATH="$LIB:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"

@@ -66,6 +66,29 @@ pub fn qkv_rope_append(
     imp::qkv_rope_append(qkv, bias, cos, sin, k_cache, v_cache, offset, heads)
 }
 
+/// The residual update `h + delta` with `h` f32 and `delta` in the compute dtype (f32 out), in
+/// one pass; `None` where the kernel does not apply.
+pub fn add_residual(h: &Tensor, delta: &Tensor) -> Result<Option<Tensor>> {
+    imp::add_residual(h, delta)
+}
+
+/// RMSNorm of f32 rows `x` [.., H] with f32 weights `w` [H], rounded once to `dtype`; `None`
+/// where the kernel does not apply.
+pub fn rms_norm_to(
+    x: &Tensor,
+    w: &Tensor,
+    eps: f32,
+    dtype: candle_core::DType,
+) -> Result<Option<Tensor>> {
+    imp::rms_norm_to(x, w, eps, dtype)
+}
+
+/// Index of each row's largest logit ([rows, vocab] → [rows] u32; the first of equal maxima, as
+/// torch.argmax), read in the logits' dtype; `None` where the kernel does not apply.
+pub fn argmax_rows(logits: &Tensor) -> Result<Option<Tensor>> {
+    imp::argmax_rows(logits)
+}
+
 /// Allocator and bookkeeping settings for a CUDA device, applied once when it is opened:
 /// - the stream-ordered memory pool keeps freed memory (release threshold = unlimited, like
 ///   PyTorch's caching allocator). With the default threshold of 0 every synchronisation (the
@@ -112,6 +135,20 @@ mod imp {
     pub fn release_cached_memory(_: &candle_core::Device) -> Result<()> {
         Ok(())
     }
+    pub fn add_residual(_: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn rms_norm_to(
+        _: &Tensor,
+        _: &Tensor,
+        _: f32,
+        _: candle_core::DType,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn argmax_rows(_: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope_append(
         _: &Tensor,
@@ -133,7 +170,7 @@ mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-    use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape};
+    use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
     const MODULE: &str = "persona_geometry_decode";
@@ -363,12 +400,8 @@ mod imp {
             let (g0, g1) = contiguous_offsets(lg, "gate")?;
             let (u0, u1) = contiguous_offsets(lu, "up")?;
             let n = g1 - g0;
-            let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            // Up to 8 elements per thread.
+            let cfg = elementwise_config(n.div_ceil(8));
             macro_rules! launch {
                 ($variant:ident, $t:ty, $name:literal) => {{
                     let (CudaStorageSlice::$variant(g), CudaStorageSlice::$variant(u)) =
@@ -587,6 +620,244 @@ mod imp {
             &sin.contiguous()?,
             &op,
         )?))
+    }
+
+    /// Launches a one-dimensional elementwise kernel over `n` elements (grid-stride loops).
+    fn elementwise_config(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    struct AddResidual;
+
+    impl CustomOp2 for AddResidual {
+        fn name(&self) -> &'static str {
+            "add-residual"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("add-residual is a CUDA kernel")
+        }
+        fn cuda_fwd(
+            &self,
+            sh: &CudaStorage,
+            lh: &Layout,
+            sd: &CudaStorage,
+            ld: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = sh.device().clone();
+            let (h0, h1) = contiguous_offsets(lh, "h")?;
+            let (d0, d1) = contiguous_offsets(ld, "delta")?;
+            let n = h1 - h0;
+            let CudaStorageSlice::F32(h) = &sh.slice else {
+                candle_core::bail!("add-residual: h must be f32")
+            };
+            let h = h.slice(h0..h1);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<f32>(n)? };
+            let n64 = n as u64;
+            macro_rules! launch {
+                ($d:expr, $name:literal) => {{
+                    let d = $d.slice(d0..d1);
+                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
+                    let mut builder = func.builder();
+                    builder.arg(&h);
+                    builder.arg(&d);
+                    builder.arg(&out);
+                    builder.arg(&n64);
+                    // SAFETY: argument types and order match the kernel's signature.
+                    unsafe { builder.launch(elementwise_config(n)) }.w()?;
+                }};
+            }
+            match &sd.slice {
+                CudaStorageSlice::F32(d) => launch!(d, "add_residual_f32"),
+                CudaStorageSlice::BF16(d) => launch!(d, "add_residual_bf16"),
+                CudaStorageSlice::F16(d) => launch!(d, "add_residual_f16"),
+                _ => candle_core::bail!("add-residual: unsupported delta dtype"),
+            }
+            Ok((
+                CudaStorage {
+                    slice: CudaStorageSlice::F32(out),
+                    device: dev,
+                },
+                lh.shape().clone(),
+            ))
+        }
+    }
+
+    pub fn add_residual(h: &Tensor, delta: &Tensor) -> Result<Option<Tensor>> {
+        if !fused_enabled()
+            || !h.device().is_cuda()
+            || h.dtype() != DType::F32
+            || suffix(delta.dtype()).is_none()
+            || h.dims() != delta.dims()
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            h.contiguous()?
+                .apply_op2_no_bwd(&delta.contiguous()?, &AddResidual)?,
+        ))
+    }
+
+    struct RmsNormTo {
+        eps: f32,
+        dtype: DType,
+    }
+
+    impl CustomOp2 for RmsNormTo {
+        fn name(&self) -> &'static str {
+            "rms-norm-to"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("rms-norm-to is a CUDA kernel")
+        }
+        fn cuda_fwd(
+            &self,
+            sx: &CudaStorage,
+            lx: &Layout,
+            sw: &CudaStorage,
+            lw: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = sx.device().clone();
+            let (x0, x1) = contiguous_offsets(lx, "x")?;
+            let (w0, w1) = contiguous_offsets(lw, "w")?;
+            let (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w)) = (&sx.slice, &sw.slice) else {
+                candle_core::bail!("rms-norm-to: x and w must be f32")
+            };
+            let (x, w) = (x.slice(x0..x1), w.slice(w0..w1));
+            let cols = w1 - w0;
+            let n = x1 - x0;
+            let rows = n / cols;
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let cols_i = cols as i32;
+            macro_rules! launch {
+                ($variant:ident, $t:ty, $name:literal) => {{
+                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
+                    // SAFETY: every element is written by the kernel.
+                    let out = unsafe { dev.alloc::<$t>(n)? };
+                    let mut builder = func.builder();
+                    builder.arg(&x);
+                    builder.arg(&w);
+                    builder.arg(&out);
+                    builder.arg(&cols_i);
+                    builder.arg(&self.eps);
+                    // SAFETY: argument types and order match the kernel's signature.
+                    unsafe { builder.launch(cfg) }.w()?;
+                    CudaStorageSlice::$variant(out)
+                }};
+            }
+            let slice = match self.dtype {
+                DType::F32 => launch!(F32, f32, "rms_norm_to_f32"),
+                DType::BF16 => launch!(BF16, half::bf16, "rms_norm_to_bf16"),
+                DType::F16 => launch!(F16, half::f16, "rms_norm_to_f16"),
+                d => candle_core::bail!("rms-norm-to: unsupported dtype {d:?}"),
+            };
+            Ok((CudaStorage { slice, device: dev }, lx.shape().clone()))
+        }
+    }
+
+    pub fn rms_norm_to(x: &Tensor, w: &Tensor, eps: f32, dtype: DType) -> Result<Option<Tensor>> {
+        let cols = w.elem_count();
+        if !fused_enabled()
+            || !x.device().is_cuda()
+            || x.dtype() != DType::F32
+            || w.dtype() != DType::F32
+            || suffix(dtype).is_none()
+            || w.rank() != 1
+            || x.dims().last() != Some(&cols)
+            || x.elem_count() / cols.max(1) > u32::MAX as usize
+        {
+            return Ok(None);
+        }
+        Ok(Some(x.contiguous()?.apply_op2_no_bwd(
+            &w.contiguous()?,
+            &RmsNormTo { eps, dtype },
+        )?))
+    }
+
+    struct ArgmaxRows;
+
+    impl CustomOp1 for ArgmaxRows {
+        fn name(&self) -> &'static str {
+            "argmax-rows"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("argmax-rows is a CUDA kernel")
+        }
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = s.device().clone();
+            let (o0, o1) = contiguous_offsets(l, "logits")?;
+            let (rows, cols) = l.shape().dims2()?;
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<u32>(rows)? };
+            let cols_i = cols as i32;
+            macro_rules! launch {
+                ($x:expr, $name:literal) => {{
+                    let x = $x.slice(o0..o1);
+                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
+                    let mut builder = func.builder();
+                    builder.arg(&x);
+                    builder.arg(&out);
+                    builder.arg(&cols_i);
+                    // SAFETY: argument types and order match the kernel's signature.
+                    unsafe { builder.launch(cfg) }.w()?;
+                }};
+            }
+            match &s.slice {
+                CudaStorageSlice::F32(x) => launch!(x, "argmax_rows_f32"),
+                CudaStorageSlice::BF16(x) => launch!(x, "argmax_rows_bf16"),
+                CudaStorageSlice::F16(x) => launch!(x, "argmax_rows_f16"),
+                _ => candle_core::bail!("argmax-rows: unsupported dtype"),
+            }
+            Ok((
+                CudaStorage {
+                    slice: CudaStorageSlice::U32(out),
+                    device: dev,
+                },
+                Shape::from(rows),
+            ))
+        }
+    }
+
+    pub fn argmax_rows(logits: &Tensor) -> Result<Option<Tensor>> {
+        if !fused_enabled()
+            || !logits.device().is_cuda()
+            || suffix(logits.dtype()).is_none()
+            || logits.rank() != 2
+            || logits.dim(1)? > i32::MAX as usize
+            || logits.dim(0)? > u32::MAX as usize
+        {
+            return Ok(None);
+        }
+        Ok(Some(logits.contiguous()?.apply_op1_no_bwd(&ArgmaxRows)?))
     }
 
     /// The default memory pool of the device's context (what cuMemAllocAsync draws from).

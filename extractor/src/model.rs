@@ -380,6 +380,9 @@ impl Model {
     /// (x / sqrt(mean(x²) + eps) · w), rounded once to the compute dtype.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
+        if let Some(y) = crate::cuda_ops::rms_norm_to(&x, w, self.cfg.rms_eps as f32, self.dtype)? {
+            return Ok(y);
+        }
         let y = candle_nn::ops::rms_norm(&x, w, self.cfg.rms_eps as f32)?;
         Ok(y.to_dtype(self.dtype)?)
     }
@@ -594,7 +597,7 @@ impl Model {
                 }
             };
             lap("attention")?;
-            h = (h + linear(&y, &layer.o)?.to_dtype(DType::F32)?)?;
+            h = residual(&h, &linear(&y, &layer.o)?)?;
             lap("o proj")?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
             let g = linear(&x2, &layer.gate)?;
@@ -603,7 +606,7 @@ impl Model {
                 Some(gu) => gu,
                 None => (candle_nn::ops::silu(&g)? * u)?,
             };
-            h = (h + linear(&gu, &layer.down)?.to_dtype(DType::F32)?)?;
+            h = residual(&h, &linear(&gu, &layer.down)?)?;
             lap("mlp")?;
             if let Some((sl, vec)) = &self.steering {
                 if *sl == l {
@@ -665,8 +668,13 @@ impl Model {
     fn greedy_next(&self, last: &Tensor) -> Result<Tensor> {
         let clock = std::time::Instant::now();
         let last = self.rms_norm(last, &self.norm)?;
-        let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
-        let next = logits.argmax(D::Minus1)?;
+        let logits = last.matmul(&self.lm_head.t()?)?;
+        // Argmax over the compute-dtype logits equals argmax over their f32 copy (the cast is
+        // exact); the fused kernel skips that copy of [rows, vocab].
+        let next = match crate::cuda_ops::argmax_rows(&logits)? {
+            Some(next) => next,
+            None => logits.to_dtype(DType::F32)?.argmax(D::Minus1)?,
+        };
         if profile::enabled() {
             self.device.synchronize()?;
             profile::add("lm head + argmax", clock.elapsed().as_secs_f64());
@@ -854,6 +862,14 @@ fn rope_inv_freq(cfg: &Config, hd: usize) -> Vec<f32> {
         }
     }
     inv
+}
+
+/// The residual update h (f32) + delta (compute dtype), in f32.
+fn residual(h: &Tensor, delta: &Tensor) -> Result<Tensor> {
+    match crate::cuda_ops::add_residual(h, delta)? {
+        Some(out) => Ok(out),
+        None => Ok((h + delta.to_dtype(DType::F32)?)?),
+    }
 }
 
 /// [b, t, in] x [out, in]ᵀ as one 2-D matmul: candle's broadcast_matmul would run b separate

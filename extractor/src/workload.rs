@@ -192,6 +192,38 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
             anyhow::ensure!(errs.iter().all(|e| e.is_finite() && *e <= tolerance) && outside == 0.0, "fused q/k/v + RoPE + cache append disagrees with the reference: {errs:?}, outside {outside}");
         }
     }
+    // RMSNorm into the compute dtype, the residual update, greedy argmax.
+    let x = Tensor::randn(0f32, 3.0, (b, cfg.hidden_size), device)?;
+    let w = (Tensor::randn(0f32, 0.2, (cfg.hidden_size,), device)? + 1.0)?;
+    let eps = cfg.rms_eps as f32;
+    if let Some(y) = crate::cuda_ops::rms_norm_to(&x, &w, eps, dtype)? {
+        let reference = candle_nn::ops::rms_norm(&x, &w, eps)?.to_dtype(dtype)?;
+        let err = relative_error(&y, &reference)?;
+        println!("fused RMSNorm → {dtype:?} vs candle ops: relative error {err:.2e} (bound {tolerance:.0e})");
+        anyhow::ensure!(err.is_finite() && err <= tolerance, "fused RMSNorm disagrees with candle: {err:.3e}");
+    }
+    let delta = rounded(Tensor::randn(0f32, 1.0, (b, cfg.hidden_size), device)?)?;
+    if let Some(y) = crate::cuda_ops::add_residual(&x, &delta)? {
+        let err = relative_error(&y, &(&x + delta.to_dtype(DType::F32)?)?)?;
+        println!("fused residual update vs candle ops: relative error {err:.2e} (bound 1e-6)");
+        anyhow::ensure!(err.is_finite() && err <= 1e-6, "fused residual update disagrees with candle: {err:.3e}");
+    }
+    let logits = rounded(Tensor::randn(0f32, 1.0, (b, cfg.vocab_size), device)?)?;
+    if let Some(next) = crate::cuda_ops::argmax_rows(&logits)? {
+        let next = next.to_vec1::<u32>()?;
+        let reference = logits.to_dtype(DType::F32)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        let values = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        // Equal maxima (likely in bf16) may be resolved differently: the chosen logit must be
+        // the row's maximum and the first index holding it.
+        let mut same = 0;
+        for ((row, &i), &r) in values.iter().zip(&next).zip(&reference) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let first = row.iter().position(|&v| v == max).unwrap_or(0);
+            anyhow::ensure!(i as usize == first, "fused argmax picked {i}, the first maximum is at {first}");
+            same += usize::from(i == r);
+        }
+        println!("fused argmax: the first maximum in all {b} rows ({same} equal to candle's index)");
+    }
     let g = rounded(Tensor::randn(0f32, 2.0, (b, cfg.intermediate_size), device)?)?;
     let u = rounded(Tensor::randn(0f32, 1.0, (b, cfg.intermediate_size), device)?)?;
     match crate::cuda_ops::silu_mul(&g, &u)? {

@@ -268,14 +268,104 @@ __device__ void qkv_rope(const T* __restrict__ qkv, const T* __restrict__ bias,
   }
 }
 
+// silu(gate) · up, 8 elements per thread with 16-byte loads where the sizes allow (n % 8 == 0;
+// candle's buffers are 256-byte aligned), else one element per thread.
 template <typename T>
 __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
                          size_t n) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x) {
-    float g = to_f(gate[i]);
-    float s = to_f(from_f<T>(g / (1.f + expf(-g))));
-    out[i] = from_f<T>(s * to_f(up[i]));
+  constexpr int VN = Vec16<T>::N;
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  const bool aligned = ((reinterpret_cast<uintptr_t>(gate) | reinterpret_cast<uintptr_t>(up) |
+                         reinterpret_cast<uintptr_t>(out)) & 15) == 0;
+  if (n % VN == 0 && aligned) {
+    for (size_t c = first; c < n / VN; c += stride) {
+      float g[VN], u[VN];
+      Vec16<T>::load(gate + c * VN, g);
+      Vec16<T>::load(up + c * VN, u);
+      T r[VN];
+#pragma unroll
+      for (int e = 0; e < VN; ++e) {
+        float s = to_f(from_f<T>(g[e] / (1.f + expf(-g[e]))));
+        r[e] = from_f<T>(s * u[e]);
+      }
+      *reinterpret_cast<uint4*>(out + c * VN) = *reinterpret_cast<const uint4*>(r);
+    }
+  } else {
+    for (size_t i = first; i < n; i += stride) {
+      float g = to_f(gate[i]);
+      float s = to_f(from_f<T>(g / (1.f + expf(-g))));
+      out[i] = from_f<T>(s * to_f(up[i]));
+    }
+  }
+}
+
+// The residual update h + f32(delta) (f32 out), one pass instead of a cast and an add.
+template <typename T>
+__device__ void add_residual(const float* __restrict__ h, const T* __restrict__ delta,
+                             float* __restrict__ out, size_t n) {
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = h[i] + to_f(delta[i]);
+}
+
+// RMSNorm of f32 rows with f32 weights, written in T: x · rsqrt(mean(x²) + eps) · w computed in
+// f32 (candle's rmsnorm formula) and rounded once. One block per row.
+template <typename T>
+__device__ void rms_norm_to(const float* __restrict__ x, const float* __restrict__ w,
+                            T* __restrict__ out, int cols, float eps) {
+  __shared__ float partial[32];
+  const float* xr = x + (size_t)blockIdx.x * cols;
+  T* orow = out + (size_t)blockIdx.x * cols;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) ss = fmaf(xr[c], xr[c], ss);
+  ss = warp_sum(ss);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    float v = lane < nwarps ? partial[lane] : 0.f;
+    v = warp_sum(v);
+    if (lane == 0) partial[0] = v;
+  }
+  __syncthreads();
+  const float scale = rsqrtf(partial[0] / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) orow[c] = from_f<T>(scale * xr[c] * w[c]);
+}
+
+// Greedy decoding's argmax over each row of logits (first index of the largest value, as
+// torch.argmax), read in the logits' own dtype: no f32 copy of a [rows, vocab] tensor.
+template <typename T>
+__device__ void argmax_rows(const T* __restrict__ logits, uint32_t* __restrict__ out, int cols) {
+  __shared__ float best_v[32];
+  __shared__ int best_i[32];
+  const T* row = logits + (size_t)blockIdx.x * cols;
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = to_f(row[c]);
+    if (v > bv) { bv = v; bi = c; }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
+  __syncthreads();
+  if (warp == 0) {
+    bv = lane < nwarps ? best_v[lane] : -INFINITY;
+    bi = lane < nwarps ? best_i[lane] : 0x7fffffff;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    // A row of NaNs (never seen) yields index 0 rather than an out-of-range id.
+    if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0u : (uint32_t)bi;
   }
 }
 
@@ -292,6 +382,17 @@ __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up, T
   DEFINE_ATTENTION(NAME, T, 128)                                                               \
   extern "C" __global__ void silu_mul_##NAME(const T* gate, const T* up, T* out, size_t n) {  \
     silu_mul<T>(gate, up, out, n);                                                            \
+  }                                                                                            \
+  extern "C" __global__ void add_residual_##NAME(const float* h, const T* delta, float* out,   \
+                                                 size_t n) {                                  \
+    add_residual<T>(h, delta, out, n);                                                        \
+  }                                                                                            \
+  extern "C" __global__ void rms_norm_to_##NAME(const float* x, const float* w, T* out,       \
+                                                int cols, float eps) {                        \
+    rms_norm_to<T>(x, w, out, cols, eps);                                                     \
+  }                                                                                            \
+  extern "C" __global__ void argmax_rows_##NAME(const T* logits, uint32_t* out, int cols) {    \
+    argmax_rows<T>(logits, out, cols);                                                        \
   }                                                                                            \
   extern "C" __global__ void qkv_rope_##NAME(const T* qkv, const T* bias, const T* cos,       \
                                              const T* sin, T* q_out, T* kc, T* vc, int t,     \
