@@ -18,11 +18,17 @@ PG=/tmp/persona-geometry
 xz -dc "${PGXZ:-.gpu/pg.xz}" > "$PG" && chmod +x "$PG"
 LIB=$(python3 -c "import nvidia,os;print([os.path.join(p,'cu13','lib') for p in nvidia.__path__][0])")
 export LD_LIBRARY_PATH="$LIB:${LD_LIBRARY_PATH:-}"
+# The HF fixture travels as .gpu/fixture (a copy of ../shared/fixtures/hf-tiny-qwen2) or,
+# smaller, as .gpu/fixture.tar.xz.
+FIXTURE=.gpu/fixture
+if [ ! -d "$FIXTURE" ] && [ -f .gpu/fixture.tar.xz ]; then
+  mkdir -p /tmp/pg-fixture && tar -C /tmp/pg-fixture -xJf .gpu/fixture.tar.xz && FIXTURE=/tmp/pg-fixture/fixture
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 for what in "$@"; do
   echo "=== $what"
   case "$what" in
-    verify) "$PG" verify-fixture .gpu/fixture --device cuda 2>&1 | tee "$OUT/verify.log" | tail -25 ;;
+    verify) "$PG" verify-fixture "$FIXTURE" --device cuda 2>&1 | tee "$OUT/verify.log" | tail -25 ;;
     bench) "$PG" bench-workload --batch-b 0 --compare-unfused 2>&1 | tee "$OUT/bench.log" ;;
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
     profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;
