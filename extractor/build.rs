@@ -24,6 +24,11 @@ fn main() {
         .arg("-o")
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| panic!("running {} (the `cuda` feature needs nvcc): {e}", nvcc.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} (the `cuda` feature needs nvcc): {e}",
+                nvcc.display()
+            )
+        });
     assert!(status.success(), "nvcc failed on src/kernels/decode.cu");
 }

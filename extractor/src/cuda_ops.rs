@@ -170,7 +170,9 @@ mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-    use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape};
+    use candle_core::{
+        CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape,
+    };
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
     const MODULE: &str = "persona_geometry_decode";
@@ -264,8 +266,11 @@ mod imp {
             let out_len = self.b * self.t * self.nh * self.hd;
             macro_rules! launch {
                 ($variant:ident, $t:ty, $name:literal) => {{
-                    let (CudaStorageSlice::$variant(q), CudaStorageSlice::$variant(k), CudaStorageSlice::$variant(v)) =
-                        (&sq.slice, &sk.slice, &sv.slice)
+                    let (
+                        CudaStorageSlice::$variant(q),
+                        CudaStorageSlice::$variant(k),
+                        CudaStorageSlice::$variant(v),
+                    ) = (&sq.slice, &sk.slice, &sv.slice)
                     else {
                         candle_core::bail!("decode-attention: q, k and v must share one dtype")
                     };
@@ -493,18 +498,25 @@ mod imp {
             let q_len = self.b * self.nh * self.t * self.hd;
             macro_rules! launch {
                 ($variant:ident, $t:ty, $name:literal) => {{
-                    let (CudaStorageSlice::$variant(x), CudaStorageSlice::$variant(c), CudaStorageSlice::$variant(sn)) =
-                        (&sx.slice, &sc.slice, &ss.slice)
+                    let (
+                        CudaStorageSlice::$variant(x),
+                        CudaStorageSlice::$variant(c),
+                        CudaStorageSlice::$variant(sn),
+                    ) = (&sx.slice, &sc.slice, &ss.slice)
                     else {
                         candle_core::bail!("qkv-rope-append: qkv, cos and sin must share one dtype")
                     };
                     let kslice = match &*kst {
                         candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$t>()?,
-                        _ => candle_core::bail!("qkv-rope-append: the k cache must be on the CUDA device"),
+                        _ => candle_core::bail!(
+                            "qkv-rope-append: the k cache must be on the CUDA device"
+                        ),
                     };
                     let vslice = match &*vst {
                         candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$t>()?,
-                        _ => candle_core::bail!("qkv-rope-append: the v cache must be on the CUDA device"),
+                        _ => candle_core::bail!(
+                            "qkv-rope-append: the v cache must be on the CUDA device"
+                        ),
                     };
                     let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
                     // SAFETY: every element of q is written by the kernel.
@@ -528,7 +540,9 @@ mod imp {
                             let (b0, b1) = contiguous_offsets(bl, "bias")?;
                             let bslice = match &**bst {
                                 candle_core::Storage::Cuda(cs) => cs.as_cuda_slice::<$t>()?,
-                                _ => candle_core::bail!("qkv-rope-append: the bias must be on the CUDA device"),
+                                _ => candle_core::bail!(
+                                    "qkv-rope-append: the bias must be on the CUDA device"
+                                ),
                             };
                             bias_view = bslice.slice(b0..b1);
                             builder.arg(&bias_view);
@@ -736,7 +750,8 @@ mod imp {
             let dev = sx.device().clone();
             let (x0, x1) = contiguous_offsets(lx, "x")?;
             let (w0, w1) = contiguous_offsets(lw, "w")?;
-            let (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w)) = (&sx.slice, &sw.slice) else {
+            let (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w)) = (&sx.slice, &sw.slice)
+            else {
                 candle_core::bail!("rms-norm-to: x and w must be f32")
             };
             let (x, w) = (x.slice(x0..x1), w.slice(w0..w1));
@@ -902,7 +917,9 @@ mod imp {
                 &mut threshold as *mut u64 as *mut std::ffi::c_void,
             )
             .result()
-            .map_err(|e| anyhow::anyhow!("setting the CUDA memory pool's release threshold: {e:?}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("setting the CUDA memory pool's release threshold: {e:?}")
+            })?;
         }
         Ok(())
     }

@@ -65,10 +65,9 @@ fn free_device_memory(model: &Model) -> Result<Option<usize>> {
     }
 }
 
-/// Upper bound of automatic batches: measured on an H200 (Qwen2.5-7B shape), Method B keeps
-/// improving up to 720 rows (44.9 s vs 53.1 s at 256 for the bench workload); a run that let
-/// the memory estimate pick ~2,000 rows did not finish in 5 minutes, so larger batches are not
-/// chosen.
+/// Upper bound of automatic batches: measured on an H200 (Qwen2.5-7B shape, bench workload),
+/// Method B is fastest at 720 rows (27.1 s vs 30.7 s at 256 with the fused kernels; an earlier
+/// build took 35.8 s at 1,440 vs 32.7 s at 720), so larger batches are not chosen.
 pub const MAX_AUTO_BATCH: usize = 720;
 
 /// The largest batch whose prefill and decoding fit in `free` bytes, keeping 2 GiB and a 15%

@@ -28,7 +28,11 @@ pub fn qwen25_7b() -> Config {
     }
 }
 
-fn random_weights(cfg: &Config, device: &Device, dtype: DType) -> Result<HashMap<String, Tensor>> {
+pub(crate) fn random_weights(
+    cfg: &Config,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
     let mut w = HashMap::new();
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (q, kv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
@@ -129,14 +133,18 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
             }
         }
         let mask = Tensor::from_vec(mask, (b, 1, t, cap), device)?;
-        let fused = crate::cuda_ops::cached_attention(&q, &k, &v, &first_key, offset, scale as f32)?;
+        let fused =
+            crate::cuda_ops::cached_attention(&q, &k, &v, &first_key, offset, scale as f32)?;
         let Some(fused) = fused else {
             println!("fused attention: not used on this device/shape");
             break;
         };
         let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
         let rep = nh / nkv;
-        let scores = (f(&q)?.reshape((b, nkv, rep * t, hd))?.matmul(&f(&k)?.t()?)? * scale)?
+        let scores = (f(&q)?
+            .reshape((b, nkv, rep * t, hd))?
+            .matmul(&f(&k)?.t()?)?
+            * scale)?
             .reshape((b, nkv, rep, t, cap))?
             .broadcast_add(&mask.unsqueeze(1)?)?;
         let reference = candle_nn::ops::softmax_last_dim(&scores)?
@@ -148,7 +156,10 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
         let err = relative_error(&fused, &reference)?;
         let candle_err = relative_error(&model.masked_attention(&q, &k, &v, &mask)?, &reference)?;
         println!("fused attention ({t} quer{} per row from position {offset}) vs f32 reference: relative error {err:.2e} (candle ops: {candle_err:.2e}; bound {tolerance:.0e})", if t == 1 { "y" } else { "ies" });
-        anyhow::ensure!(err.is_finite() && err <= tolerance, "fused attention disagrees with the reference: {err:.3e} > {tolerance:.0e}");
+        anyhow::ensure!(
+            err.is_finite() && err <= tolerance,
+            "fused attention disagrees with the reference: {err:.3e} > {tolerance:.0e}"
+        );
     }
     // Bias + RoPE + scatter into the cache, at an offset, for a short prefill-like chunk.
     let (t, offset) = (5usize, 7usize);
@@ -159,12 +170,23 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
     let (cos, sin) = (rounded(angles.cos()?)?, rounded(angles.sin()?)?);
     let zeros = || Tensor::zeros((b, nkv, cap, hd), dtype, device);
     let (kc, vc) = (zeros()?, zeros()?);
-    match crate::cuda_ops::qkv_rope_append(&qkv, Some(&bias), &cos, &sin, &kc, &vc, offset, (nh, nkv, hd))? {
+    match crate::cuda_ops::qkv_rope_append(
+        &qkv,
+        Some(&bias),
+        &cos,
+        &sin,
+        &kc,
+        &vc,
+        offset,
+        (nh, nkv, hd),
+    )? {
         None => println!("fused q/k/v + RoPE + cache append: not used on this device"),
         Some(q) => {
             let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
             // The biased projection rounded to the compute dtype, then RoPE in f32.
-            let x = f(&rounded(qkv.to_dtype(DType::F32)?.broadcast_add(&f(&bias)?)?)?)?;
+            let x = f(&rounded(
+                qkv.to_dtype(DType::F32)?.broadcast_add(&f(&bias)?)?,
+            )?)?;
             let split = |o: usize, heads: usize| -> Result<Tensor> {
                 Ok(x.narrow(2, o * hd, heads * hd)?
                     .reshape((b, t, heads, hd))?
@@ -185,9 +207,16 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
             let hole = Tensor::zeros((b, nkv, t, hd), dtype, device)?;
             kc.slice_set(&hole, 2, offset)?;
             vc.slice_set(&hole, 2, offset)?;
-            let outside = (kc.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?
-                + vc.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?)
-                .abs();
+            let outside = (kc
+                .to_dtype(DType::F32)?
+                .abs()?
+                .sum_all()?
+                .to_scalar::<f32>()?
+                + vc.to_dtype(DType::F32)?
+                    .abs()?
+                    .sum_all()?
+                    .to_scalar::<f32>()?)
+            .abs();
             println!("fused q/k/v + RoPE + cache append vs f32 reference: relative error q {:.2e}, k {:.2e}, v {:.2e}; |cache outside the written slots| {outside:.1e} (bound {tolerance:.0e})", errs[0], errs[1], errs[2]);
             anyhow::ensure!(errs.iter().all(|e| e.is_finite() && *e <= tolerance) && outside == 0.0, "fused q/k/v + RoPE + cache append disagrees with the reference: {errs:?}, outside {outside}");
         }
@@ -200,18 +229,27 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
         let reference = candle_nn::ops::rms_norm(&x, &w, eps)?.to_dtype(dtype)?;
         let err = relative_error(&y, &reference)?;
         println!("fused RMSNorm → {dtype:?} vs candle ops: relative error {err:.2e} (bound {tolerance:.0e})");
-        anyhow::ensure!(err.is_finite() && err <= tolerance, "fused RMSNorm disagrees with candle: {err:.3e}");
+        anyhow::ensure!(
+            err.is_finite() && err <= tolerance,
+            "fused RMSNorm disagrees with candle: {err:.3e}"
+        );
     }
     let delta = rounded(Tensor::randn(0f32, 1.0, (b, cfg.hidden_size), device)?)?;
     if let Some(y) = crate::cuda_ops::add_residual(&x, &delta)? {
         let err = relative_error(&y, &(&x + delta.to_dtype(DType::F32)?)?)?;
         println!("fused residual update vs candle ops: relative error {err:.2e} (bound 1e-6)");
-        anyhow::ensure!(err.is_finite() && err <= 1e-6, "fused residual update disagrees with candle: {err:.3e}");
+        anyhow::ensure!(
+            err.is_finite() && err <= 1e-6,
+            "fused residual update disagrees with candle: {err:.3e}"
+        );
     }
     let logits = rounded(Tensor::randn(0f32, 1.0, (b, cfg.vocab_size), device)?)?;
     if let Some(next) = crate::cuda_ops::argmax_rows(&logits)? {
         let next = next.to_vec1::<u32>()?;
-        let reference = logits.to_dtype(DType::F32)?.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        let reference = logits
+            .to_dtype(DType::F32)?
+            .argmax(candle_core::D::Minus1)?
+            .to_vec1::<u32>()?;
         let values = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         // Equal maxima (likely in bf16) may be resolved differently: the chosen logit must be
         // the row's maximum and the first index holding it.
@@ -219,22 +257,42 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
         for ((row, &i), &r) in values.iter().zip(&next).zip(&reference) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let first = row.iter().position(|&v| v == max).unwrap_or(0);
-            anyhow::ensure!(i as usize == first, "fused argmax picked {i}, the first maximum is at {first}");
+            anyhow::ensure!(
+                i as usize == first,
+                "fused argmax picked {i}, the first maximum is at {first}"
+            );
             same += usize::from(i == r);
         }
-        println!("fused argmax: the first maximum in all {b} rows ({same} equal to candle's index)");
+        println!(
+            "fused argmax: the first maximum in all {b} rows ({same} equal to candle's index)"
+        );
     }
-    let g = rounded(Tensor::randn(0f32, 2.0, (b, cfg.intermediate_size), device)?)?;
-    let u = rounded(Tensor::randn(0f32, 1.0, (b, cfg.intermediate_size), device)?)?;
+    let g = rounded(Tensor::randn(
+        0f32,
+        2.0,
+        (b, cfg.intermediate_size),
+        device,
+    )?)?;
+    let u = rounded(Tensor::randn(
+        0f32,
+        1.0,
+        (b, cfg.intermediate_size),
+        device,
+    )?)?;
     match crate::cuda_ops::silu_mul(&g, &u)? {
         None => println!("fused silu·mul: not used on this device"),
         Some(fused) => {
             let gf = g.to_dtype(DType::F32)?;
-            let silu = candle_nn::ops::silu(&gf)?.to_dtype(dtype)?.to_dtype(DType::F32)?;
+            let silu = candle_nn::ops::silu(&gf)?
+                .to_dtype(dtype)?
+                .to_dtype(DType::F32)?;
             let reference = (silu * u.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
             let err = relative_error(&fused, &reference)?;
             println!("fused silu·mul vs candle ops (same roundings): relative error {err:.2e} (bound {tolerance:.0e})");
-            anyhow::ensure!(err.is_finite() && err <= tolerance, "fused silu·mul disagrees with the reference: {err:.3e}");
+            anyhow::ensure!(
+                err.is_finite() && err <= tolerance,
+                "fused silu·mul disagrees with the reference: {err:.3e}"
+            );
         }
     }
     Ok(())
@@ -298,14 +356,37 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     };
     let mut checksum = 0f64;
     if a.method_a {
-        method_a(&model, &prompts, batch_a, &layers, flop_per_token, &mut checksum)?;
+        method_a(
+            &model,
+            &prompts,
+            batch_a,
+            &layers,
+            flop_per_token,
+            &mut checksum,
+        )?;
     }
     if a.method_b {
-        method_b(&model, &prompts, batch_b, a.new_tokens, &layers, flop_per_token, &mut checksum)?;
+        method_b(
+            &model,
+            &prompts,
+            batch_b,
+            a.new_tokens,
+            &layers,
+            flop_per_token,
+            &mut checksum,
+        )?;
         if a.compare_unfused {
             crate::cuda_ops::set_fused(false);
             print!("(fused kernels off) ");
-            method_b(&model, &prompts, batch_b, a.new_tokens, &layers, flop_per_token, &mut checksum)?;
+            method_b(
+                &model,
+                &prompts,
+                batch_b,
+                a.new_tokens,
+                &layers,
+                flop_per_token,
+                &mut checksum,
+            )?;
             crate::cuda_ops::set_fused(true);
         }
     }
