@@ -168,10 +168,13 @@ mod imp {
 mod imp {
     use super::*;
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+    use candle_core::cuda_backend::cudarc::driver::{
+        sys, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{
-        CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape,
+        CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout,
+        Shape, Storage,
     };
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
@@ -182,6 +185,52 @@ mod imp {
     /// Query heads per KV head that the kernel holds in registers (REP4 in decode.cu).
     const MAX_REP: usize = 8;
 
+    /// Runs `$body` with `$t` the Rust element type of `$dtype` and `$sfx` the kernels' name
+    /// suffix for it (the kernels are built for f32, bf16 and f16).
+    macro_rules! with_dtype {
+        ($dtype:expr, |$t:ident, $sfx:ident| $body:expr) => {
+            match $dtype {
+                DType::F32 => {
+                    type $t = f32;
+                    let $sfx = "f32";
+                    $body
+                }
+                DType::BF16 => {
+                    type $t = half::bf16;
+                    let $sfx = "bf16";
+                    $body
+                }
+                DType::F16 => {
+                    type $t = half::f16;
+                    let $sfx = "f16";
+                    $body
+                }
+                d => candle_core::bail!("the fused kernels do not support {d:?}"),
+            }
+        };
+    }
+
+    /// These ops are only built for CUDA tensors (the public functions return `None`
+    /// elsewhere), so their CPU forward refuses.
+    macro_rules! cuda_only {
+        ($name:literal, $($s:ident $l:ident),+) => {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                $($s: &CpuStorage, $l: &Layout),+
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                let _ = ($($s, $l),+);
+                candle_core::bail!(concat!($name, " is a CUDA kernel"))
+            }
+        };
+    }
+
+    fn is_kernel_dtype(dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+    }
+
     /// Dynamic shared memory of the attention kernel (decode.cu's layout): q, probabilities
     /// [n_keys][8], 1/sum [8], and the key groups' partial outputs.
     fn attention_shared_bytes(rep: usize, hd: usize, n_keys: usize) -> usize {
@@ -189,21 +238,46 @@ mod imp {
         (rep * hd + n_keys * MAX_REP + MAX_REP + groups * rep * hd) * 4
     }
 
-    fn suffix(dtype: DType) -> Option<&'static str> {
-        match dtype {
-            DType::F32 => Some("f32"),
-            DType::BF16 => Some("bf16"),
-            DType::F16 => Some("f16"),
-            _ => None,
+    /// An op's contiguous input as a typed device view.
+    fn view<'a, T: CudaDType>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        what: &str,
+    ) -> candle_core::Result<CudaView<'a, T>> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
+        Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+    }
+
+    /// A tensor an op holds besides its inputs (read under its storage lock) as a typed view.
+    fn held_view<'a, T: CudaDType>(
+        s: &'a Storage,
+        l: &Layout,
+        what: &str,
+    ) -> candle_core::Result<CudaView<'a, T>> {
+        match s {
+            Storage::Cuda(s) => view(s, l, what),
+            _ => candle_core::bail!("{what} must be on the CUDA device"),
         }
     }
 
-    fn contiguous_offsets(l: &Layout, what: &str) -> candle_core::Result<(usize, usize)> {
-        l.contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))
+    /// An output buffer of `n` elements; every kernel below writes each element of its output.
+    fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> candle_core::Result<CudaSlice<T>> {
+        // SAFETY: uninitialised device memory, fully written by the kernel launched next.
+        unsafe { dev.alloc::<T>(n) }
     }
 
-    struct DecodeAttention {
+    /// A one-dimensional launch over `n` work items (the kernels loop with a grid stride).
+    fn elementwise_config(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    struct CachedAttention {
         first_key: Tensor,
         t: usize,
         offset: usize,
@@ -215,21 +289,8 @@ mod imp {
         b: usize,
     }
 
-    impl CustomOp3 for DecodeAttention {
-        fn name(&self) -> &'static str {
-            "decode-attention"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("decode-attention is a CUDA kernel")
-        }
+    impl CustomOp3 for CachedAttention {
+        cuda_only!("cached-attention", q lq, k lk, v lv);
         fn cuda_fwd(
             &self,
             sq: &CudaStorage,
@@ -239,86 +300,39 @@ mod imp {
             sv: &CudaStorage,
             lv: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = sq.device().clone();
+            let dev = sq.device();
             let (fk_storage, fk_layout) = self.first_key.storage_and_layout();
-            let fk = match &*fk_storage {
-                candle_core::Storage::Cuda(s) => s.as_cuda_slice::<u32>()?,
-                _ => candle_core::bail!("first_key must be on the CUDA device"),
-            };
-            let (f0, f1) = contiguous_offsets(fk_layout, "first_key")?;
-            let fk = fk.slice(f0..f1);
-            let (q0, q1) = contiguous_offsets(lq, "q")?;
-            let (k0, k1) = contiguous_offsets(lk, "k")?;
-            let (v0, v1) = contiguous_offsets(lv, "v")?;
+            let fk = held_view::<u32>(&fk_storage, fk_layout, "first_key")?;
             let rep = self.nh / self.nkv;
-            let shared = attention_shared_bytes(rep, self.hd, self.offset + self.t);
+            let cfg = LaunchConfig {
+                grid_dim: (self.t as u32, self.nkv as u32, self.b as u32),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: attention_shared_bytes(rep, self.hd, self.offset + self.t)
+                    as u32,
+            };
             // Head dims the kernel is specialised for (loops unrolled); others read it at run time.
             let hd_variant = match self.hd {
                 64 => "hd64",
                 128 => "hd128",
                 _ => "hd0",
             };
-            let cfg = LaunchConfig {
-                grid_dim: (self.t as u32, self.nkv as u32, self.b as u32),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: shared as u32,
-            };
-            let out_len = self.b * self.t * self.nh * self.hd;
-            macro_rules! launch {
-                ($variant:ident, $t:ty, $name:literal) => {{
-                    let (
-                        CudaStorageSlice::$variant(q),
-                        CudaStorageSlice::$variant(k),
-                        CudaStorageSlice::$variant(v),
-                    ) = (&sq.slice, &sk.slice, &sv.slice)
-                    else {
-                        candle_core::bail!("decode-attention: q, k and v must share one dtype")
-                    };
-                    let func = dev.get_or_load_custom_func(
-                        &format!("{}_{hd_variant}", $name),
-                        MODULE,
-                        PTX,
-                    )?;
-                    // SAFETY: every element is written by the kernel.
-                    let out = unsafe { dev.alloc::<$t>(out_len)? };
-                    let (q, k, v) = (q.slice(q0..q1), k.slice(k0..k1), v.slice(v0..v1));
-                    let (nh, nkv, cap, hd, t, offset) = (
-                        self.nh as i32,
-                        self.nkv as i32,
-                        self.cap as i32,
-                        self.hd as i32,
-                        self.t as i32,
-                        self.offset as i32,
-                    );
-                    let mut builder = func.builder();
-                    builder.arg(&q);
-                    builder.arg(&k);
-                    builder.arg(&v);
-                    builder.arg(&fk);
-                    builder.arg(&out);
-                    builder.arg(&nh);
-                    builder.arg(&nkv);
-                    builder.arg(&cap);
-                    builder.arg(&hd);
-                    builder.arg(&t);
-                    builder.arg(&offset);
-                    builder.arg(&self.scale);
-                    // SAFETY: argument types and order match the kernel's signature; the
-                    // shapes were checked by `decode_attention`.
-                    unsafe { builder.launch(cfg) }.w()?;
-                    CudaStorageSlice::$variant(out)
-                }};
-            }
-            let slice = match sq.dtype() {
-                DType::F32 => launch!(F32, f32, "decode_attention_f32"),
-                DType::BF16 => launch!(BF16, half::bf16, "decode_attention_bf16"),
-                DType::F16 => launch!(F16, half::f16, "decode_attention_f16"),
-                d => candle_core::bail!("decode-attention: unsupported dtype {d:?}"),
-            };
-            Ok((
-                CudaStorage { slice, device: dev },
-                Shape::from((self.b, self.t, self.nh * self.hd)),
-            ))
+            let ints = [self.nh, self.nkv, self.cap, self.hd, self.t, self.offset].map(|x| x as i32);
+            let out = with_dtype!(sq.dtype(), |T, sfx| {
+                let (q, k, v) = (view::<T>(sq, lq, "q")?, view::<T>(sk, lk, "k")?, view::<T>(sv, lv, "v")?);
+                let out = output::<T>(dev, self.b * self.t * self.nh * self.hd)?;
+                let f = dev.get_or_load_custom_func(&format!("decode_attention_{sfx}_{hd_variant}"), MODULE, PTX)?;
+                let mut builder = f.builder();
+                builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
+                for x in &ints {
+                    builder.arg(x);
+                }
+                builder.arg(&self.scale);
+                // SAFETY: argument types and order match the kernel's signature; shapes, the
+                // cache's room and the shared memory were checked by `cached_attention`.
+                unsafe { builder.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            });
+            Ok((out, Shape::from((self.b, self.t, self.nh * self.hd))))
         }
     }
 
@@ -330,16 +344,12 @@ mod imp {
         offset: usize,
         scale: f32,
     ) -> Result<Option<Tensor>> {
-        if !fused_enabled() || !q.device().is_cuda() {
+        if !fused_enabled() || !q.device().is_cuda() || !is_kernel_dtype(q.dtype()) {
             return Ok(None);
         }
-        let Some(suffix_len) = suffix(q.dtype()).map(|_| q.dtype().size_in_bytes()) else {
-            return Ok(None);
-        };
         let (b, nh, t, hd) = q.dims4()?;
         let (kb, nkv, cap, khd) = k.dims4()?;
         let rep = nh / nkv.max(1);
-        let shared = attention_shared_bytes(rep, hd, offset + t);
         let fits = t >= 1
             && t <= i32::MAX as usize
             && b <= 65_535
@@ -351,9 +361,9 @@ mod imp {
             && rep <= MAX_REP
             && hd % 4 == 0
             && hd / 4 <= THREADS as usize
-            && (hd * suffix_len) % 16 == 0
+            && (hd * q.dtype().size_in_bytes()) % 16 == 0
             && offset + t <= cap
-            && shared <= SHARED_LIMIT
+            && attention_shared_bytes(rep, hd, offset + t) <= SHARED_LIMIT
             && first_key.dims() == [b]
             && first_key.dtype() == DType::U32
             && k.dtype() == q.dtype()
@@ -361,7 +371,7 @@ mod imp {
         if !fits {
             return Ok(None);
         }
-        let op = DecodeAttention {
+        let op = CachedAttention {
             first_key: first_key.contiguous()?,
             t,
             offset,
@@ -379,68 +389,6 @@ mod imp {
         )?))
     }
 
-    struct SiluMul;
-
-    impl CustomOp2 for SiluMul {
-        fn name(&self) -> &'static str {
-            "silu-mul"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("silu-mul is a CUDA kernel")
-        }
-        fn cuda_fwd(
-            &self,
-            sg: &CudaStorage,
-            lg: &Layout,
-            su: &CudaStorage,
-            lu: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = sg.device().clone();
-            let (g0, g1) = contiguous_offsets(lg, "gate")?;
-            let (u0, u1) = contiguous_offsets(lu, "up")?;
-            let n = g1 - g0;
-            // Up to 8 elements per thread.
-            let cfg = elementwise_config(n.div_ceil(8));
-            macro_rules! launch {
-                ($variant:ident, $t:ty, $name:literal) => {{
-                    let (CudaStorageSlice::$variant(g), CudaStorageSlice::$variant(u)) =
-                        (&sg.slice, &su.slice)
-                    else {
-                        candle_core::bail!("silu-mul: gate and up must share one dtype")
-                    };
-                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
-                    // SAFETY: every element is written by the kernel.
-                    let out = unsafe { dev.alloc::<$t>(n)? };
-                    let (g, u) = (g.slice(g0..g1), u.slice(u0..u1));
-                    let n64 = n as u64;
-                    let mut builder = func.builder();
-                    builder.arg(&g);
-                    builder.arg(&u);
-                    builder.arg(&out);
-                    builder.arg(&n64);
-                    // SAFETY: argument types and order match the kernel's signature.
-                    unsafe { builder.launch(cfg) }.w()?;
-                    CudaStorageSlice::$variant(out)
-                }};
-            }
-            let slice = match sg.dtype() {
-                DType::F32 => launch!(F32, f32, "silu_mul_f32"),
-                DType::BF16 => launch!(BF16, half::bf16, "silu_mul_bf16"),
-                DType::F16 => launch!(F16, half::f16, "silu_mul_f16"),
-                d => candle_core::bail!("silu-mul: unsupported dtype {d:?}"),
-            };
-            Ok((CudaStorage { slice, device: dev }, lg.shape().clone()))
-        }
-    }
-
-    use candle_core::cuda_backend::cudarc::driver::sys;
-
     struct QkvRope {
         bias: Option<Tensor>,
         k_cache: Tensor,
@@ -455,20 +403,7 @@ mod imp {
     }
 
     impl CustomOp3 for QkvRope {
-        fn name(&self) -> &'static str {
-            "qkv-rope-append"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("qkv-rope-append is a CUDA kernel")
-        }
+        cuda_only!("qkv-rope-append", x lx, c lc, s ls);
         fn cuda_fwd(
             &self,
             sx: &CudaStorage,
@@ -478,107 +413,46 @@ mod imp {
             ss: &CudaStorage,
             ls: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = sx.device().clone();
-            let (x0, x1) = contiguous_offsets(lx, "qkv")?;
-            let (c0, c1) = contiguous_offsets(lc, "cos")?;
-            let (s0, s1) = contiguous_offsets(ls, "sin")?;
-            fn held(t: &Tensor) -> (candle_core::StorageRef<'_>, &Layout) {
-                t.storage_and_layout()
-            }
-            let (kst, kl) = held(&self.k_cache);
-            let (vst, vl) = held(&self.v_cache);
-            let (k0, k1) = contiguous_offsets(kl, "k cache")?;
-            let (v0, v1) = contiguous_offsets(vl, "v cache")?;
-            let bias_held = self.bias.as_ref().map(|bb| held(bb));
+            let dev = sx.device();
+            let (k_storage, k_layout) = self.k_cache.storage_and_layout();
+            let (v_storage, v_layout) = self.v_cache.storage_and_layout();
+            let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
             let cfg = LaunchConfig {
                 grid_dim: ((self.b * self.t) as u32, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let q_len = self.b * self.nh * self.t * self.hd;
-            macro_rules! launch {
-                ($variant:ident, $t:ty, $name:literal) => {{
-                    let (
-                        CudaStorageSlice::$variant(x),
-                        CudaStorageSlice::$variant(c),
-                        CudaStorageSlice::$variant(sn),
-                    ) = (&sx.slice, &sc.slice, &ss.slice)
-                    else {
-                        candle_core::bail!("qkv-rope-append: qkv, cos and sin must share one dtype")
-                    };
-                    let kslice = match &*kst {
-                        candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$t>()?,
-                        _ => candle_core::bail!(
-                            "qkv-rope-append: the k cache must be on the CUDA device"
-                        ),
-                    };
-                    let vslice = match &*vst {
-                        candle_core::Storage::Cuda(c) => c.as_cuda_slice::<$t>()?,
-                        _ => candle_core::bail!(
-                            "qkv-rope-append: the v cache must be on the CUDA device"
-                        ),
-                    };
-                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
-                    // SAFETY: every element of q is written by the kernel.
-                    let q = unsafe { dev.alloc::<$t>(q_len)? };
-                    let (x, c, sn) = (x.slice(x0..x1), c.slice(c0..c1), sn.slice(s0..s1));
-                    let (kv, vv) = (kslice.slice(k0..k1), vslice.slice(v0..v1));
-                    let (t, nh, nkv, hd, cap, offset) = (
-                        self.t as i32,
-                        self.nh as i32,
-                        self.nkv as i32,
-                        self.hd as i32,
-                        self.cap as i32,
-                        self.offset as i32,
-                    );
-                    let null: u64 = 0;
-                    let mut builder = func.builder();
-                    builder.arg(&x);
-                    let bias_view;
-                    match &bias_held {
-                        Some((bst, bl)) => {
-                            let (b0, b1) = contiguous_offsets(bl, "bias")?;
-                            let bslice = match &**bst {
-                                candle_core::Storage::Cuda(cs) => cs.as_cuda_slice::<$t>()?,
-                                _ => candle_core::bail!(
-                                    "qkv-rope-append: the bias must be on the CUDA device"
-                                ),
-                            };
-                            bias_view = bslice.slice(b0..b1);
-                            builder.arg(&bias_view);
-                        }
-                        None => {
-                            builder.arg(&null);
-                        }
-                    }
-                    builder.arg(&c);
-                    builder.arg(&sn);
-                    builder.arg(&q);
-                    builder.arg(&kv);
-                    builder.arg(&vv);
-                    builder.arg(&t);
-                    builder.arg(&nh);
-                    builder.arg(&nkv);
-                    builder.arg(&hd);
-                    builder.arg(&cap);
-                    builder.arg(&offset);
-                    // SAFETY: argument types and order match the kernel's signature; shapes and
-                    // the cache's room were checked by `qkv_rope_append`. The cache buffers are
-                    // written in place on the one stream that all their readers use.
-                    unsafe { builder.launch(cfg) }.w()?;
-                    CudaStorageSlice::$variant(q)
-                }};
-            }
-            let slice = match sx.dtype() {
-                DType::F32 => launch!(F32, f32, "qkv_rope_f32"),
-                DType::BF16 => launch!(BF16, half::bf16, "qkv_rope_bf16"),
-                DType::F16 => launch!(F16, half::f16, "qkv_rope_f16"),
-                d => candle_core::bail!("qkv-rope-append: unsupported dtype {d:?}"),
-            };
-            Ok((
-                CudaStorage { slice, device: dev },
-                Shape::from((self.b, self.nh, self.t, self.hd)),
-            ))
+            let ints = [self.t, self.nh, self.nkv, self.hd, self.cap, self.offset].map(|x| x as i32);
+            let null: u64 = 0;
+            let q = with_dtype!(sx.dtype(), |T, sfx| {
+                let x = view::<T>(sx, lx, "qkv")?;
+                let (c, sn) = (view::<T>(sc, lc, "cos")?, view::<T>(ss, ls, "sin")?);
+                let kc = held_view::<T>(&k_storage, k_layout, "k cache")?;
+                let vc = held_view::<T>(&v_storage, v_layout, "v cache")?;
+                let bias = match &bias {
+                    Some((st, l)) => Some(held_view::<T>(st, l, "bias")?),
+                    None => None,
+                };
+                let q = output::<T>(dev, self.b * self.nh * self.t * self.hd)?;
+                let f = dev.get_or_load_custom_func(&format!("qkv_rope_{sfx}"), MODULE, PTX)?;
+                let mut builder = f.builder();
+                builder.arg(&x);
+                match &bias {
+                    Some(bias) => builder.arg(bias),
+                    None => builder.arg(&null),
+                };
+                builder.arg(&c).arg(&sn).arg(&q).arg(&kc).arg(&vc);
+                for x in &ints {
+                    builder.arg(x);
+                }
+                // SAFETY: argument types and order match the kernel's signature (a null bias
+                // pointer means no bias); shapes and the cache's room were checked by
+                // `qkv_rope_append`. The cache buffers are written in place on the one stream
+                // that all their readers use.
+                unsafe { builder.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(q, dev.clone())
+            });
+            Ok((q, Shape::from((self.b, self.nh, self.t, self.hd))))
         }
     }
 
@@ -593,7 +467,7 @@ mod imp {
         offset: usize,
         (nh, nkv, hd): (usize, usize, usize),
     ) -> Result<Option<Tensor>> {
-        if !fused_enabled() || !qkv.device().is_cuda() || suffix(qkv.dtype()).is_none() {
+        if !fused_enabled() || !qkv.device().is_cuda() || !is_kernel_dtype(qkv.dtype()) {
             return Ok(None);
         }
         let (b, t, w) = qkv.dims3()?;
@@ -636,30 +510,54 @@ mod imp {
         )?))
     }
 
-    /// Launches a one-dimensional elementwise kernel over `n` elements (grid-stride loops).
-    fn elementwise_config(n: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+    struct SiluMul;
+
+    impl CustomOp2 for SiluMul {
+        cuda_only!("silu-mul", g lg, u lu);
+        fn cuda_fwd(
+            &self,
+            sg: &CudaStorage,
+            lg: &Layout,
+            su: &CudaStorage,
+            lu: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = sg.device();
+            let n = lg.shape().elem_count();
+            let out = with_dtype!(sg.dtype(), |T, sfx| {
+                let (g, u) = (view::<T>(sg, lg, "gate")?, view::<T>(su, lu, "up")?);
+                let out = output::<T>(dev, n)?;
+                let f = dev.get_or_load_custom_func(&format!("silu_mul_{sfx}"), MODULE, PTX)?;
+                let n64 = n as u64;
+                let mut builder = f.builder();
+                builder.arg(&g).arg(&u).arg(&out).arg(&n64);
+                // SAFETY: argument types and order match the kernel's signature. Up to 8
+                // elements per thread.
+                unsafe { builder.launch(elementwise_config(n.div_ceil(8))) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            });
+            Ok((out, lg.shape().clone()))
         }
+    }
+
+    pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+        if !fused_enabled()
+            || !gate.device().is_cuda()
+            || !is_kernel_dtype(gate.dtype())
+            || gate.dims() != up.dims()
+            || gate.dtype() != up.dtype()
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            gate.contiguous()?
+                .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?,
+        ))
     }
 
     struct AddResidual;
 
     impl CustomOp2 for AddResidual {
-        fn name(&self) -> &'static str {
-            "add-residual"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("add-residual is a CUDA kernel")
-        }
+        cuda_only!("add-residual", h lh, d ld);
         fn cuda_fwd(
             &self,
             sh: &CudaStorage,
@@ -667,41 +565,21 @@ mod imp {
             sd: &CudaStorage,
             ld: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = sh.device().clone();
-            let (h0, h1) = contiguous_offsets(lh, "h")?;
-            let (d0, d1) = contiguous_offsets(ld, "delta")?;
-            let n = h1 - h0;
-            let CudaStorageSlice::F32(h) = &sh.slice else {
-                candle_core::bail!("add-residual: h must be f32")
-            };
-            let h = h.slice(h0..h1);
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<f32>(n)? };
-            let n64 = n as u64;
-            macro_rules! launch {
-                ($d:expr, $name:literal) => {{
-                    let d = $d.slice(d0..d1);
-                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
-                    let mut builder = func.builder();
-                    builder.arg(&h);
-                    builder.arg(&d);
-                    builder.arg(&out);
-                    builder.arg(&n64);
-                    // SAFETY: argument types and order match the kernel's signature.
-                    unsafe { builder.launch(elementwise_config(n)) }.w()?;
-                }};
-            }
-            match &sd.slice {
-                CudaStorageSlice::F32(d) => launch!(d, "add_residual_f32"),
-                CudaStorageSlice::BF16(d) => launch!(d, "add_residual_bf16"),
-                CudaStorageSlice::F16(d) => launch!(d, "add_residual_f16"),
-                _ => candle_core::bail!("add-residual: unsupported delta dtype"),
-            }
+            let dev = sh.device();
+            let n = lh.shape().elem_count();
+            let h = view::<f32>(sh, lh, "h")?;
+            let out = output::<f32>(dev, n)?;
+            with_dtype!(sd.dtype(), |T, sfx| {
+                let d = view::<T>(sd, ld, "delta")?;
+                let f = dev.get_or_load_custom_func(&format!("add_residual_{sfx}"), MODULE, PTX)?;
+                let n64 = n as u64;
+                let mut builder = f.builder();
+                builder.arg(&h).arg(&d).arg(&out).arg(&n64);
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { builder.launch(elementwise_config(n)) }.w()?;
+            });
             Ok((
-                CudaStorage {
-                    slice: CudaStorageSlice::F32(out),
-                    device: dev,
-                },
+                CudaStorage::wrap_cuda_slice(out, dev.clone()),
                 lh.shape().clone(),
             ))
         }
@@ -711,7 +589,7 @@ mod imp {
         if !fused_enabled()
             || !h.device().is_cuda()
             || h.dtype() != DType::F32
-            || suffix(delta.dtype()).is_none()
+            || !is_kernel_dtype(delta.dtype())
             || h.dims() != delta.dims()
         {
             return Ok(None);
@@ -728,18 +606,7 @@ mod imp {
     }
 
     impl CustomOp2 for RmsNormTo {
-        fn name(&self) -> &'static str {
-            "rms-norm-to"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("rms-norm-to is a CUDA kernel")
-        }
+        cuda_only!("rms-norm-to", x lx, w lw);
         fn cuda_fwd(
             &self,
             sx: &CudaStorage,
@@ -747,46 +614,26 @@ mod imp {
             sw: &CudaStorage,
             lw: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = sx.device().clone();
-            let (x0, x1) = contiguous_offsets(lx, "x")?;
-            let (w0, w1) = contiguous_offsets(lw, "w")?;
-            let (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w)) = (&sx.slice, &sw.slice)
-            else {
-                candle_core::bail!("rms-norm-to: x and w must be f32")
-            };
-            let (x, w) = (x.slice(x0..x1), w.slice(w0..w1));
-            let cols = w1 - w0;
-            let n = x1 - x0;
-            let rows = n / cols;
+            let dev = sx.device();
+            let (x, w) = (view::<f32>(sx, lx, "x")?, view::<f32>(sw, lw, "w")?);
+            let cols = lw.shape().elem_count();
+            let n = lx.shape().elem_count();
             let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
+                grid_dim: ((n / cols) as u32, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let cols_i = cols as i32;
-            macro_rules! launch {
-                ($variant:ident, $t:ty, $name:literal) => {{
-                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
-                    // SAFETY: every element is written by the kernel.
-                    let out = unsafe { dev.alloc::<$t>(n)? };
-                    let mut builder = func.builder();
-                    builder.arg(&x);
-                    builder.arg(&w);
-                    builder.arg(&out);
-                    builder.arg(&cols_i);
-                    builder.arg(&self.eps);
-                    // SAFETY: argument types and order match the kernel's signature.
-                    unsafe { builder.launch(cfg) }.w()?;
-                    CudaStorageSlice::$variant(out)
-                }};
-            }
-            let slice = match self.dtype {
-                DType::F32 => launch!(F32, f32, "rms_norm_to_f32"),
-                DType::BF16 => launch!(BF16, half::bf16, "rms_norm_to_bf16"),
-                DType::F16 => launch!(F16, half::f16, "rms_norm_to_f16"),
-                d => candle_core::bail!("rms-norm-to: unsupported dtype {d:?}"),
-            };
-            Ok((CudaStorage { slice, device: dev }, lx.shape().clone()))
+            let cols = cols as i32;
+            let out = with_dtype!(self.dtype, |T, sfx| {
+                let out = output::<T>(dev, n)?;
+                let f = dev.get_or_load_custom_func(&format!("rms_norm_to_{sfx}"), MODULE, PTX)?;
+                let mut builder = f.builder();
+                builder.arg(&x).arg(&w).arg(&out).arg(&cols).arg(&self.eps);
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { builder.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            });
+            Ok((out, lx.shape().clone()))
         }
     }
 
@@ -796,10 +643,11 @@ mod imp {
             || !x.device().is_cuda()
             || x.dtype() != DType::F32
             || w.dtype() != DType::F32
-            || suffix(dtype).is_none()
+            || !is_kernel_dtype(dtype)
             || w.rank() != 1
+            || cols == 0
             || x.dims().last() != Some(&cols)
-            || x.elem_count() / cols.max(1) > u32::MAX as usize
+            || x.elem_count() / cols > u32::MAX as usize
         {
             return Ok(None);
         }
@@ -812,51 +660,31 @@ mod imp {
     struct ArgmaxRows;
 
     impl CustomOp1 for ArgmaxRows {
-        fn name(&self) -> &'static str {
-            "argmax-rows"
-        }
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            candle_core::bail!("argmax-rows is a CUDA kernel")
-        }
+        cuda_only!("argmax-rows", s l);
         fn cuda_fwd(
             &self,
             s: &CudaStorage,
             l: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = s.device().clone();
-            let (o0, o1) = contiguous_offsets(l, "logits")?;
+            let dev = s.device();
             let (rows, cols) = l.shape().dims2()?;
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
                 block_dim: (1024, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: every element is written by the kernel.
-            let out = unsafe { dev.alloc::<u32>(rows)? };
-            let cols_i = cols as i32;
-            macro_rules! launch {
-                ($x:expr, $name:literal) => {{
-                    let x = $x.slice(o0..o1);
-                    let func = dev.get_or_load_custom_func($name, MODULE, PTX)?;
-                    let mut builder = func.builder();
-                    builder.arg(&x);
-                    builder.arg(&out);
-                    builder.arg(&cols_i);
-                    // SAFETY: argument types and order match the kernel's signature.
-                    unsafe { builder.launch(cfg) }.w()?;
-                }};
-            }
-            match &s.slice {
-                CudaStorageSlice::F32(x) => launch!(x, "argmax_rows_f32"),
-                CudaStorageSlice::BF16(x) => launch!(x, "argmax_rows_bf16"),
-                CudaStorageSlice::F16(x) => launch!(x, "argmax_rows_f16"),
-                _ => candle_core::bail!("argmax-rows: unsupported dtype"),
-            }
+            let out = output::<u32>(dev, rows)?;
+            let cols = cols as i32;
+            with_dtype!(s.dtype(), |T, sfx| {
+                let x = view::<T>(s, l, "logits")?;
+                let f = dev.get_or_load_custom_func(&format!("argmax_rows_{sfx}"), MODULE, PTX)?;
+                let mut builder = f.builder();
+                builder.arg(&x).arg(&out).arg(&cols);
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { builder.launch(cfg) }.w()?;
+            });
             Ok((
-                CudaStorage {
-                    slice: CudaStorageSlice::U32(out),
-                    device: dev,
-                },
+                CudaStorage::wrap_cuda_slice(out, dev.clone()),
                 Shape::from(rows),
             ))
         }
@@ -865,7 +693,7 @@ mod imp {
     pub fn argmax_rows(logits: &Tensor) -> Result<Option<Tensor>> {
         if !fused_enabled()
             || !logits.device().is_cuda()
-            || suffix(logits.dtype()).is_none()
+            || !is_kernel_dtype(logits.dtype())
             || logits.rank() != 2
             || logits.dim(1)? > i32::MAX as usize
             || logits.dim(0)? > u32::MAX as usize
@@ -876,7 +704,7 @@ mod imp {
     }
 
     /// The default memory pool of the device's context (what cuMemAllocAsync draws from).
-    fn default_pool(d: &candle_core::CudaDevice) -> Result<sys::CUmemoryPool> {
+    fn default_pool(d: &CudaDevice) -> Result<sys::CUmemoryPool> {
         let ctx = d.cuda_stream().context().clone();
         ctx.bind_to_thread()
             .map_err(|e| anyhow::anyhow!("binding the CUDA context: {e:?}"))?;
@@ -922,20 +750,5 @@ mod imp {
             })?;
         }
         Ok(())
-    }
-
-    pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
-        if !fused_enabled()
-            || !gate.device().is_cuda()
-            || suffix(gate.dtype()).is_none()
-            || gate.dims() != up.dims()
-            || gate.dtype() != up.dtype()
-        {
-            return Ok(None);
-        }
-        Ok(Some(
-            gate.contiguous()?
-                .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?,
-        ))
     }
 }
