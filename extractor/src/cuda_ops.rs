@@ -173,8 +173,8 @@ mod imp {
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{
-        CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout,
-        Shape, Storage,
+        CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape,
+        Storage,
     };
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
@@ -307,8 +307,7 @@ mod imp {
             let cfg = LaunchConfig {
                 grid_dim: (self.t as u32, self.nkv as u32, self.b as u32),
                 block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: attention_shared_bytes(rep, self.hd, self.offset + self.t)
-                    as u32,
+                shared_mem_bytes: attention_shared_bytes(rep, self.hd, self.offset + self.t) as u32,
             };
             // Head dims the kernel is specialised for (loops unrolled); others read it at run time.
             let hd_variant = match self.hd {
@@ -316,11 +315,20 @@ mod imp {
                 128 => "hd128",
                 _ => "hd0",
             };
-            let ints = [self.nh, self.nkv, self.cap, self.hd, self.t, self.offset].map(|x| x as i32);
+            let ints =
+                [self.nh, self.nkv, self.cap, self.hd, self.t, self.offset].map(|x| x as i32);
             let out = with_dtype!(sq.dtype(), |T, sfx| {
-                let (q, k, v) = (view::<T>(sq, lq, "q")?, view::<T>(sk, lk, "k")?, view::<T>(sv, lv, "v")?);
+                let (q, k, v) = (
+                    view::<T>(sq, lq, "q")?,
+                    view::<T>(sk, lk, "k")?,
+                    view::<T>(sv, lv, "v")?,
+                );
                 let out = output::<T>(dev, self.b * self.t * self.nh * self.hd)?;
-                let f = dev.get_or_load_custom_func(&format!("decode_attention_{sfx}_{hd_variant}"), MODULE, PTX)?;
+                let f = dev.get_or_load_custom_func(
+                    &format!("decode_attention_{sfx}_{hd_variant}"),
+                    MODULE,
+                    PTX,
+                )?;
                 let mut builder = f.builder();
                 builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
                 for x in &ints {
@@ -422,7 +430,8 @@ mod imp {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let ints = [self.t, self.nh, self.nkv, self.hd, self.cap, self.offset].map(|x| x as i32);
+            let ints =
+                [self.t, self.nh, self.nkv, self.hd, self.cap, self.offset].map(|x| x as i32);
             let null: u64 = 0;
             let q = with_dtype!(sx.dtype(), |T, sfx| {
                 let x = view::<T>(sx, lx, "qkv")?;

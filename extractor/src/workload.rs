@@ -366,18 +366,18 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         )?;
     }
     if a.method_b {
-        method_b(
-            &model,
-            &prompts,
-            batch_b,
-            a.new_tokens,
-            &layers,
-            flop_per_token,
-            &mut checksum,
-        )?;
-        if a.compare_unfused {
-            crate::cuda_ops::set_fused(false);
-            print!("(fused kernels off) ");
+        // With --compare-unfused, the same batches again through candle's ops alone.
+        let configured = crate::cuda_ops::fused_enabled();
+        let passes: &[bool] = if a.compare_unfused {
+            &[configured, false]
+        } else {
+            &[configured]
+        };
+        for &fused in passes {
+            crate::cuda_ops::set_fused(fused);
+            if !fused {
+                print!("(fused kernels off) ");
+            }
             method_b(
                 &model,
                 &prompts,
@@ -387,8 +387,8 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
                 flop_per_token,
                 &mut checksum,
             )?;
-            crate::cuda_ops::set_fused(true);
         }
+        crate::cuda_ops::set_fused(configured);
     }
     println!("checksum {checksum:.4e} (keeps the work observable)");
     if crate::model::profile::enabled() {
