@@ -6,6 +6,8 @@
 #   bench       Method A + B (auto batch) with the fused kernels, and B again with them off
 #   bench256    Method B at batch 256 (the reference's batch)
 #   check       the kernel checks and a quarter of the workload (a quick look after a change)
+#   merge       LoRA merge time on the GPU for a 7B-shaped r = 32 adapter (.gpu/merge.xz, built by
+#               scripts/build_cuda.sh --example merge_speed)
 #   profile     per-section profile of one 720-row batch (device synchronised per section)
 #   hf          the HF transformers reference (bench/hf_reference_workload.py), same card
 #   big         Method B at batch 1440 (fused), to see whether larger batches still pay
@@ -31,6 +33,8 @@ for what in "$@"; do
   case "$what" in
     verify) "$PG" verify-fixture "$FIXTURE" --device cuda 2>&1 | tee "$OUT/verify.log" | tail -25 ;;
     bench) "$PG" bench-workload --batch-b 0 --compare-unfused 2>&1 | tee "$OUT/bench.log" ;;
+    merge) xz -dc .gpu/merge.xz > /tmp/merge_speed && chmod +x /tmp/merge_speed \
+           && /tmp/merge_speed 32 cuda 2>&1 | tee "$OUT/merge.log" ;;
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
     profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;

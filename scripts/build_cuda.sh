@@ -38,5 +38,6 @@ export LIBRARY_PATH="$STUB:$CU/lib:${LIBRARY_PATH:-}"
 export LD_LIBRARY_PATH="$CU/lib:${LD_LIBRARY_PATH:-}"
 export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I$CU/include"
 export RUSTFLAGS="-C target-cpu=x86-64-v3 -L $STUB -L $CU/lib"
-cargo build --release --locked -p extractor --features cuda
+# Extra arguments go to cargo (e.g. `--example merge_speed`).
+cargo build --release --locked -p extractor --features cuda "$@"
 echo "built $CARGO_TARGET_DIR/release/persona-geometry"

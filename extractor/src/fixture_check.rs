@@ -73,6 +73,7 @@ pub fn check_variant(
             &mut weights,
             FIXTURE_ID,
             false,
+            device,
         )?;
     }
     let model = Model::new(loaded.cfg.clone(), weights, device, dtype)?;

@@ -27,11 +27,65 @@ fn pattern_value<'a>(
 
 /// Merges the adapter in `dir` into `weights` (HF names). `model_id` is the loaded model's
 /// identity; an adapter trained on another base is refused unless `allow_base_mismatch`.
+/// W + scale·B·A in f32, each element the f32 rounding of its f64 sum (products of f32 values
+/// are exact in f64, so this is W + s·B·A to within f64 rounding), computed where the model
+/// will run. On a GPU: candle's f64 ops there (a 7B adapter in about a second). On the CPU:
+/// rows split across threads, each row computed alone, so the result does not depend on the
+/// thread count (candle's single-threaded f64 elementwise ops took 156 s per r = 32 adapter of a
+/// 7B model on 2 cores, this loop 96 s: `cargo run --release -p extractor --example
+/// merge_speed`).
+fn merged_weight(
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    if !device.is_cpu() {
+        let f64_on =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(DType::F64)?) };
+        let delta = (f64_on(b)?.matmul(&f64_on(a)?)? * scale)?;
+        return Ok((f64_on(w)? + delta)?.to_dtype(DType::F32)?);
+    }
+    let (out, inp) = w.dims2()?;
+    let r = a.dim(0)?;
+    let flat = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let (wv, av, bv) = (flat(w)?, flat(a)?, flat(b)?);
+    const ROWS: usize = 64;
+    let chunks = shared::parallel::par_map(out.div_ceil(ROWS), |chunk| {
+        let rows = chunk * ROWS..((chunk + 1) * ROWS).min(out);
+        let mut merged = Vec::with_capacity(rows.len() * inp);
+        let mut delta = vec![0f64; inp];
+        for o in rows {
+            delta.fill(0.0);
+            for k in 0..r {
+                let bk = bv[o * r + k] as f64;
+                for (d, &x) in delta.iter_mut().zip(&av[k * inp..(k + 1) * inp]) {
+                    *d += bk * x as f64;
+                }
+            }
+            merged.extend(
+                wv[o * inp..(o + 1) * inp]
+                    .iter()
+                    .zip(&delta)
+                    .map(|(&x, &d)| (x as f64 + scale * d) as f32),
+            );
+        }
+        merged
+    });
+    Ok(Tensor::from_vec(chunks.concat(), (out, inp), &Device::Cpu)?)
+}
+
+/// Merges the PEFT LoRA adapter in `dir` into `weights`, computing on `device` (the device the
+/// model will run on; merged weights stay there, in f32).
 pub fn merge_adapter(
     dir: &Path,
     weights: &mut HashMap<String, Tensor>,
     model_id: &str,
     allow_base_mismatch: bool,
+    device: &Device,
 ) -> Result<AdapterReport> {
     let cfg_path = dir.join("adapter_config.json");
     let cfg: serde_json::Value = serde_json::from_str(
@@ -159,10 +213,7 @@ pub fn merge_adapter(
         let scale = if rslora { alpha / r.sqrt() } else { alpha / r };
         // Kept in f32: rounding the merged weight back to a bf16 checkpoint's dtype would lose
         // most of a small adapter's delta (the model is cast to the compute dtype later).
-        // The sum is formed in f64 so the merged weight is the correctly rounded f32 of W + s·B·A.
-        let delta = (b.to_dtype(DType::F64)?.matmul(&a.to_dtype(DType::F64)?)? * scale)?;
-        let new_w = (w.to_dtype(DType::F64)? + delta)?.to_dtype(DType::F32)?;
-        weights.insert(target, new_w);
+        weights.insert(target, merged_weight(w, &a, &b, scale, device)?);
         merged += 1;
     }
     if merged == 0 {

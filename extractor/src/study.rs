@@ -512,8 +512,14 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
         let mut weights = loaded.weights.clone();
         let mut prov: Vec<(String, String)> = Vec::new();
         if let Some(a) = &cspec.adapter {
-            let rep = merge_adapter(a, &mut weights, &st.model.id, cspec.allow_base_mismatch)
-                .with_context(|| format!("checkpoint `{}`", cspec.name))?;
+            let rep = merge_adapter(
+                a,
+                &mut weights,
+                &st.model.id,
+                cspec.allow_base_mismatch,
+                &device,
+            )
+            .with_context(|| format!("checkpoint `{}`", cspec.name))?;
             prov.extend(rep.provenance);
         }
         let mut model = Model::new(loaded.cfg.clone(), weights, &device, dtype)?;

@@ -120,6 +120,7 @@ fn adapter_for_another_base_is_refused_unless_overridden() {
         &mut w,
         FIXTURE_ID,
         false,
+        &Device::Cpu,
     )
     .err()
     .expect("must be refused")
@@ -133,6 +134,7 @@ fn adapter_for_another_base_is_refused_unless_overridden() {
         &mut w,
         FIXTURE_ID,
         true,
+        &Device::Cpu,
     )
     .unwrap();
     assert!(rep

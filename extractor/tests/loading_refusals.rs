@@ -114,10 +114,16 @@ fn adapter_with(name: &str, key: &str, value: serde_json::Value) -> PathBuf {
 fn refusal(dir: &Path) -> String {
     let m = load_hf_dir(&fixture().join("model")).unwrap();
     let mut w = m.weights.clone();
-    merge_adapter(dir, &mut w, "persona-fixture/tiny-qwen2", false)
-        .err()
-        .expect("must be refused")
-        .to_string()
+    merge_adapter(
+        dir,
+        &mut w,
+        "persona-fixture/tiny-qwen2",
+        false,
+        &candle_core::Device::Cpu,
+    )
+    .err()
+    .expect("must be refused")
+    .to_string()
 }
 
 #[test]
