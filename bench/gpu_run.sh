@@ -39,7 +39,7 @@ for what in "$@"; do
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
     profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;
     big) timeout 240 "$PG" bench-workload --methods b --batch-b 1440 2>&1 | tee "$OUT/big.log" ;;
-    ncu) ncu --clock-control none -k regex:decode_attention --launch-skip 300 --launch-count 1 \
+    ncu) ncu --clock-control none -k regex:cached_attention --launch-skip 300 --launch-count 1 \
            --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
            --section Occupancy --section LaunchStats --section SchedulerStats \
            "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 40 2>&1 \

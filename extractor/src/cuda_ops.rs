@@ -227,6 +227,22 @@ mod imp {
         };
     }
 
+    /// The PTX entry of the attention kernel for a dtype suffix and head dimension (64 and 128
+    /// have loops unrolled at compile time; others read the head dimension at run time).
+    fn attention_kernel(sfx: &str, hd: usize) -> String {
+        let variant = match hd {
+            64 => "hd64",
+            128 => "hd128",
+            _ => "hd0",
+        };
+        format!("cached_attention_{sfx}_{variant}")
+    }
+
+    /// The PTX entry of one of the other kernels (`qkv_rope`, `silu_mul`, ...) for a suffix.
+    fn kernel_name(op: &str, sfx: &str) -> String {
+        format!("{op}_{sfx}")
+    }
+
     fn is_kernel_dtype(dtype: DType) -> bool {
         matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
     }
@@ -309,12 +325,6 @@ mod imp {
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: attention_shared_bytes(rep, self.hd, self.offset + self.t) as u32,
             };
-            // Head dims the kernel is specialised for (loops unrolled); others read it at run time.
-            let hd_variant = match self.hd {
-                64 => "hd64",
-                128 => "hd128",
-                _ => "hd0",
-            };
             let ints =
                 [self.nh, self.nkv, self.cap, self.hd, self.t, self.offset].map(|x| x as i32);
             let out = with_dtype!(sq.dtype(), |T, sfx| {
@@ -324,11 +334,8 @@ mod imp {
                     view::<T>(sv, lv, "v")?,
                 );
                 let out = output::<T>(dev, self.b * self.t * self.nh * self.hd)?;
-                let f = dev.get_or_load_custom_func(
-                    &format!("decode_attention_{sfx}_{hd_variant}"),
-                    MODULE,
-                    PTX,
-                )?;
+                let f =
+                    dev.get_or_load_custom_func(&attention_kernel(sfx, self.hd), MODULE, PTX)?;
                 let mut builder = f.builder();
                 builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
                 for x in &ints {
@@ -443,7 +450,7 @@ mod imp {
                     None => None,
                 };
                 let q = output::<T>(dev, self.b * self.nh * self.t * self.hd)?;
-                let f = dev.get_or_load_custom_func(&format!("qkv_rope_{sfx}"), MODULE, PTX)?;
+                let f = dev.get_or_load_custom_func(&kernel_name("qkv_rope", sfx), MODULE, PTX)?;
                 let mut builder = f.builder();
                 builder.arg(&x);
                 match &bias {
@@ -535,7 +542,7 @@ mod imp {
             let out = with_dtype!(sg.dtype(), |T, sfx| {
                 let (g, u) = (view::<T>(sg, lg, "gate")?, view::<T>(su, lu, "up")?);
                 let out = output::<T>(dev, n)?;
-                let f = dev.get_or_load_custom_func(&format!("silu_mul_{sfx}"), MODULE, PTX)?;
+                let f = dev.get_or_load_custom_func(&kernel_name("silu_mul", sfx), MODULE, PTX)?;
                 let n64 = n as u64;
                 let mut builder = f.builder();
                 builder.arg(&g).arg(&u).arg(&out).arg(&n64);
@@ -580,7 +587,8 @@ mod imp {
             let out = output::<f32>(dev, n)?;
             with_dtype!(sd.dtype(), |T, sfx| {
                 let d = view::<T>(sd, ld, "delta")?;
-                let f = dev.get_or_load_custom_func(&format!("add_residual_{sfx}"), MODULE, PTX)?;
+                let f =
+                    dev.get_or_load_custom_func(&kernel_name("add_residual", sfx), MODULE, PTX)?;
                 let n64 = n as u64;
                 let mut builder = f.builder();
                 builder.arg(&h).arg(&d).arg(&out).arg(&n64);
@@ -635,7 +643,8 @@ mod imp {
             let cols = cols as i32;
             let out = with_dtype!(self.dtype, |T, sfx| {
                 let out = output::<T>(dev, n)?;
-                let f = dev.get_or_load_custom_func(&format!("rms_norm_to_{sfx}"), MODULE, PTX)?;
+                let f =
+                    dev.get_or_load_custom_func(&kernel_name("rms_norm_to", sfx), MODULE, PTX)?;
                 let mut builder = f.builder();
                 builder.arg(&x).arg(&w).arg(&out).arg(&cols).arg(&self.eps);
                 // SAFETY: argument types and order match the kernel's signature.
@@ -686,7 +695,8 @@ mod imp {
             let cols = cols as i32;
             with_dtype!(s.dtype(), |T, sfx| {
                 let x = view::<T>(s, l, "logits")?;
-                let f = dev.get_or_load_custom_func(&format!("argmax_rows_{sfx}"), MODULE, PTX)?;
+                let f =
+                    dev.get_or_load_custom_func(&kernel_name("argmax_rows", sfx), MODULE, PTX)?;
                 let mut builder = f.builder();
                 builder.arg(&x).arg(&out).arg(&cols);
                 // SAFETY: argument types and order match the kernel's signature.
@@ -759,5 +769,35 @@ mod imp {
             })?;
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_kernel_the_launches_name_is_in_the_ptx() {
+            for sfx in ["f32", "bf16", "f16"] {
+                let mut names: Vec<String> = [12, 64, 128]
+                    .iter()
+                    .map(|&hd| attention_kernel(sfx, hd))
+                    .collect();
+                for op in [
+                    "qkv_rope",
+                    "silu_mul",
+                    "add_residual",
+                    "rms_norm_to",
+                    "argmax_rows",
+                ] {
+                    names.push(kernel_name(op, sfx));
+                }
+                for n in names {
+                    assert!(
+                        PTX.contains(&format!(".entry {n}(")),
+                        "{n} is not in decode.ptx"
+                    );
+                }
+            }
+        }
     }
 }

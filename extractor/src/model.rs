@@ -236,12 +236,9 @@ pub struct DecodeTables {
 /// How a pass through the blocks attends.
 enum Attend<'a> {
     /// A prefill over the cache's filled part: the fused CUDA kernel where it applies (given
-    /// each row's first real key, when padding is a prefix), else the additive mask
-    /// [b, 1, t, keys].
-    Masked {
-        mask: &'a Tensor,
-        first_key: Option<&'a Tensor>,
-    },
+    /// each row's first real key, when padding is a prefix), else candle's ops with the mask of
+    /// `prefill_mask`, built only then.
+    Prefill { first_key: Option<&'a Tensor> },
     /// Decoding step `step` over the whole preallocated K/V buffers: the fused CUDA kernel
     /// where it applies, else the mask `key_mask + future[step]` (unused slots are zeros).
     Decode {
@@ -438,23 +435,6 @@ impl Model {
             cache.key_valid[i].extend_from_slice(&valid[i]);
         }
         let (cos, sin) = self.rope_tables(&positions)?;
-        let total = cache.key_valid[0].len();
-        let past = total - t;
-        // Additive mask [B, 1, t, total]: causal, padded keys masked (a padded query may see
-        // itself so that its softmax stays finite; its output is never used).
-        let mut mask = vec![0f32; b * t * total];
-        for i in 0..b {
-            for qi in 0..t {
-                for kj in 0..total {
-                    let causal = kj <= past + qi;
-                    let ok = causal && (cache.key_valid[i][kj] || kj == past + qi);
-                    if !ok {
-                        mask[(i * t + qi) * total + kj] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
-        let mask = Tensor::from_vec(mask, (b, 1, t, total), &self.device)?;
         let first_key = self.first_keys(cache)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
@@ -464,8 +444,7 @@ impl Model {
             t,
             &cos,
             &sin,
-            &Attend::Masked {
-                mask: &mask,
+            &Attend::Prefill {
                 first_key: first_key.as_ref(),
             },
             cache,
@@ -516,20 +495,20 @@ impl Model {
             }
             Ok(())
         };
-        // The decoding fallback's mask, built once per step if some layer needs it.
-        let mut decode_mask: Option<Tensor> = None;
+        // The unfused attention's mask, built once per pass if some layer needs it.
+        let mut fallback_mask: Option<Tensor> = None;
+        let offset = cache.len;
+        if offset + t > cache.capacity {
+            bail!(
+                "KV cache of {} positions is too small for {offset} + {t}",
+                cache.capacity
+            );
+        }
         lap("embed")?;
         for (l, layer) in self.layers.iter().enumerate() {
             let x = self.rms_norm(&h, &layer.ln1)?;
             lap("norm")?;
             let qkv = linear(&x, &layer.qkv)?;
-            let offset = cache.len;
-            if offset + t > cache.capacity {
-                bail!(
-                    "KV cache of {} positions is too small for {offset} + {t}",
-                    cache.capacity
-                );
-            }
             let fused = crate::cuda_ops::qkv_rope_append(
                 &qkv,
                 layer.qkv_b.as_ref(),
@@ -565,10 +544,9 @@ impl Model {
                 }
             };
             lap("qkv + rope + kv append")?;
-            // The fused kernel reads the whole buffers; candle's ops the filled part (decoding:
-            // the whole buffers, unused slots masked).
+            // The fused kernel reads the whole buffers and needs each row's first key.
             let (first_key, fused_offset) = match attend {
-                Attend::Masked { first_key, .. } => (*first_key, offset),
+                Attend::Prefill { first_key } => (*first_key, offset),
                 Attend::Decode { tables, step } => (Some(&tables.first_key), tables.prompt + step),
             };
             let fused = match first_key {
@@ -582,21 +560,26 @@ impl Model {
                 )?,
                 None => None,
             };
-            let y = match (fused, attend) {
-                (Some(y), _) => y,
-                (None, Attend::Masked { mask, .. }) => self.masked_attention(
-                    &q,
-                    &cache.k[l].narrow(2, 0, offset + t)?,
-                    &cache.v[l].narrow(2, 0, offset + t)?,
-                    mask,
-                )?,
-                (None, Attend::Decode { tables, step }) => {
-                    if decode_mask.is_none() {
-                        decode_mask =
-                            Some(tables.key_mask.broadcast_add(&tables.future.get(*step)?)?);
+            let y = match fused {
+                Some(y) => y,
+                None => {
+                    if fallback_mask.is_none() {
+                        fallback_mask = Some(match attend {
+                            Attend::Prefill { .. } => self.prefill_mask(cache, t)?,
+                            Attend::Decode { tables, step } => {
+                                tables.key_mask.broadcast_add(&tables.future.get(*step)?)?
+                            }
+                        });
                     }
-                    let mask = decode_mask.as_ref().context("decoding mask")?;
-                    self.masked_attention(&q, &cache.k[l], &cache.v[l], mask)?
+                    let mask = fallback_mask.as_ref().context("attention mask")?;
+                    // Decoding: the whole buffers (unused slots masked); prefill: the filled part.
+                    let keys = if decoding { cache.capacity } else { offset + t };
+                    self.masked_attention(
+                        &q,
+                        &cache.k[l].narrow(2, 0, keys)?,
+                        &cache.v[l].narrow(2, 0, keys)?,
+                        mask,
+                    )?
                 }
             };
             lap("attention")?;
@@ -683,6 +666,26 @@ impl Model {
             profile::add("lm head + argmax", clock.elapsed().as_secs_f64());
         }
         Ok(next)
+    }
+
+    /// The unfused prefill's additive mask [b, 1, t, keys] for the last `t` cached positions:
+    /// causal, padded keys masked (a padded query may see itself so that its softmax stays
+    /// finite; its output is never used).
+    fn prefill_mask(&self, cache: &KvCache, t: usize) -> Result<Tensor> {
+        let b = cache.key_valid.len();
+        let total = cache.key_valid.first().map_or(0, |k| k.len());
+        let past = total - t;
+        let mut mask = vec![0f32; b * t * total];
+        for (i, valid) in cache.key_valid.iter().enumerate() {
+            for qi in 0..t {
+                for (kj, &v) in valid.iter().enumerate() {
+                    if !(kj <= past + qi && (v || kj == past + qi)) {
+                        mask[(i * t + qi) * total + kj] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(mask, (b, 1, t, total), &self.device)?)
     }
 
     /// Each row's first real key [b] u32 on the device, when every row's padding is a prefix

@@ -1,13 +1,11 @@
-// Fused CUDA kernels for the decoding loop (built to PTX by extractor/build.rs with the `cuda`
-// feature; loaded by src/cuda_ops.rs).
+// Fused CUDA kernels for the forward passes (built to PTX by extractor/build.rs with the `cuda`
+// feature; loaded by src/cuda_ops.rs, which says what each replaces).
 //
-// decode_attention_*: one decoding step of grouped-query attention over the preallocated K/V
-//   buffers, for one (batch row, KV head) per block: scores of the KV head's `rep` query heads
-//   in f32, softmax in f32, P·V in f32, one rounding to the output type. Replaces candle's
-//   ~8 kernels per layer (two batched matmuls with 7-row tiles, scale, casts, mask add,
-//   softmax) and reads each K/V row once.
-// silu_mul_*: silu(gate) · up in one pass, rounded like PyTorch's two ops (silu rounded to the
-//   storage type, then the product rounded).
+// cached_attention_*: grouped-query attention of t new positions over the K/V cache buffers
+//   (decoding: t = 1; prefill: the chunk), one (position, KV head, row) per block: scores of the
+//   KV head's `rep` query heads, softmax and P·V in f32, one rounding to the output type; each
+//   K/V row is read once for all of the KV head's query heads.
+// qkv_rope_*, silu_mul_*, add_residual_*, rms_norm_to_*, argmax_rows_*: see each kernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -100,7 +98,7 @@ __device__ __forceinline__ void load4(const __half* p, float* f) {
 // partial outputs [groups][rep][hd].
 #define REP4 8
 template <typename T, int HD>
-__device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ k,
+__device__ void cached_attention(const T* __restrict__ q, const T* __restrict__ k,
                                  const T* __restrict__ v, const uint32_t* __restrict__ first_key,
                                  T* __restrict__ out, int nh, int nkv, int cap, int hd_arg, int t,
                                  int offset, float scale) {
@@ -371,10 +369,10 @@ __device__ void argmax_rows(const T* __restrict__ logits, uint32_t* __restrict__
 
 #define DEFINE_ATTENTION(NAME, T, HD)                                                          \
   extern "C" __global__ void __launch_bounds__(128)                                           \
-      decode_attention_##NAME##_hd##HD(const T* q, const T* k, const T* v,                    \
+      cached_attention_##NAME##_hd##HD(const T* q, const T* k, const T* v,                    \
                                        const uint32_t* first_key, T* out, int nh, int nkv,    \
                                        int cap, int hd, int t, int offset, float scale) {     \
-    decode_attention<T, HD>(q, k, v, first_key, out, nh, nkv, cap, hd, t, offset, scale);    \
+    cached_attention<T, HD>(q, k, v, first_key, out, nh, nkv, cap, hd, t, offset, scale);    \
   }
 #define DEFINE(NAME, T)                                                                        \
   DEFINE_ATTENTION(NAME, T, 0)                                                                 \
