@@ -92,26 +92,6 @@ pub fn batch_for_memory(
     (budget / per_row.max(1)).clamp(1, MAX_AUTO_BATCH)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_batch_for_qwen25_7b_on_an_h100_sized_card() {
-        let cfg = crate::workload::qwen25_7b();
-        // 80 GB card with 15.2 GB of bf16 weights loaded: ~64 GB free.
-        let b = batch_for_memory(&cfg, 2, 64 << 30, 110, 200);
-        // KV: 28 x 2 x 4 x 128 x 310 x 2 B = 17.8 MB per row; prefill transients ~30 MB.
-        assert_eq!(b, MAX_AUTO_BATCH, "64 GB fit ~1,200 rows; capped");
-        // A 24 GB card fits ~400 rows; longer prompts (the ~400-token confab persona) get
-        // smaller batches; nothing fits in 2 GiB.
-        let small = batch_for_memory(&cfg, 2, 24 << 30, 110, 200);
-        assert!((300..500).contains(&small), "{small}");
-        assert!(batch_for_memory(&cfg, 2, 24 << 30, 420, 200) < small / 2);
-        assert_eq!(batch_for_memory(&cfg, 2, 2 << 30, 110, 200), 1);
-    }
-}
-
 /// Left-pads prompts to `maxlen` (pad id 0, marked invalid): the last prompt token of every row
 /// sits in the last column.
 pub fn left_pad(prompts: &[Vec<u32>], maxlen: usize) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
@@ -299,4 +279,24 @@ pub fn run_batch_with(
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_batch_for_qwen25_7b_on_an_h100_sized_card() {
+        let cfg = crate::workload::qwen25_7b();
+        // 80 GB card with 15.2 GB of bf16 weights loaded: ~64 GB free.
+        let b = batch_for_memory(&cfg, 2, 64 << 30, 110, 200);
+        // KV: 28 x 2 x 4 x 128 x 310 x 2 B = 17.8 MB per row; prefill transients ~30 MB.
+        assert_eq!(b, MAX_AUTO_BATCH, "64 GB fit ~1,200 rows; capped");
+        // A 24 GB card fits ~400 rows; longer prompts (the ~400-token confab persona) get
+        // smaller batches; nothing fits in 2 GiB.
+        let small = batch_for_memory(&cfg, 2, 24 << 30, 110, 200);
+        assert!((300..500).contains(&small), "{small}");
+        assert!(batch_for_memory(&cfg, 2, 24 << 30, 420, 200) < small / 2);
+        assert_eq!(batch_for_memory(&cfg, 2, 2 << 30, 110, 200), 1);
+    }
 }
