@@ -2,16 +2,35 @@
 //! corrections, the benign-vs-EM sensitivity rows and the pre-registered verdict.
 
 use crate::bundle::{Bundle, Method, Role};
-use crate::coords::{bundle_coords, CoordsError, MethodLayerCoords};
+use crate::coords::{bundle_coords, CoordsError, CoordsMode, MethodLayerCoords};
 use crate::geometry::{
-    cosine_matrix, mean_rows, Centre, PairGeometry, PairGeometryResult, GEOMETRY_METRICS,
+    bootstrap_cell, bootstrap_weights, gram_of_rows, PairGeometry, PairGeometryResult, Stats,
+    GEOMETRY_METRICS, N_GEOMETRY, TIE_REL_TOL,
 };
 use crate::lda::{per_question_scores, Lda, PairedScores, Samples};
 use crate::stats::{
     basic_bootstrap_interval, bh_adjust, holm_adjust, p_floor, permutation_p_greater,
-    permutation_p_two_sided,
+    permutation_p_less, permutation_p_two_sided,
 };
 use serde::{Deserialize, Serialize};
+
+/// The analysis defaults: one home for the CLI's arguments and the page.
+pub mod defaults {
+    pub const PERMUTATIONS: usize = 10_000;
+    pub const M3_LABEL_PERMUTATIONS: usize = 500;
+    pub const BOOTSTRAP: usize = 1_000;
+    pub const SEED: u64 = 0;
+    /// Residual principal components of M3's features (and of a compact bundle's basis).
+    pub const COMPONENTS: usize = 256;
+    pub const FOLDS: usize = 5;
+    pub const ALPHA: f64 = 0.01;
+    pub const THRESHOLDS: [f64; 3] = [1.5, 2.0, 3.0];
+    pub const PRIMARY_THRESHOLD: f64 = 2.0;
+    pub const KILL_P: f64 = 0.5;
+    /// Equivalence margin of the kill rule's second form: every 95% CI inside ±δ.
+    pub const EQUIVALENCE_DELTA: f64 = 0.01;
+    pub const AXIS_PERSONA: &str = "assistant";
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct AnalysisConfig {
@@ -20,7 +39,8 @@ pub struct AnalysisConfig {
     pub m3_label_permutations: usize,
     pub bootstrap: usize,
     pub seed: u64,
-    /// Residual principal components of the analysis basis (see `coords`).
+    /// Residual principal components of M3's features (full bundles; compact bundles carry
+    /// their own). M1/M2 always use every dimension of a full bundle.
     pub components: usize,
     pub folds: usize,
     /// Significance level on BH-adjusted p-values for the verdict.
@@ -28,28 +48,36 @@ pub struct AnalysisConfig {
     /// EM/benign ratio thresholds of the sensitivity rows.
     pub thresholds: Vec<f64>,
     pub primary_threshold: f64,
-    /// A metric supports success at >= this many layers (default: 3 of 5, i.e. ceil(0.6 L)).
+    /// A metric supports success at >= this many layers (default: a majority, floor(L/2)+1).
     pub min_layers: Option<usize>,
-    /// Kill rule: every family p-value above this.
+    /// Kill rule (plan): every family p-value above this.
     pub kill_p: f64,
+    /// Kill rule (equivalence): every 95% CI inside ±this.
+    #[serde(default = "default_equivalence_delta")]
+    pub equivalence_delta: f64,
     pub axis_persona: String,
+}
+
+fn default_equivalence_delta() -> f64 {
+    defaults::EQUIVALENCE_DELTA
 }
 
 impl Default for AnalysisConfig {
     fn default() -> Self {
         AnalysisConfig {
-            permutations: 10_000,
-            m3_label_permutations: 500,
-            bootstrap: 1_000,
-            seed: 0,
-            components: 256,
-            folds: 5,
-            alpha: 0.01,
-            thresholds: vec![1.5, 2.0, 3.0],
-            primary_threshold: 2.0,
+            permutations: defaults::PERMUTATIONS,
+            m3_label_permutations: defaults::M3_LABEL_PERMUTATIONS,
+            bootstrap: defaults::BOOTSTRAP,
+            seed: defaults::SEED,
+            components: defaults::COMPONENTS,
+            folds: defaults::FOLDS,
+            alpha: defaults::ALPHA,
+            thresholds: defaults::THRESHOLDS.to_vec(),
+            primary_threshold: defaults::PRIMARY_THRESHOLD,
             min_layers: None,
-            kill_p: 0.5,
-            axis_persona: "assistant".into(),
+            kill_p: defaults::KILL_P,
+            equivalence_delta: defaults::EQUIVALENCE_DELTA,
+            axis_persona: defaults::AXIS_PERSONA.into(),
         }
     }
 }
@@ -80,23 +108,34 @@ pub struct Comparison {
     pub post: usize,
 }
 
-/// Metric names of the rows. The first five form the corrected families; the PC1 axis is a
-/// robustness check reported with its raw p-value.
+/// Metric names of the rows. The family metrics form the corrected families (one family per
+/// compared pair of checkpoints); M1_centred (within-checkpoint centring, for comparison with
+/// #205) and the PC1 axis are reported with their raw p-values.
 pub const FAMILY_METRICS: [&str; 5] = [
     "M1_raw",
-    "M1_centred",
+    "M1_separation",
     "M2_em_axis",
     "M3_accuracy",
     "M3_log_posterior",
 ];
-pub const ALL_METRICS: [&str; 6] = [
+pub const ALL_METRICS: [&str; 7] = [
     "M1_raw",
     "M1_centred",
+    "M1_separation",
     "M2_em_axis",
     "M2_pc1_axis",
     "M3_accuracy",
     "M3_log_posterior",
 ];
+
+/// The direction EM is hypothesised to move a metric: +1 up (M1 raw/centred, M2), −1 down
+/// (M1_separation: compression; M3: separability loss).
+pub fn direction(metric: &str) -> f64 {
+    match metric {
+        "M1_separation" | "M3_accuracy" | "M3_log_posterior" => -1.0,
+        _ => 1.0,
+    }
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Row {
@@ -110,7 +149,11 @@ pub struct Row {
     pub post_value: f64,
     pub delta: f64,
     pub ci95: Option<[f64; 2]>,
+    /// The pre-registered test's p: two-sided for M1, one-sided in the hypothesised direction
+    /// for M2 (up) and M3 (down).
     pub p: f64,
+    #[serde(default)]
+    pub p_two_sided: f64,
     pub p_bh: Option<f64>,
     pub p_holm: Option<f64>,
     pub n_permutations: usize,
@@ -119,6 +162,9 @@ pub struct Row {
     pub n_bootstrap: usize,
     pub seed: u64,
     pub test: String,
+    /// False where the draws were made on a compact bundle's truncated coordinates.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -126,7 +172,7 @@ pub struct CheckpointView {
     pub checkpoint: String,
     pub method: Method,
     pub layer: u32,
-    /// personas x personas, row-major.
+    /// personas x personas, row-major; centred = within-checkpoint centring.
     pub cos_raw: Vec<f64>,
     pub cos_centred: Vec<f64>,
     pub norms: Vec<f64>,
@@ -141,6 +187,14 @@ pub struct CheckpointView {
     /// Label-permutation null means (chance level under this data).
     pub m3_null_mean_accuracy: f64,
     pub m3_null_mean_log_posterior: f64,
+    /// N_effective after the paired empty-response filter: valid (persona, question) cells, the
+    /// fewest valid questions of any persona, and the cells this checkpoint lost to the filter.
+    #[serde(default)]
+    pub n_effective: usize,
+    #[serde(default)]
+    pub n_effective_min_questions: usize,
+    #[serde(default)]
+    pub n_dropped_paired: usize,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -159,12 +213,17 @@ pub struct BasisView {
     pub layer: u32,
     pub dim: usize,
     pub k: usize,
+    /// Within-persona variance kept by the LDA components (compact: by the stored components).
     pub residual_variance_retained: f64,
+    /// True when M1/M2 draws are full-dimensional (full bundle).
+    #[serde(default)]
+    pub exact: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SensitivityRow {
     pub em: String,
+    /// The least favourable benign checkpoint (largest |Δ_benign|).
     pub benign: String,
     pub method: Method,
     pub layer: u32,
@@ -172,8 +231,17 @@ pub struct SensitivityRow {
     pub delta_em: f64,
     pub delta_benign: f64,
     pub ratio: f64,
+    /// Basic bootstrap CI of Δ_EM/Δ_benign, paired (the same question resamples for both).
+    #[serde(default)]
+    pub ratio_ci95: Option<[f64; 2]>,
     pub p_bh_em: f64,
     pub p_holm_em: f64,
+    /// The direct EM-vs-benign test (BH within its family), least favourable over benigns.
+    #[serde(default)]
+    pub p_bh_em_vs_benign: f64,
+    /// Δ_EM in the hypothesised direction.
+    #[serde(default)]
+    pub direction_ok: bool,
     /// (criterion, passes): "1.5x", "2x", "3x", ..., "p-only".
     pub passes: Vec<(String, bool)>,
 }
@@ -182,10 +250,28 @@ pub struct SensitivityRow {
 pub struct Verdict {
     pub em: String,
     pub criterion: String,
+    /// success | kill | inconclusive | not evaluable
     pub verdict: String,
     /// Metrics meeting the success rule, with the layers where both methods agree.
     pub supporting: Vec<(String, Vec<u32>)>,
     pub explanation: String,
+    /// The plan's kill rule (every p > kill_p) and its equivalence form (every CI inside ±δ).
+    #[serde(default)]
+    pub kill_plan: bool,
+    #[serde(default)]
+    pub kill_equivalence: bool,
+}
+
+/// Paired bootstrap draws of (Δ_EM, Δ_benign) for one sensitivity cell (kept in memory for the
+/// page's instant threshold changes; not written to report.json).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RatioDraws {
+    pub em: String,
+    pub benign: String,
+    pub method: Method,
+    pub layer: u32,
+    pub metric: String,
+    pub draws: Vec<[f64; 2]>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -206,6 +292,11 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub sensitivity: Vec<SensitivityRow>,
     pub verdicts: Vec<Verdict>,
+    /// Things a reader must know (p floors that cannot pass Holm, approximate draws).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub ratio_draws: Vec<RatioDraws>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +332,8 @@ pub fn comparisons(bundle: &Bundle) -> Result<Vec<Comparison>, AnalysisError> {
             post: ck,
         });
     }
-    if let Some(&benign) = bundle.checkpoint_by_role(&Role::Benign).first() {
+    // Every benign checkpoint counts: EM vs each benign.
+    for benign in bundle.checkpoint_by_role(&Role::Benign) {
         for em in bundle.checkpoint_by_role(&Role::Em) {
             out.push(Comparison {
                 family: Family::EmVsBenign,
@@ -268,13 +360,8 @@ pub enum Task {
         start: usize,
         end: usize,
     },
-    /// Question bootstrap of the geometry deltas, draws `start..end`.
-    GeometryBootstrap {
-        ml: usize,
-        comparison: usize,
-        start: usize,
-        end: usize,
-    },
+    /// Question bootstrap of every comparison's geometry deltas, draws `start..end`.
+    GeometryBootstrap { ml: usize, start: usize, end: usize },
     /// Held-out LDA of one checkpoint with its true labels.
     LdaObserved { ml: usize, checkpoint: usize },
     /// LDA under within-question label permutations `start..end` (M3 above chance).
@@ -300,8 +387,9 @@ impl Task {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum TaskOutput {
-    GeometryNull(Vec<[f64; 4]>),
-    GeometryBootstrap(Vec<Option<[f64; 4]>>),
+    GeometryNull(Vec<Stats>),
+    /// Per draw, per comparison.
+    GeometryBootstrap(Vec<Vec<Option<Stats>>>),
     LdaObserved(crate::lda::Evaluation),
     LdaLabelNull(Vec<[f64; 2]>),
 }
@@ -311,7 +399,9 @@ pub enum TaskOutput {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CellResult {
     pub geometry: Vec<PairGeometryResult>,
-    pub geometry_null: Vec<Vec<[f64; 4]>>,
+    pub geometry_null: Vec<Vec<Stats>>,
+    /// Per comparison, per bootstrap draw (the same question resample across comparisons).
+    pub geometry_boot: Vec<Vec<Option<Stats>>>,
     pub lda: Vec<crate::lda::Evaluation>,
     pub lda_null: Vec<Vec<[f64; 2]>>,
     /// Per comparison: the paired M3 test (computed once here, not per report).
@@ -361,7 +451,13 @@ impl Plan {
             })?;
         let comps = comparisons(bundle)?;
         let base = comps.first().map(|c| c.pre).unwrap_or(0);
-        let coords = bundle_coords(bundle, cfg.components, cfg.seed)?;
+        let coords = bundle_coords(
+            bundle,
+            CoordsMode::Exact {
+                lda_components: cfg.components,
+            },
+            cfg.seed,
+        )?;
         Ok(Plan {
             cfg: cfg.clone(),
             coords,
@@ -402,27 +498,16 @@ impl Plan {
                     end,
                 });
             }
-            for (start, end) in ranges(self.cfg.bootstrap) {
-                out.push(Task::GeometryBootstrap {
-                    ml,
-                    comparison,
-                    start,
-                    end,
-                });
-            }
+        }
+        for (start, end) in ranges(self.cfg.bootstrap) {
+            out.push(Task::GeometryBootstrap { ml, start, end });
         }
         out
     }
 
     fn pair_geometry(&self, ml: usize, ci: usize) -> PairGeometry<'_> {
-        let c = &self.coords[ml];
         let cmp = &self.comparisons[ci];
-        let centre = if cmp.pre == self.base {
-            Centre::FromPre
-        } else {
-            Centre::Fixed(mean_rows(&c.centroids[self.base], c.n_personas, c.dim))
-        };
-        PairGeometry::new(c, cmp.pre, cmp.post, self.axis, centre, self.cfg.seed)
+        PairGeometry::new(&self.coords[ml], cmp.pre, cmp.post, self.axis, self.cfg.seed)
     }
 
     fn lda(&self, ml: usize, ck: usize) -> std::sync::Arc<Lda> {
@@ -445,6 +530,12 @@ impl Plan {
         format!("m3-labels/{}/L{}", c.method.name(), c.layer)
     }
 
+    /// The bootstrap stream label of a (method, layer): shared by every comparison and by M3.
+    fn bootstrap_label(&self, ml: usize) -> String {
+        let c = &self.coords[ml];
+        format!("{}/L{}", c.method.name(), c.layer)
+    }
+
     pub fn run_task(&self, task: &Task) -> TaskOutput {
         match *task {
             Task::GeometryNull {
@@ -455,15 +546,17 @@ impl Plan {
             } => {
                 TaskOutput::GeometryNull(self.pair_geometry(ml, comparison).null_deltas(start..end))
             }
-            Task::GeometryBootstrap {
-                ml,
-                comparison,
-                start,
-                end,
-            } => TaskOutput::GeometryBootstrap(
-                self.pair_geometry(ml, comparison)
-                    .bootstrap_deltas(start..end),
-            ),
+            Task::GeometryBootstrap { ml, start, end } => {
+                let pairs: Vec<(usize, usize)> =
+                    self.comparisons.iter().map(|c| (c.pre, c.post)).collect();
+                TaskOutput::GeometryBootstrap(bootstrap_cell(
+                    &self.coords[ml],
+                    &pairs,
+                    self.axis,
+                    self.cfg.seed,
+                    start..end,
+                ))
+            }
             Task::LdaObserved { ml, checkpoint } => {
                 TaskOutput::LdaObserved(self.lda(ml, checkpoint).observed())
             }
@@ -484,44 +577,33 @@ impl Plan {
     pub fn cell_result(&self, ml: usize, outputs: &[(Task, TaskOutput)]) -> CellResult {
         let nc = self.comparisons.len();
         let nck = self.n_checkpoints;
-        let mut gnull: Vec<Vec<(usize, Vec<[f64; 4]>)>> = vec![vec![]; nc];
-        let mut gboot: Vec<Vec<(usize, Vec<Option<[f64; 4]>>)>> = vec![vec![]; nc];
+        let mut gnull: Vec<Vec<(usize, Vec<Stats>)>> = vec![vec![]; nc];
+        let mut gboot: Vec<(usize, Vec<Vec<Option<Stats>>>)> = vec![];
         let mut lobs: Vec<Option<crate::lda::Evaluation>> = vec![None; nck];
         let mut lnull: Vec<Vec<(usize, Vec<[f64; 2]>)>> = vec![vec![]; nck];
         for (task, out) in outputs {
+            if task.method_layer() != ml {
+                continue;
+            }
             match (task, out) {
                 (
                     Task::GeometryNull {
-                        ml: m,
-                        comparison,
-                        start,
-                        ..
+                        comparison, start, ..
                     },
                     TaskOutput::GeometryNull(v),
-                ) if *m == ml => gnull[*comparison].push((*start, v.clone())),
-                (
-                    Task::GeometryBootstrap {
-                        ml: m,
-                        comparison,
-                        start,
-                        ..
-                    },
-                    TaskOutput::GeometryBootstrap(v),
-                ) if *m == ml => gboot[*comparison].push((*start, v.clone())),
-                (Task::LdaObserved { ml: m, checkpoint }, TaskOutput::LdaObserved(e))
-                    if *m == ml =>
-                {
+                ) => gnull[*comparison].push((*start, v.clone())),
+                (Task::GeometryBootstrap { start, .. }, TaskOutput::GeometryBootstrap(v)) => {
+                    gboot.push((*start, v.clone()))
+                }
+                (Task::LdaObserved { checkpoint, .. }, TaskOutput::LdaObserved(e)) => {
                     lobs[*checkpoint] = Some(e.clone())
                 }
                 (
                     Task::LdaLabelNull {
-                        ml: m,
-                        checkpoint,
-                        start,
-                        ..
+                        checkpoint, start, ..
                     },
                     TaskOutput::LdaLabelNull(v),
-                ) if *m == ml => lnull[*checkpoint].push((*start, v.clone())),
+                ) => lnull[*checkpoint].push((*start, v.clone())),
                 _ => {}
             }
         }
@@ -529,19 +611,18 @@ impl Plan {
             parts.sort_by_key(|p| p.0);
             parts.into_iter().flat_map(|p| p.1).collect()
         }
+        let boot_draws = concat(gboot);
         let c = &self.coords[ml];
-        let (p, d) = (c.n_personas, c.dim);
         let mut geometry = Vec::new();
         let mut geometry_null = Vec::new();
-        for (ci, (n, b)) in gnull.into_iter().zip(gboot).enumerate() {
+        let mut geometry_boot = Vec::new();
+        for (ci, n) in gnull.into_iter().enumerate() {
             let g = self.pair_geometry(ml, ci);
-            let (pre, post) = (&c.centroids[g.pre], &c.centroids[g.post]);
-            let (pre_values, post_values) =
-                crate::geometry::pair_levels(pre, post, p, d, self.axis, &g.centre);
-            let delta: [f64; 4] = std::array::from_fn(|s| post_values[s] - pre_values[s]);
             let null = concat(n);
-            geometry.push(g.assemble(pre_values, post_values, delta, &null, &concat(b)));
+            let boot: Vec<Option<Stats>> = boot_draws.iter().map(|d| d[ci]).collect();
+            geometry.push(g.assemble(g.observed(), &null, &boot));
             geometry_null.push(null);
+            geometry_boot.push(boot);
         }
         let lda: Vec<crate::lda::Evaluation> = lobs
             .into_iter()
@@ -550,14 +631,18 @@ impl Plan {
         let scores: Vec<Vec<Option<[f64; 2]>>> = (0..nck)
             .map(|ck| per_question_scores(&Samples::from_coords(c, ck), &lda[ck]))
             .collect();
+        let weights: Vec<Vec<f64>> = (0..self.cfg.bootstrap)
+            .map(|i| bootstrap_weights(self.cfg.seed, &self.bootstrap_label(ml), c.n_questions, i))
+            .collect();
         let m3 = self
             .comparisons
             .iter()
-            .map(|cmp| self.m3_paired(ml, cmp, &scores))
+            .map(|cmp| self.m3_paired(ml, cmp, &scores, &weights))
             .collect();
         CellResult {
             geometry,
             geometry_null,
+            geometry_boot,
             lda,
             lda_null: lnull.into_iter().map(concat).collect(),
             m3,
@@ -569,49 +654,59 @@ impl Plan {
     /// and verdicts cover the present cells only.
     pub fn report(&self, bundle: &Bundle, cells: &[Option<CellResult>]) -> Report {
         let cfg = &self.cfg;
-        let base = self.base;
         let nck = self.n_checkpoints;
         let p = bundle.n_personas();
         let mut checkpoint_views = Vec::new();
         let mut pair_views = Vec::new();
         let mut rows = Vec::new();
+        let mut ratio_draws = Vec::new();
+        let mut warnings = Vec::new();
         let ckname = |i: usize| bundle.checkpoints[i].name.clone();
         for (ml, c) in self.coords.iter().enumerate() {
             let Some(Some(cell)) = cells.get(ml) else {
                 continue;
             };
-            let centre = mean_rows(&c.centroids[base], p, c.dim);
             for ck in 0..nck {
                 let obs = &cell.lda[ck];
                 let null = &cell.lda_null[ck];
                 let na: Vec<f64> = null.iter().map(|x| x[0]).collect();
                 let nl: Vec<f64> = null.iter().map(|x| x[1]).collect();
+                let rows_ck: Vec<&[f64]> = (0..p).map(|i| c.centroid(ck, i)).collect();
+                let g = gram_of_rows(&rows_ck);
+                let (n_eff, n_eff_min) = c.n_effective(ck);
+                let tol = |v: f64| TIE_REL_TOL * v.abs().max(1e-12);
                 checkpoint_views.push(CheckpointView {
                     checkpoint: ckname(ck),
                     method: c.method,
                     layer: c.layer,
-                    cos_raw: cosine_matrix(&c.centroids[ck], p, c.dim, None),
-                    cos_centred: cosine_matrix(&c.centroids[ck], p, c.dim, Some(&centre)),
-                    norms: (0..p)
-                        .map(|i| crate::linalg::norm(c.centroid(ck, i)))
-                        .collect(),
+                    cos_raw: gram_cosines(&g, p),
+                    cos_centred: gram_cosines(&crate::geometry::centred_gram(&g, p), p),
+                    norms: (0..p).map(|i| g[i * p + i].max(0.0).sqrt()).collect(),
                     m3_accuracy: obs.accuracy,
                     m3_log_posterior: obs.mean_log_posterior,
                     m3_shrinkage: obs.shrinkage.clone(),
                     m3_n_samples: obs.correct.len(),
-                    m3_p_above_chance_accuracy: permutation_p_greater(obs.accuracy, &na),
+                    m3_p_above_chance_accuracy: permutation_p_greater(
+                        obs.accuracy,
+                        &na,
+                        tol(obs.accuracy),
+                    ),
                     m3_p_above_chance_log_posterior: permutation_p_greater(
                         obs.mean_log_posterior,
                         &nl,
+                        tol(obs.mean_log_posterior),
                     ),
                     m3_n_label_permutations: null.len(),
-                    m3_null_mean_accuracy: na.iter().sum::<f64>() / na.len() as f64,
-                    m3_null_mean_log_posterior: nl.iter().sum::<f64>() / nl.len() as f64,
+                    m3_null_mean_accuracy: na.iter().sum::<f64>() / na.len().max(1) as f64,
+                    m3_null_mean_log_posterior: nl.iter().sum::<f64>() / nl.len().max(1) as f64,
+                    n_effective: n_eff,
+                    n_effective_min_questions: n_eff_min,
+                    n_dropped_paired: c.n_dropped_paired[ck],
                 });
             }
             for (ci, cmp) in self.comparisons.iter().enumerate() {
                 let g = cell.geometry[ci].clone();
-                for s in 0..4 {
+                for s in 0..N_GEOMETRY {
                     rows.push(Row {
                         family: cmp.family,
                         pre: ckname(cmp.pre),
@@ -623,7 +718,8 @@ impl Plan {
                         post_value: g.post_values[s],
                         delta: g.delta[s],
                         ci95: g.ci95_delta[s],
-                        p: g.p_two_sided[s],
+                        p: g.p[s],
+                        p_two_sided: g.p_two_sided[s],
                         p_bh: None,
                         p_holm: None,
                         n_permutations: g.n_permutations,
@@ -631,7 +727,13 @@ impl Plan {
                         n_questions: g.n_questions_paired_min,
                         n_bootstrap: g.n_bootstrap - g.n_bootstrap_skipped,
                         seed: cfg.seed,
-                        test: "paired question-level swap permutation (two-sided); basic question-bootstrap CI".into(),
+                        test: if crate::geometry::GEOMETRY_IS_LEVEL[s] {
+                            "paired question-level swap permutation (two-sided); basic question-bootstrap CI"
+                        } else {
+                            "paired question-level swap permutation (one-sided, greater; two-sided also reported); basic question-bootstrap CI"
+                        }
+                        .into(),
+                        exact: c.exact,
                     });
                 }
                 let m3 = &cell.m3[ci];
@@ -654,6 +756,7 @@ impl Plan {
                         delta: m3.delta[s],
                         ci95: m3.ci95[s],
                         p: m3.p[s],
+                        p_two_sided: m3.p_two_sided[s],
                         p_bh: None,
                         p_holm: None,
                         n_permutations: m3.n_permutations,
@@ -661,7 +764,8 @@ impl Plan {
                         n_questions: m3.n_questions,
                         n_bootstrap: m3.n_bootstrap,
                         seed: cfg.seed,
-                        test: "paired sign-flip permutation of per-question held-out scores (two-sided); basic question-bootstrap CI".into(),
+                        test: "paired sign-flip permutation of per-question held-out scores (one-sided: separability loss; two-sided also reported); basic question-bootstrap CI".into(),
+                        exact: true,
                     });
                 }
                 pair_views.push(PairView {
@@ -673,17 +777,74 @@ impl Plan {
                     geometry: g,
                 });
             }
+            // Paired bootstrap draws of (Δ_EM, Δ_benign) for the ratio criteria.
+            let em_cmp = self
+                .comparisons
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.family == Family::EmVsBase);
+            for (ei, e) in em_cmp {
+                for (bi, b) in self
+                    .comparisons
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.family == Family::BenignVsBase)
+                {
+                    for (mi, metric) in FAMILY_METRICS.iter().enumerate() {
+                        let draws: Vec<[f64; 2]> = match GEOMETRY_METRICS
+                            .iter()
+                            .position(|m| m == metric)
+                        {
+                            Some(s) => cell.geometry_boot[ei]
+                                .iter()
+                                .zip(&cell.geometry_boot[bi])
+                                .filter_map(|(x, y)| Some([(*x)?[s], (*y)?[s]]))
+                                .collect(),
+                            None => {
+                                let s = mi + 2 - FAMILY_METRICS.len(); // M3 metrics are last
+                                cell.m3[ei]
+                                    .boot
+                                    .iter()
+                                    .zip(&cell.m3[bi].boot)
+                                    .filter_map(|(x, y)| Some([(*x)?[s], (*y)?[s]]))
+                                    .collect()
+                            }
+                        };
+                        ratio_draws.push(RatioDraws {
+                            em: ckname(e.post),
+                            benign: ckname(b.post),
+                            method: c.method,
+                            layer: c.layer,
+                            metric: metric.to_string(),
+                            draws,
+                        });
+                    }
+                }
+            }
+            if !c.exact {
+                warnings.push(format!(
+                    "method {} layer {}: compact coordinates (k = {} of the residual directions): M1/M2 permutation and bootstrap draws miss the residual outside them, so their p-values and intervals are approximate; run `analyze` on the full bundle for exact values",
+                    c.method.name(),
+                    c.layer,
+                    c.k
+                ));
+            }
         }
-        // Corrections within each family, over the family metrics.
-        for fam in [
-            Family::EmVsBase,
-            Family::BenignVsBase,
-            Family::EmVsBenign,
-            Family::OtherVsBase,
-        ] {
+        // Corrections: one family per compared pair of checkpoints, over the family metrics.
+        let mut groups: Vec<(Family, String, String)> = Vec::new();
+        for r in &rows {
+            let key = (r.family, r.pre.clone(), r.post.clone());
+            if !groups.contains(&key) {
+                groups.push(key);
+            }
+        }
+        for (fam, pre, post) in groups {
             let idx: Vec<usize> = (0..rows.len())
                 .filter(|&i| {
-                    rows[i].family == fam && FAMILY_METRICS.contains(&rows[i].metric.as_str())
+                    rows[i].family == fam
+                        && rows[i].pre == pre
+                        && rows[i].post == post
+                        && FAMILY_METRICS.contains(&rows[i].metric.as_str())
                 })
                 .collect();
             let ps: Vec<f64> = idx.iter().map(|&i| rows[i].p).collect();
@@ -693,12 +854,24 @@ impl Plan {
                 rows[i].p_bh = Some(bh[j]);
                 rows[i].p_holm = Some(holm[j]);
             }
+            let floor = p_floor(cfg.permutations);
+            if idx.len() as f64 * floor >= cfg.alpha {
+                warnings.push(format!(
+                    "family {} ({pre} -> {post}) has {} tests: with N = {} permutations the smallest Holm-adjusted p is {:.2e} >= alpha {}; raise --permutations to at least {}",
+                    fam.name(),
+                    idx.len(),
+                    cfg.permutations,
+                    idx.len() as f64 * floor,
+                    cfg.alpha,
+                    (idx.len() as f64 / cfg.alpha).ceil() as usize
+                ));
+            }
         }
-        let (sensitivity, verdicts) = sensitivity_and_verdicts(bundle, &rows, cfg);
+        let (sensitivity, verdicts) = sensitivity_and_verdicts(bundle, &rows, &ratio_draws, cfg);
         Report {
             tool_version: crate::TOOL_VERSION.into(),
             layer_convention: crate::LAYER_CONVENTION.into(),
-            centre_note: "M1 centred: every checkpoint's centroids minus the mean of the base checkpoint's centroids (the same centre for all checkpoints; under permutation/bootstrap of a base comparison it is recomputed from the permuted base).".into(),
+            centre_note: "M1 centred: each checkpoint's centroids minus that checkpoint's own centroid mean (within-checkpoint centring). M1_separation: mean pairwise centroid distance over the within-persona spread (shift- and scale-invariant; compression lowers it). M2: mean over personas p != axis of cos(Δ_p, unit(Δ_axis)), Δ = post − pre centroid.".into(),
             config: cfg.clone(),
             bundle_provenance: bundle.provenance.clone(),
             personas: bundle.personas.iter().map(|p| p.name.clone()).collect(),
@@ -722,12 +895,20 @@ impl Plan {
             rows,
             sensitivity,
             verdicts,
+            warnings,
+            ratio_draws,
         }
     }
 
     /// M3 pre vs post: paired sign-flip test and bootstrap of per-question held-out scores
     /// (`scores` per checkpoint).
-    fn m3_paired(&self, ml: usize, cmp: &Comparison, scores: &[Vec<Option<[f64; 2]>>]) -> M3Paired {
+    fn m3_paired(
+        &self,
+        ml: usize,
+        cmp: &Comparison,
+        scores: &[Vec<Option<[f64; 2]>>],
+        weights: &[Vec<f64>],
+    ) -> M3Paired {
         let c = &self.coords[ml];
         let cfg = &self.cfg;
         let label = format!(
@@ -740,30 +921,63 @@ impl Plan {
         let ps = PairedScores::new(&scores[cmp.pre], &scores[cmp.post], cfg.seed, label);
         let obs = ps.observed();
         let null = ps.null(0..cfg.permutations);
-        let boot = ps.bootstrap(0..cfg.bootstrap);
+        let boot = ps.bootstrap(weights);
         let col = |v: &[[f64; 2]], s: usize| v.iter().map(|x| x[s]).collect::<Vec<f64>>();
+        let kept: Vec<[f64; 2]> = boot.iter().flatten().copied().collect();
+        // Scale of each statistic: accuracy lives in [0, 1]; the log posterior's scale is the
+        // magnitude of the levels it is the difference of.
+        let lp_scale = cell_lp_scale(scores, cmp);
+        let tol = |s: usize| TIE_REL_TOL * if s == 0 { 1.0 } else { lp_scale };
         M3Paired {
             delta: obs,
-            p: [0, 1].map(|s| permutation_p_two_sided(obs[s], &col(&null, s))),
-            ci95: [0, 1].map(|s| basic_bootstrap_interval(obs[s], &col(&boot, s), 0.95)),
+            // Pre-registered: separability falls (one-sided, less).
+            p: [0, 1].map(|s| permutation_p_less(obs[s], &col(&null, s), tol(s))),
+            p_two_sided: [0, 1].map(|s| permutation_p_two_sided(obs[s], &col(&null, s), tol(s))),
+            ci95: [0, 1].map(|s| basic_bootstrap_interval(obs[s], &col(&kept, s), 0.95)),
             n_permutations: null.len(),
-            n_bootstrap: boot.len(),
+            n_bootstrap: kept.len(),
             n_questions: ps.diffs.len(),
             null,
+            boot,
         }
     }
+}
+
+/// Mean |per-question log posterior| of the two compared checkpoints (scale of M3's Δ).
+fn cell_lp_scale(scores: &[Vec<Option<[f64; 2]>>], cmp: &Comparison) -> f64 {
+    let vals: Vec<f64> = [cmp.pre, cmp.post]
+        .iter()
+        .flat_map(|&ck| scores[ck].iter().flatten().map(|s| s[1].abs()))
+        .collect();
+    (vals.iter().sum::<f64>() / vals.len().max(1) as f64).max(1e-12)
+}
+
+/// Cosine matrix (row-major) from a Gram matrix.
+fn gram_cosines(g: &[f64], p: usize) -> Vec<f64> {
+    let mut out = vec![0.0; p * p];
+    for i in 0..p {
+        for j in 0..p {
+            let den = (g[i * p + i] * g[j * p + j]).max(0.0).sqrt();
+            out[i * p + j] = if den > 0.0 { g[i * p + j] / den } else { 0.0 };
+        }
+    }
+    out
 }
 
 /// Result of the paired M3 test of one comparison ([accuracy, log posterior]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct M3Paired {
     pub delta: [f64; 2],
+    /// One-sided (separability loss), the pre-registered test.
     pub p: [f64; 2],
+    pub p_two_sided: [f64; 2],
     pub ci95: [Option<[f64; 2]>; 2],
     pub n_permutations: usize,
     pub n_bootstrap: usize,
     pub n_questions: usize,
     pub null: Vec<[f64; 2]>,
+    /// Bootstrap draws with the (method, layer)'s shared question weights.
+    pub boot: Vec<Option<[f64; 2]>>,
 }
 
 pub fn analyze(
@@ -772,11 +986,11 @@ pub fn analyze(
     progress: Progress,
 ) -> Result<Report, AnalysisError> {
     progress(&format!(
-        "building analysis coordinates ({} residual components)",
+        "building analysis coordinates (full width for M1/M2; {} residual components for M3)",
         cfg.components
     ));
     let plan = Plan::new(bundle, cfg)?;
-    // One task per job natively: threads already keep the cores busy.
+    // Natively, ranges of about N/2 keep both cores busy without repeating per-task setup much.
     let chunk = cfg
         .permutations
         .max(cfg.bootstrap)
@@ -804,8 +1018,9 @@ fn basis_view(c: &MethodLayerCoords) -> BasisView {
         method: c.method,
         layer: c.layer,
         dim: c.dim,
-        k: c.k,
+        k: c.lda_k,
         residual_variance_retained: c.retained_fraction(),
+        exact: c.exact,
     }
 }
 
@@ -813,26 +1028,43 @@ pub fn criterion_name(t: f64) -> String {
     format!("{t}x")
 }
 
-/// Sensitivity rows (EM vs benign ratio per cell) and verdicts under every criterion.
-/// A cell passes a ratio criterion t when its EM-vs-base BH-adjusted p < alpha and
-/// |Δ_EM| >= t·|Δ_benign|; under "p-only" the p condition alone. A metric supports success when
-/// it passes under both methods with the same sign of Δ_EM at >= min_layers layers.
-/// Kill: every family p-value of this EM condition (raw, EM vs base) is > kill_p at every layer
-/// under both methods. Otherwise inconclusive.
+/// Lower end of the basic bootstrap 95% interval of dir·Δ_EM − t·|Δ_benign| (paired draws).
+fn ratio_margin_lower(delta_em: f64, delta_b: f64, dir: f64, t: f64, draws: &[[f64; 2]]) -> f64 {
+    let est = dir * delta_em - t * delta_b.abs();
+    let reps: Vec<f64> = draws.iter().map(|d| dir * d[0] - t * d[1].abs()).collect();
+    basic_bootstrap_interval(est, &reps, 0.95)
+        .map(|ci| ci[0])
+        .unwrap_or(f64::NEG_INFINITY)
+}
+
+/// Sensitivity rows (EM vs benign per cell) and verdicts under every criterion.
+///
+/// A cell (EM checkpoint, method, layer, metric) passes "p-only" when its EM-vs-base BH p < α
+/// and Δ_EM points in the hypothesised direction (M1 up, M2 up, M1_separation and M3 down). It
+/// passes ratio criterion t when, in addition, for *every* benign checkpoint b: the paired
+/// bootstrap 95% interval of dir·Δ_EM − t·|Δ_b| lies above 0 (the EM effect exceeds t times
+/// the benign one, both directions of Δ_b counted) and the direct EM-vs-b test has BH p < α
+/// in the hypothesised direction. Without a benign checkpoint no ratio criterion can pass.
+/// A metric supports success when its cells pass under every method at a majority of layers
+/// (`min_layers`, default floor(L/2)+1). Kill: every EM-vs-base family p > kill_p (the plan's
+/// rule) or every family 95% CI inside ±equivalence_delta (equivalence form); both are
+/// reported. No rows: "not evaluable".
 pub fn sensitivity_and_verdicts(
     bundle: &Bundle,
     rows: &[Row],
+    draws: &[RatioDraws],
     cfg: &AnalysisConfig,
 ) -> (Vec<SensitivityRow>, Vec<Verdict>) {
     let mut sens = Vec::new();
     let mut verdicts = Vec::new();
-    let benign = bundle
+    let benigns: Vec<String> = bundle
         .checkpoint_by_role(&Role::Benign)
-        .first()
-        .map(|&i| bundle.checkpoints[i].name.clone());
+        .iter()
+        .map(|&i| bundle.checkpoints[i].name.clone())
+        .collect();
     let min_layers = cfg
         .min_layers
-        .unwrap_or(((bundle.layers.len() as f64) * 0.6).ceil() as usize)
+        .unwrap_or(bundle.layers.len() / 2 + 1)
         .max(1);
     let mut criteria: Vec<(String, Option<f64>)> = cfg
         .thresholds
@@ -840,64 +1072,119 @@ pub fn sensitivity_and_verdicts(
         .map(|&t| (criterion_name(t), Some(t)))
         .collect();
     criteria.push(("p-only".into(), None));
+    let find = |fam: Family, pre: Option<&str>, post: &str, m: Method, l: u32, metric: &str| {
+        rows.iter().find(|r| {
+            r.family == fam
+                && pre.is_none_or(|x| r.pre == x)
+                && r.post == post
+                && r.method == m
+                && r.layer == l
+                && r.metric == metric
+        })
+    };
     for em in bundle.checkpoint_by_role(&Role::Em) {
         let em_name = &bundle.checkpoints[em].name;
-        let find = |fam: Family, post: &str, m: Method, l: u32, metric: &str| {
-            rows.iter().find(|r| {
-                r.family == fam
-                    && r.post == post
-                    && r.method == m
-                    && r.layer == l
-                    && r.metric == metric
-            })
-        };
         for metric in FAMILY_METRICS {
+            let dir = direction(metric);
             for &m in &bundle.methods {
                 for &l in &bundle.layers {
-                    let Some(re) = find(Family::EmVsBase, em_name, m, l, metric) else {
+                    let Some(re) = find(Family::EmVsBase, None, em_name, m, l, metric) else {
                         continue;
                     };
-                    let rb = benign
-                        .as_ref()
-                        .and_then(|b| find(Family::BenignVsBase, b, m, l, metric));
-                    let delta_benign = rb.map(|r| r.delta).unwrap_or(f64::NAN);
-                    let sig = re.p_bh.unwrap_or(1.0) < cfg.alpha;
+                    let direction_ok = dir * re.delta > 0.0;
+                    let sig = re.p_bh.unwrap_or(1.0) < cfg.alpha && direction_ok;
+                    // Per benign: (name, Δ_b, direct test ok, draws).
+                    let per_benign: Vec<(String, f64, bool, f64, &[[f64; 2]])> = benigns
+                        .iter()
+                        .filter_map(|b| {
+                            let rb = find(Family::BenignVsBase, None, b, m, l, metric)?;
+                            let rd = find(Family::EmVsBenign, Some(b), em_name, m, l, metric);
+                            let direct_p = rd.and_then(|r| r.p_bh).unwrap_or(1.0);
+                            let direct_ok = rd.is_some_and(|r| dir * r.delta > 0.0)
+                                && direct_p < cfg.alpha;
+                            let d = draws
+                                .iter()
+                                .find(|d| {
+                                    d.em == *em_name
+                                        && d.benign == *b
+                                        && d.method == m
+                                        && d.layer == l
+                                        && d.metric == metric
+                                })
+                                .map(|d| d.draws.as_slice())
+                                .unwrap_or(&[]);
+                            Some((b.clone(), rb.delta, direct_ok, direct_p, d))
+                        })
+                        .collect();
+                    let worst = per_benign
+                        .iter()
+                        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()));
                     let passes = criteria
                         .iter()
                         .map(|(name, t)| {
                             let ok = match t {
                                 None => sig,
                                 Some(t) => {
-                                    sig && rb.is_some() && re.delta.abs() >= t * delta_benign.abs()
+                                    sig && !per_benign.is_empty()
+                                        && per_benign.iter().all(|(_, db, direct_ok, _, d)| {
+                                            *direct_ok
+                                                && ratio_margin_lower(re.delta, *db, dir, *t, d)
+                                                    > 0.0
+                                        })
                                 }
                             };
                             (name.clone(), ok)
                         })
                         .collect();
+                    let (benign, delta_benign, ratio_ci95) = match worst {
+                        Some((b, db, _, _, d)) => {
+                            let reps: Vec<f64> = d.iter().map(|x| x[0] / x[1]).collect();
+                            (
+                                b.clone(),
+                                *db,
+                                basic_bootstrap_interval(re.delta / db, &reps, 0.95),
+                            )
+                        }
+                        None => (String::new(), f64::NAN, None),
+                    };
                     sens.push(SensitivityRow {
                         em: em_name.clone(),
-                        benign: benign.clone().unwrap_or_default(),
+                        benign,
                         method: m,
                         layer: l,
                         metric: metric.to_string(),
                         delta_em: re.delta,
                         delta_benign,
                         ratio: re.delta / delta_benign,
+                        ratio_ci95,
                         p_bh_em: re.p_bh.unwrap_or(1.0),
                         p_holm_em: re.p_holm.unwrap_or(1.0),
+                        p_bh_em_vs_benign: per_benign
+                            .iter()
+                            .map(|x| x.3)
+                            .fold(f64::NAN, |a: f64, b| a.max(b)),
+                        direction_ok,
                         passes,
                     });
                 }
             }
         }
-        let kill = rows
+        let fam_rows: Vec<&Row> = rows
             .iter()
             .filter(|r| {
                 r.family == Family::EmVsBase
                     && r.post == *em_name
                     && FAMILY_METRICS.contains(&r.metric.as_str())
             })
-            .all(|r| r.p > cfg.kill_p);
+            .collect();
+        let evaluable = !fam_rows.is_empty();
+        let kill_plan = evaluable && fam_rows.iter().all(|r| r.p > cfg.kill_p);
+        let delta = cfg.equivalence_delta;
+        let kill_equivalence = evaluable
+            && fam_rows.iter().all(|r| {
+                r.ci95
+                    .is_some_and(|ci| ci[0] > -delta && ci[1] < delta)
+            });
         for (ci, (cname, _)) in criteria.iter().enumerate() {
             let mut supporting = Vec::new();
             for metric in FAMILY_METRICS {
@@ -911,9 +1198,7 @@ pub fn sensitivity_and_verdicts(
                         .methods
                         .iter()
                         .all(|&m| cells.iter().any(|s| s.method == m && s.passes[ci].1));
-                    let signs: Vec<f64> = cells.iter().map(|s| s.delta_em.signum()).collect();
-                    let same_sign = signs.windows(2).all(|w| w[0] == w[1]);
-                    if all_methods && same_sign && cells.len() == bundle.methods.len() {
+                    if all_methods && cells.len() == bundle.methods.len() {
                         layers_ok.push(l);
                     }
                 }
@@ -921,27 +1206,51 @@ pub fn sensitivity_and_verdicts(
                     supporting.push((metric.to_string(), layers_ok));
                 }
             }
-            let (verdict, explanation) = if !supporting.is_empty() {
+            let (verdict, explanation) = if !evaluable {
+                ("not evaluable", "no EM-vs-base rows for this checkpoint".to_string())
+            } else if !supporting.is_empty() {
                 (
                     "success",
                     format!(
-                        "{} metric(s) significant (BH p < {}{}) with the same direction under every method at >= {min_layers} of {} layers",
+                        "{} metric(s) with BH p < {} and Δ in the hypothesised direction under every method at >= {min_layers} of {} layers{}",
                         supporting.len(),
                         cfg.alpha,
-                        if cname == "p-only" { String::new() } else { format!(", |Δ_EM| >= {cname} |Δ_benign|") },
-                        bundle.layers.len()
+                        bundle.layers.len(),
+                        if cname == "p-only" {
+                            String::new()
+                        } else {
+                            format!(
+                                "; against every benign checkpoint: paired-bootstrap 95% CI of dir·Δ_EM − {cname}·|Δ_benign| above 0 and the direct EM-vs-benign test significant"
+                            )
+                        }
                     ),
                 )
-            } else if kill {
+            } else if kill_plan || kill_equivalence {
                 (
                     "kill",
                     format!(
-                        "every EM-vs-base p-value > {} at every layer under every method",
-                        cfg.kill_p
+                        "{}{}{}",
+                        if kill_plan {
+                            format!("every EM-vs-base family p-value > {} (plan's rule)", cfg.kill_p)
+                        } else {
+                            String::new()
+                        },
+                        if kill_plan && kill_equivalence { "; " } else { "" },
+                        if kill_equivalence {
+                            format!("every EM-vs-base family 95% CI inside ±{delta} (equivalence)")
+                        } else {
+                            String::new()
+                        }
                     ),
                 )
             } else {
-                ("inconclusive", format!("no metric meets the success rule at >= {min_layers} layers, and the kill rule does not hold"))
+                (
+                    "inconclusive",
+                    format!(
+                        "no metric meets the success rule at >= {min_layers} layers; neither kill form holds (p > {} everywhere; every CI inside ±{delta})",
+                        cfg.kill_p
+                    ),
+                )
             };
             verdicts.push(Verdict {
                 em: em_name.clone(),
@@ -949,6 +1258,8 @@ pub fn sensitivity_and_verdicts(
                 verdict: verdict.into(),
                 supporting,
                 explanation,
+                kill_plan,
+                kill_equivalence,
             });
         }
     }

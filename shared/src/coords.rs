@@ -1,17 +1,24 @@
-//! Analysis coordinates: every metric works in one orthonormal basis per (method, layer),
-//! shared by all checkpoints.
+//! Analysis coordinates: every metric works in one orthonormal coordinate system per
+//! (method, layer), shared by all checkpoints.
 //!
-//! Basis = [top-k principal directions of the within-persona residuals (x_pq - c_p, valid
-//! questions, all checkpoints pooled)] followed by the directions that complete the span of
-//! every centroid of every checkpoint. Consequences:
-//! - centroids are represented exactly (cosines, norms, projections equal the full-dimension
-//!   values up to floating-point rounding);
-//! - per-question activations are c_p + (residual projected on the k components); the dropped
-//!   part is reported as the within-persona variance not retained;
-//! - M3 (LDA) uses the first k coordinates only, so that it never sees directions in which the
-//!   stored data has no within-persona variance by construction.
-//! A compact bundle stores exactly these coordinates (residuals in f16), so the CLI on a full
-//! bundle and the browser on its compact form run the same code on the same representation.
+//! - **Full bundles (`analyze`): exact.** The coordinates are the hidden dimensions themselves
+//!   (d = k = hidden size): centroids and per-question residuals at full width, so every
+//!   permutation and bootstrap draw of M1/M2 is the full-dimensional one. M3 (LDA) works on the
+//!   top `components` principal directions of the within-persona residuals (all checkpoints
+//!   pooled), stored separately as `lda_features`.
+//! - **Compact bundles (the page): approximate.** Basis = [top-k principal directions of the
+//!   within-persona residuals] followed by the directions completing the span of every centroid;
+//!   centroids exact (f32), residuals on the k components (f16). Centroid cosines, norms and
+//!   projections are exact; permutation/bootstrap draws miss the residual outside the k
+//!   components, so their p-values and intervals are approximations (`exact = false`).
+//!
+//! Both apply the paired empty-response filter: a (persona, question) is used for every
+//! checkpoint only where it is valid in every checkpoint (per method), centroids are the means
+//! over that paired set, and the number dropped is reported.
+//!
+//! Why the exact coordinates give the exact null: every permuted or resampled centroid is a
+//! linear combination of per-question activations, and every statistic is a function of inner
+//! products of such combinations; the identity coordinates preserve all inner products.
 
 use crate::bundle::{Blob, Bundle, CompactBasisInfo, CompactInfo, DType, Method, Responses};
 use crate::linalg::{extend_orthonormal, top_principal_directions};
@@ -35,8 +42,22 @@ pub struct MethodLayerCoords {
     pub residuals: Vec<Vec<f32>>,
     /// Per checkpoint: personas x questions validity.
     pub valid: Vec<Vec<bool>>,
+    /// Within-persona sum of squares in all dimensions, and the part the LDA components (compact:
+    /// the stored components) retain.
     pub residual_ss_total: f64,
     pub residual_ss_retained: f64,
+    /// Per checkpoint: personas x questions squared norms of the activations (compact bundles:
+    /// plus the mean energy outside the stored coordinates), and per persona their mean over the
+    /// valid questions (the within-persona spread of `M1_separation` uses it).
+    pub sq_norms: Vec<Vec<f64>>,
+    pub mean_sq_norm: Vec<Vec<f64>>,
+    /// True when every draw is the full-dimensional one (full bundles).
+    pub exact: bool,
+    /// LDA features (M3): personas x questions x lda_k per checkpoint (zero where invalid).
+    pub lda_k: usize,
+    pub lda_features: Vec<Vec<f32>>,
+    /// Per checkpoint: (persona, question) cells valid there but dropped by the paired filter.
+    pub n_dropped_paired: Vec<usize>,
 }
 
 impl MethodLayerCoords {
@@ -55,6 +76,23 @@ impl MethodLayerCoords {
             .iter()
             .filter(|&&v| v)
             .count()
+    }
+    pub fn sq_norm(&self, ck: usize, p: usize, q: usize) -> f64 {
+        self.sq_norms[ck][p * self.n_questions + q]
+    }
+    pub fn lda_row(&self, ck: usize, p: usize, q: usize) -> &[f32] {
+        let o = (p * self.n_questions + q) * self.lda_k;
+        &self.lda_features[ck][o..o + self.lda_k]
+    }
+    /// Valid (persona, question) cells of a checkpoint, and the fewest valid questions of a
+    /// persona (N_effective).
+    pub fn n_effective(&self, ck: usize) -> (usize, usize) {
+        let total = self.valid[ck].iter().filter(|&&v| v).count();
+        let min = (0..self.n_personas)
+            .map(|p| self.n_valid(ck, p))
+            .min()
+            .unwrap_or(0);
+        (total, min)
     }
     pub fn retained_fraction(&self) -> f64 {
         if self.residual_ss_total > 0.0 {
@@ -119,11 +157,33 @@ fn recentre(res: &mut [f32], valid: &[bool], p: usize, q: usize, k: usize) {
     }
 }
 
-/// Coordinates of every (method, layer) of a bundle. Full bundles are projected on a basis
-/// computed here (k residual components); compact bundles already hold coordinates.
+/// How the coordinates of a full bundle are built.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CoordsMode {
+    /// `analyze`: identity coordinates (exact draws); LDA on `lda_components` residual PCs.
+    Exact { lda_components: usize },
+    /// `compact`: a basis of `components` residual PCs plus the centroid span.
+    Basis { components: usize },
+}
+
+/// The paired validity of a method: valid in every checkpoint.
+pub fn paired_valid(bundle: &Bundle, m: Method, l: u32) -> Vec<bool> {
+    let (p, q) = (bundle.n_personas(), bundle.n_questions());
+    let mut v = vec![true; p * q];
+    for ck in 0..bundle.checkpoints.len() {
+        let cell = bundle.cell(ck, m, l).expect("validated");
+        for (a, &b) in v.iter_mut().zip(&cell.valid) {
+            *a &= b;
+        }
+    }
+    v
+}
+
+/// Coordinates of every (method, layer) of a bundle. Full bundles are built as `mode` says;
+/// compact bundles already hold coordinates.
 pub fn bundle_coords(
     bundle: &Bundle,
-    components: usize,
+    mode: CoordsMode,
     seed: u64,
 ) -> Result<Vec<MethodLayerCoords>, CoordsError> {
     let mut jobs = Vec::new();
@@ -137,10 +197,70 @@ pub fn bundle_coords(
         if bundle.compact.is_some() {
             Ok(compact_cell_coords(bundle, m, l))
         } else {
-            full_cell_coords(bundle, m, l, components, seed)
+            full_cell_coords(bundle, m, l, mode, seed)
         }
     });
     results.into_iter().collect()
+}
+
+/// Squared norms ‖c_p + r_pq‖² (+ `extra`) and their per-persona means over valid questions.
+fn norms_from_coords(
+    cents: &[f64],
+    res: &[f32],
+    valid: &[bool],
+    (p, q, d, k): (usize, usize, usize, usize),
+    extra: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut sq = vec![0.0; p * q];
+    let mut mean = vec![0.0; p];
+    for pi in 0..p {
+        let c = &cents[pi * d..(pi + 1) * d];
+        let c2: f64 = c.iter().map(|x| x * x).sum();
+        let mut n = 0usize;
+        for qi in 0..q {
+            if !valid[pi * q + qi] {
+                continue;
+            }
+            let r = &res[(pi * q + qi) * k..(pi * q + qi + 1) * k];
+            let cr: f64 = c[..k].iter().zip(r).map(|(a, &b)| a * b as f64).sum();
+            let r2: f64 = r.iter().map(|&b| (b as f64) * (b as f64)).sum();
+            sq[pi * q + qi] = c2 + 2.0 * cr + r2 + extra;
+            mean[pi] += sq[pi * q + qi];
+            n += 1;
+        }
+        mean[pi] /= n.max(1) as f64;
+    }
+    (sq, mean)
+}
+
+/// Applies the paired filter to stored coordinates: the centroid moves to the mean over the
+/// paired set (within the stored residual components) and the residuals are re-centred.
+fn restrict_to_paired(
+    cents: &mut [f64],
+    res: &mut [f32],
+    valid: &[bool],
+    (p, q, d, k): (usize, usize, usize, usize),
+) {
+    for pi in 0..p {
+        let mut mean = vec![0.0f64; k];
+        let mut n = 0usize;
+        for qi in 0..q {
+            if valid[pi * q + qi] {
+                n += 1;
+                let o = (pi * q + qi) * k;
+                for j in 0..k {
+                    mean[j] += res[o + j] as f64;
+                }
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        for j in 0..k {
+            cents[pi * d + j] += mean[j] / n as f64;
+        }
+    }
+    recentre(res, valid, p, q, k);
 }
 
 fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords {
@@ -149,37 +269,70 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
         .expect("validated compact bundle has a basis for every method and layer");
     let (p, q) = (bundle.n_personas(), bundle.n_questions());
     let (d, k) = (info.dim as usize, info.k as usize);
-    let mut centroids = Vec::new();
-    let mut residuals = Vec::new();
-    let mut valid = Vec::new();
-    for ck in 0..bundle.checkpoints.len() {
-        let cell = bundle.cell(ck, m, l).expect("validated");
-        centroids.push(cell.centroids.to_f32().iter().map(|&x| x as f64).collect());
-        let mut r = cell.per_question.to_f32();
-        recentre(&mut r, &cell.valid, p, q, k);
-        residuals.push(r);
-        valid.push(cell.valid.clone());
-    }
-    MethodLayerCoords {
+    let paired = paired_valid(bundle, m, l);
+    let nck = bundle.checkpoints.len();
+    // Energy outside the stored components, spread evenly over the rows that made the basis.
+    let rows_total: usize = (0..nck)
+        .map(|ck| bundle.cell(ck, m, l).expect("validated").valid.iter().filter(|&&v| v).count())
+        .sum();
+    let extra = (info.residual_ss_total - info.residual_ss_retained).max(0.0)
+        / rows_total.max(1) as f64;
+    let mut out = MethodLayerCoords {
         method: m,
         layer: l,
         n_personas: p,
         n_questions: q,
         dim: d,
         k,
-        centroids,
-        residuals,
-        valid,
+        centroids: vec![],
+        residuals: vec![],
+        valid: vec![],
         residual_ss_total: info.residual_ss_total,
         residual_ss_retained: info.residual_ss_retained,
+        sq_norms: vec![],
+        mean_sq_norm: vec![],
+        exact: false,
+        lda_k: k,
+        lda_features: vec![],
+        n_dropped_paired: vec![],
+    };
+    for ck in 0..nck {
+        let cell = bundle.cell(ck, m, l).expect("validated");
+        let mut cents: Vec<f64> = cell.centroids.to_f32().iter().map(|&x| x as f64).collect();
+        let mut r = cell.per_question.to_f32();
+        recentre(&mut r, &cell.valid, p, q, k);
+        let dropped = cell.valid.iter().zip(&paired).filter(|(a, b)| **a && !**b).count();
+        if dropped > 0 {
+            restrict_to_paired(&mut cents, &mut r, &paired, (p, q, d, k));
+        }
+        let (sq, mean) = norms_from_coords(&cents, &r, &paired, (p, q, d, k), extra);
+        let mut lda = vec![0.0f32; p * q * k];
+        for pi in 0..p {
+            for qi in 0..q {
+                if paired[pi * q + qi] {
+                    let o = (pi * q + qi) * k;
+                    for j in 0..k {
+                        lda[o + j] = (cents[pi * d + j] + r[o + j] as f64) as f32;
+                    }
+                }
+            }
+        }
+        out.centroids.push(cents);
+        out.residuals.push(r);
+        out.valid.push(paired.clone());
+        out.sq_norms.push(sq);
+        out.mean_sq_norm.push(mean);
+        out.lda_features.push(lda);
+        out.n_dropped_paired.push(dropped);
     }
+    out
 }
 
 fn full_cell_coords(
     bundle: &Bundle,
     m: Method,
     l: u32,
-    components: usize,
+    mode: CoordsMode,
     seed: u64,
 ) -> Result<MethodLayerCoords, CoordsError> {
     let (p, q, h) = (
@@ -191,23 +344,26 @@ fn full_cell_coords(
     let cells: Vec<_> = (0..nck)
         .map(|ck| bundle.cell(ck, m, l).expect("validated"))
         .collect();
-    let cents: Vec<Vec<f32>> = cells.iter().map(|c| c.centroids.to_f32()).collect();
-    // Residual rows (valid questions only), checking the centroid against the per-question mean.
-    let mut rows: Vec<f32> = Vec::new();
-    let mut row_of: Vec<Vec<Option<usize>>> = vec![vec![None; p * q]; nck];
-    let mut total_ss = 0.0f64;
+    let paired = paired_valid(bundle, m, l);
+    let stored: Vec<Vec<f32>> = cells.iter().map(|c| c.centroids.to_f32()).collect();
+    let xs: Vec<Vec<f32>> = cells.iter().map(|c| c.per_question.to_f32()).collect();
+    // Check the stored centroids against the per-question means (own validity), then use the
+    // means over the paired set.
+    let mut cents: Vec<Vec<f64>> = Vec::with_capacity(nck);
+    let mut dropped = Vec::with_capacity(nck);
     for (ck, cell) in cells.iter().enumerate() {
-        let pq = cell.per_question.to_f32();
+        let x = &xs[ck];
+        let mut own = vec![0.0f64; p * h];
+        let mut pair = vec![0.0f64; p * h];
         for pi in 0..p {
-            let c = &cents[ck][pi * h..(pi + 1) * h];
-            let mut mean = vec![0.0f64; h];
-            let mut n = 0;
+            let (mut n_own, mut n_pair) = (0usize, 0usize);
             for qi in 0..q {
-                if !cell.valid[pi * q + qi] {
+                let i = pi * q + qi;
+                if !cell.valid[i] {
                     continue;
                 }
-                let x = &pq[(pi * q + qi) * h..(pi * q + qi + 1) * h];
-                if x.iter().any(|v| !v.is_finite()) {
+                let row = &x[i * h..(i + 1) * h];
+                if row.iter().any(|v| !v.is_finite()) {
                     return Err(CoordsError::NonFinite {
                         checkpoint: bundle.checkpoints[ck].name.clone(),
                         method: m.name(),
@@ -216,25 +372,26 @@ fn full_cell_coords(
                         question: bundle.questions[qi].id,
                     });
                 }
-                n += 1;
-                row_of[ck][pi * q + qi] = Some(rows.len() / h);
+                n_own += 1;
                 for j in 0..h {
-                    mean[j] += x[j] as f64;
-                    let r = x[j] - c[j];
-                    rows.push(r);
-                    total_ss += (r as f64) * (r as f64);
+                    own[pi * h + j] += row[j] as f64;
+                }
+                if paired[i] {
+                    n_pair += 1;
+                    for j in 0..h {
+                        pair[pi * h + j] += row[j] as f64;
+                    }
                 }
             }
-            let cn: f64 = c
+            let c = &stored[ck][pi * h..(pi + 1) * h];
+            let cn = c
                 .iter()
                 .map(|&v| (v as f64).powi(2))
                 .sum::<f64>()
                 .sqrt()
                 .max(1e-30);
-            let diff: f64 = mean
-                .iter()
-                .zip(c)
-                .map(|(a, &b)| (a / n as f64 - b as f64).powi(2))
+            let diff = (0..h)
+                .map(|j| (own[pi * h + j] / n_own.max(1) as f64 - c[j] as f64).powi(2))
                 .sum::<f64>()
                 .sqrt()
                 / cn;
@@ -247,31 +404,104 @@ fn full_cell_coords(
                     diff,
                 });
             }
+            for j in 0..h {
+                pair[pi * h + j] /= n_pair.max(1) as f64;
+            }
         }
+        dropped.push(cell.valid.iter().zip(&paired).filter(|(a, b)| **a && !**b).count());
+        cents.push(pair);
+    }
+    // Residual rows (paired-valid), all checkpoints pooled, for the principal directions.
+    let mut rows: Vec<f32> = Vec::new();
+    let mut row_of: Vec<Vec<Option<usize>>> = vec![vec![None; p * q]; nck];
+    let mut total_ss = 0.0f64;
+    let mut residuals = Vec::with_capacity(nck);
+    for ck in 0..nck {
+        let mut r = vec![0.0f32; p * q * h];
+        for pi in 0..p {
+            for qi in 0..q {
+                let i = pi * q + qi;
+                if !paired[i] {
+                    continue;
+                }
+                row_of[ck][i] = Some(rows.len() / h);
+                for j in 0..h {
+                    let v = (xs[ck][i * h + j] as f64 - cents[ck][pi * h + j]) as f32;
+                    r[i * h + j] = v;
+                    rows.push(v);
+                    total_ss += (v as f64) * (v as f64);
+                }
+            }
+        }
+        residuals.push(r);
     }
     let n_rows = rows.len() / h;
     let x = DMatrix::<f32>::from_row_slice(n_rows, h, &rows);
+    drop(rows);
+    let components = match mode {
+        CoordsMode::Exact { lda_components } => lda_components,
+        CoordsMode::Basis { components } => components,
+    };
     let label = format!("{seed}/{}/{l}", m.name());
     let (u_r, _) = top_principal_directions(&x, components, crate::rng::fnv1a(label.as_bytes()));
     let k = u_r.ncols();
+    let ur32 = u_r.map(|v| v as f32);
+    let proj = &x * &ur32; // n_rows x k
+    let retained: f64 = proj.iter().map(|&v| (v as f64).powi(2)).sum();
+    drop(x);
+    if let CoordsMode::Exact { .. } = mode {
+        // Identity coordinates at full width; LDA features = (c_p + r_pq) on the k directions.
+        let mut lda_features = Vec::with_capacity(nck);
+        let mut sq_norms = Vec::with_capacity(nck);
+        let mut mean_sq = Vec::with_capacity(nck);
+        for ck in 0..nck {
+            let c32 = DMatrix::<f64>::from_row_slice(p, h, &cents[ck]) * &u_r; // p x k
+            let mut f = vec![0.0f32; p * q * k];
+            for i in 0..p * q {
+                if let Some(row) = row_of[ck][i] {
+                    let pi = i / q;
+                    for j in 0..k {
+                        f[i * k + j] = (c32[(pi, j)] + proj[(row, j)] as f64) as f32;
+                    }
+                }
+            }
+            lda_features.push(f);
+            let (sq, mean) = norms_from_coords(&cents[ck], &residuals[ck], &paired, (p, q, h, h), 0.0);
+            sq_norms.push(sq);
+            mean_sq.push(mean);
+        }
+        return Ok(MethodLayerCoords {
+            method: m,
+            layer: l,
+            n_personas: p,
+            n_questions: q,
+            dim: h,
+            k: h,
+            centroids: cents,
+            residuals,
+            valid: vec![paired; nck],
+            residual_ss_total: total_ss,
+            residual_ss_retained: retained,
+            sq_norms,
+            mean_sq_norm: mean_sq,
+            exact: true,
+            lda_k: k,
+            lda_features,
+            n_dropped_paired: dropped,
+        });
+    }
+    drop(residuals);
     let mut basis: Vec<DVector<f64>> = (0..k).map(|j| u_r.column(j).into_owned()).collect();
     let cand: Vec<DVector<f64>> = (0..nck)
         .flat_map(|ck| (0..p).map(move |pi| (ck, pi)))
-        .map(|(ck, pi)| {
-            DVector::from_iterator(h, cents[ck][pi * h..(pi + 1) * h].iter().map(|&v| v as f64))
-        })
+        .map(|(ck, pi)| DVector::from_column_slice(&cents[ck][pi * h..(pi + 1) * h]))
         .collect();
     extend_orthonormal(&mut basis, &cand, 1e-7);
     let d = basis.len();
     let b = DMatrix::from_columns(&basis); // h x d
     let mut centroids = Vec::with_capacity(nck);
-    for ck in 0..nck {
-        let c = DMatrix::<f64>::from_row_slice(
-            p,
-            h,
-            &cents[ck].iter().map(|&v| v as f64).collect::<Vec<_>>(),
-        );
-        let coords = c * &b; // p x d
+    for cent in cents.iter() {
+        let coords = DMatrix::<f64>::from_row_slice(p, h, cent) * &b; // p x d
         let mut flat = Vec::with_capacity(p * d);
         for pi in 0..p {
             for j in 0..d {
@@ -280,12 +510,7 @@ fn full_cell_coords(
         }
         centroids.push(flat);
     }
-    // Residual coordinates on the k components (f32 gemm).
-    let ur32 = u_r.map(|v| v as f32);
-    let proj = &x * &ur32; // n_rows x k
-    let retained: f64 = proj.iter().map(|&v| (v as f64).powi(2)).sum();
     let mut residuals = Vec::with_capacity(nck);
-    let mut valid = Vec::with_capacity(nck);
     for ck in 0..nck {
         let mut r = vec![0.0f32; p * q * k];
         for i in 0..p * q {
@@ -295,11 +520,11 @@ fn full_cell_coords(
                 }
             }
         }
-        recentre(&mut r, &cells[ck].valid, p, q, k);
+        recentre(&mut r, &paired, p, q, k);
         residuals.push(r);
-        valid.push(cells[ck].valid.clone());
     }
-    Ok(MethodLayerCoords {
+    let extra = (total_ss - retained).max(0.0) / n_rows.max(1) as f64;
+    let mut out = MethodLayerCoords {
         method: m,
         layer: l,
         n_personas: p,
@@ -308,10 +533,34 @@ fn full_cell_coords(
         k,
         centroids,
         residuals,
-        valid,
+        valid: vec![paired.clone(); nck],
         residual_ss_total: total_ss,
         residual_ss_retained: retained,
-    })
+        sq_norms: vec![],
+        mean_sq_norm: vec![],
+        exact: false,
+        lda_k: k,
+        lda_features: vec![],
+        n_dropped_paired: dropped,
+    };
+    for ck in 0..nck {
+        let (sq, mean) =
+            norms_from_coords(&out.centroids[ck], &out.residuals[ck], &paired, (p, q, d, k), extra);
+        let mut lda = vec![0.0f32; p * q * k];
+        for i in 0..p * q {
+            if paired[i] {
+                let pi = i / q;
+                for j in 0..k {
+                    lda[i * k + j] =
+                        (out.centroids[ck][pi * d + j] + out.residuals[ck][i * k + j] as f64) as f32;
+                }
+            }
+        }
+        out.sq_norms.push(sq);
+        out.mean_sq_norm.push(mean);
+        out.lda_features.push(lda);
+    }
+    Ok(out)
 }
 
 /// The compact bundle: coordinates instead of hidden states (centroids f32, residuals f16).
@@ -325,7 +574,7 @@ pub fn compact_bundle(
     if bundle.compact.is_some() {
         return Ok(bundle.clone());
     }
-    let coords = bundle_coords(bundle, components, seed)?;
+    let coords = bundle_coords(bundle, CoordsMode::Basis { components }, seed)?;
     let mut out = bundle.clone();
     let mut infos = Vec::new();
     for c in &coords {
@@ -343,6 +592,8 @@ pub fn compact_bundle(
             let cf: Vec<f32> = c.centroids[ck].iter().map(|&v| v as f32).collect();
             cell.centroids = Blob::from_f32(&cf);
             cell.per_question = Blob::from_f32_as_f16(&c.residuals[ck]);
+            // The compact form holds the paired set (its centroids are the paired means).
+            cell.valid = c.valid[ck].clone();
         }
     }
     out.compact = Some(CompactInfo {
@@ -381,7 +632,7 @@ mod tests {
             ..SynthSpec::default()
         };
         let b = synth_bundle(&spec);
-        let coords = bundle_coords(&b, 8, 1).unwrap();
+        let coords = bundle_coords(&b, CoordsMode::Basis { components: 8 }, 1).unwrap();
         let c = &coords[0];
         assert_eq!(c.k, 8);
         let h = b.hidden_size as usize;
@@ -420,8 +671,8 @@ mod tests {
         let bytes = c.encode().unwrap();
         assert!(bytes.len() * 4 < b.encode().unwrap().len());
         let back = Bundle::decode(&bytes).unwrap();
-        let full = bundle_coords(&b, 16, 3).unwrap();
-        let comp = bundle_coords(&back, 16, 3).unwrap();
+        let full = bundle_coords(&b, CoordsMode::Basis { components: 16 }, 3).unwrap();
+        let comp = bundle_coords(&back, CoordsMode::Basis { components: 16 }, 3).unwrap();
         for (f, g) in full.iter().zip(&comp) {
             for ck in 0..b.checkpoints.len() {
                 for (x, y) in f.centroids[ck].iter().zip(&g.centroids[ck]) {

@@ -1,64 +1,358 @@
-//! M1 (inter-persona cosine compression) and M2 (rotation toward the EM axis) for one
+//! M1 (compression of persona centroids) and M2 (rotation toward the EM axis) for one
 //! (method, layer) and one pair of checkpoints (pre -> post), with the paired question-level
 //! permutation test and the question bootstrap.
 //!
-//! Definitions (c_p = persona centroid, P personas, a = the axis persona, "assistant"):
-//! - M1 raw      = mean over the P(P-1)/2 pairs p<p' of cos(c_p, c_p').
-//! - M1 centred  = the same on c_p - m, m = mean of the *base* checkpoint's centroids; the same
-//!   centre for every checkpoint (recomputed from the permuted/resampled base when base is `pre`).
-//! - M2 EM axis  = mean over p != a of |cos(c_p, e)|, e = normalise(c_a^post - c_a^pre).
-//! - M2 PC1 axis = the same with e = first principal direction (uncentred) of the P deltas
-//!   c_p^post - c_p^pre, signed so that the deltas' sum projects positively (robustness check).
-//! Each statistic's effect is Δ = value(post) - value(pre).
+//! Definitions (c_p = persona centroid of one checkpoint, P personas, a = the axis persona,
+//! Δ_p = c_p^post − c_p^pre):
+//! - `M1_raw`        = mean over the P(P−1)/2 pairs of cos(c_p, c_r) (the plan's statistic).
+//! - `M1_centred`    = the same on c_p − m, m = the mean of *that checkpoint's* centroids
+//!   (within-checkpoint centring, as the upstream scripts; for comparison with #205).
+//! - `M1_separation` = mean pairwise centroid distance ‖c_p − c_r‖ over the within-persona spread
+//!   S = sqrt(mean_p mean_q ‖x_pq − c_p‖²). Invariant to a common shift and to a global
+//!   rescaling; a contraction of the centroids toward their mean by s multiplies it by s.
+//!   Compression = a *decrease*.
+//! - `M2_em_axis`    = mean over p ≠ a of cos(Δ_p, e), e = unit(Δ_a): how far the personas' own
+//!   moves point along the assistant's move. Signed; a shared shift along e raises it toward 1,
+//!   a shift orthogonal to e leaves it at 0, independent random moves give ≈ 0.
+//! - `M2_pc1_axis`   = the same with e = the first principal direction (uncentred) of the P
+//!   deltas, signed so that the deltas project positively on it (robustness check).
 //!
-//! Permutation: per question, with probability 1/2 the pre and post activations of that question
-//! are swapped for all personas at once (only where both are valid); centroids are recomputed as
-//! the means over each checkpoint's valid questions, and Δ recomputed, axes included.
-//! p = (C + 1) / (N + 1), two-sided. CIs: basic bootstrap over questions (see `stats`).
-//! Permutation i draws from its own seeded stream, so any split
-//! of 0..N over threads or Web Workers gives identical results.
+//! M1 statistics are levels of each checkpoint, Δ = level(post) − level(pre); swapping every
+//! question negates Δ, so the null is symmetric and the test two-sided. M2 statistics are defined
+//! on the change itself (their value is reported as `post`, with `pre` = 0); they are unchanged
+//! when every question is swapped, so their null is not centred on zero and the test is one-sided
+//! (greater), with the two-sided p = 2·min(p_greater, p_less) also reported.
+//!
+//! Every statistic is a function of the Gram matrix of the 2P centroids and of each persona's
+//! mean squared activation norm. The permutation (swap pre/post of question q for every persona
+//! at once, where both are valid) and the bootstrap (resample questions, the same draw for every
+//! checkpoint) move each centroid by a weighted sum of per-question vectors, so the Gram matrix
+//! of a draw is K0 + linear terms + a quadratic term ([`DisplacedGram`]): a handful of matrix
+//! products per batch of draws, on full-width data when the coordinates are exact.
 
 use crate::coords::MethodLayerCoords;
-use crate::linalg::{axpy, cosine, dot, norm};
+use crate::linalg::{cosine, dot, norm, sym_eigen_desc};
 use crate::rng::Rng;
-use crate::stats::{basic_bootstrap_interval, permutation_p_two_sided};
+use crate::stats::{
+    basic_bootstrap_interval, permutation_p_greater, permutation_p_less, permutation_p_two_sided,
+};
+use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
-pub const GEOMETRY_METRICS: [&str; 4] = ["M1_raw", "M1_centred", "M2_em_axis", "M2_pc1_axis"];
+pub const N_GEOMETRY: usize = 5;
+pub const GEOMETRY_METRICS: [&str; N_GEOMETRY] = [
+    "M1_raw",
+    "M1_centred",
+    "M1_separation",
+    "M2_em_axis",
+    "M2_pc1_axis",
+];
+/// The direction EM is hypothesised to move each statistic: +1 up, −1 down.
+pub const GEOMETRY_DIRECTION: [f64; N_GEOMETRY] = [1.0, 1.0, -1.0, 1.0, 1.0];
+/// Level statistics (Δ = post − pre, symmetric null) vs statistics of the change (one-sided).
+pub const GEOMETRY_IS_LEVEL: [bool; N_GEOMETRY] = [true, true, true, false, false];
 
-/// Where the centring vector of M1-centred comes from.
-#[derive(Clone, Debug)]
-pub enum Centre {
-    /// `pre` is the base checkpoint: centre = mean of the (permuted) pre centroids.
-    FromPre,
-    /// Base is not part of the pair: its centroid mean, fixed.
-    Fixed(Vec<f64>),
+pub type Stats = [f64; N_GEOMETRY];
+
+/// Draws processed per matrix product (memory: sources x dims x BATCH f64).
+const BATCH: usize = 128;
+
+/// Entry (i, j) of a row-major n x n matrix.
+#[inline]
+fn at(g: &[f64], n: usize, i: usize, j: usize) -> f64 {
+    g[i * n + j]
 }
 
+fn safe_cos(num: f64, a2: f64, b2: f64) -> f64 {
+    let den = (a2.max(0.0) * b2.max(0.0)).sqrt();
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
+
+/// Mean off-diagonal cosine of the P vectors whose Gram matrix is `g` (P x P, row-major).
+pub fn mean_offdiag_cosine_gram(g: &[f64], p: usize) -> f64 {
+    let mut s = 0.0;
+    let mut n = 0usize;
+    for i in 0..p {
+        for j in i + 1..p {
+            s += safe_cos(at(g, p, i, j), at(g, p, i, i), at(g, p, j, j));
+            n += 1;
+        }
+    }
+    s / n.max(1) as f64
+}
+
+/// The Gram matrix of the same vectors minus their mean (H G H, H = I − 11ᵀ/P).
+pub fn centred_gram(g: &[f64], p: usize) -> Vec<f64> {
+    let row: Vec<f64> = (0..p)
+        .map(|i| (0..p).map(|j| at(g, p, i, j)).sum::<f64>() / p as f64)
+        .collect();
+    let all = row.iter().sum::<f64>() / p as f64;
+    let mut out = vec![0.0; p * p];
+    for i in 0..p {
+        for j in 0..p {
+            out[i * p + j] = at(g, p, i, j) - row[i] - row[j] + all;
+        }
+    }
+    out
+}
+
+/// Mean pairwise distance of the P vectors over the within-persona spread (see module doc).
+/// `msq[p]` = mean over persona p's valid questions of ‖x_pq‖².
+pub fn separation_index(g: &[f64], msq: &[f64], p: usize) -> f64 {
+    let mut dist = 0.0;
+    let mut n = 0usize;
+    for i in 0..p {
+        for j in i + 1..p {
+            dist += (at(g, p, i, i) + at(g, p, j, j) - 2.0 * at(g, p, i, j))
+                .max(0.0)
+                .sqrt();
+            n += 1;
+        }
+    }
+    let spread2 = (0..p).map(|i| msq[i] - at(g, p, i, i)).sum::<f64>() / p as f64;
+    if spread2 > 0.0 {
+        dist / n.max(1) as f64 / spread2.sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// The P x P block (a, b) of the 2P x 2P Gram matrix `g` (block 0 = pre, 1 = post).
+fn block(g: &[f64], p: usize, a: usize, b: usize) -> Vec<f64> {
+    let n = 2 * p;
+    let mut out = vec![0.0; p * p];
+    for i in 0..p {
+        for j in 0..p {
+            out[i * p + j] = at(g, n, a * p + i, b * p + j);
+        }
+    }
+    out
+}
+
+/// Gram matrix of the deltas Δ_p = post_p − pre_p.
+fn delta_gram(g: &[f64], p: usize) -> Vec<f64> {
+    let n = 2 * p;
+    let mut out = vec![0.0; p * p];
+    for i in 0..p {
+        for j in 0..p {
+            out[i * p + j] = at(g, n, p + i, p + j) - at(g, n, p + i, j) - at(g, n, i, p + j)
+                + at(g, n, i, j);
+        }
+    }
+    out
+}
+
+/// Per persona cos(Δ_p, e) with e = unit(Δ_a).
+pub fn delta_cos_axis(gd: &[f64], p: usize, a: usize) -> Vec<f64> {
+    (0..p)
+        .map(|i| safe_cos(at(gd, p, i, a), at(gd, p, i, i), at(gd, p, a, a)))
+        .collect()
+}
+
+/// Per persona cos(Δ_p, u), u = first principal direction (uncentred) of the deltas, signed so
+/// that Σ_p ⟨Δ_p, u⟩ ≥ 0. With (λ, v) the top eigenpair of the deltas' Gram matrix,
+/// u = Σ v_i Δ_i, ⟨Δ_p, u⟩ = λ v_p and ‖u‖² = λ.
+pub fn delta_cos_pc1(gd: &[f64], p: usize) -> Vec<f64> {
+    let (vals, vecs) = sym_eigen_desc(DMatrix::from_row_slice(p, p, gd));
+    let lambda = vals.first().copied().unwrap_or(0.0);
+    if lambda <= 0.0 {
+        return vec![0.0; p];
+    }
+    let sign = if (0..p).map(|i| vecs[(i, 0)]).sum::<f64>() < 0.0 {
+        -1.0
+    } else {
+        1.0
+    };
+    (0..p)
+        .map(|i| {
+            let gii = at(gd, p, i, i);
+            if gii > 0.0 {
+                sign * vecs[(i, 0)] * (lambda / gii).sqrt()
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+fn mean_excluding(v: &[f64], skip: usize) -> f64 {
+    let n = v.len().saturating_sub(1).max(1);
+    v.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, x)| x)
+        .sum::<f64>()
+        / n as f64
+}
+
+/// The five statistics from the Gram matrix of [pre; post] centroids (2P x 2P, row-major) and
+/// each persona's mean squared activation norm. Returns (pre, post); the M2 statistics are
+/// statistics of the change, reported in `post` with `pre` = 0.
+pub fn pair_statistics(
+    g: &[f64],
+    msq_pre: &[f64],
+    msq_post: &[f64],
+    p: usize,
+    a: usize,
+) -> (Stats, Stats) {
+    let level = |b: usize, msq: &[f64]| {
+        let gb = block(g, p, b, b);
+        [
+            mean_offdiag_cosine_gram(&gb, p),
+            mean_offdiag_cosine_gram(&centred_gram(&gb, p), p),
+            separation_index(&gb, msq, p),
+        ]
+    };
+    let pre = level(0, msq_pre);
+    let post = level(1, msq_post);
+    let gd = delta_gram(g, p);
+    let m2 = mean_excluding(&delta_cos_axis(&gd, p, a), a);
+    let pc1 = mean_excluding(&delta_cos_pc1(&gd, p), a);
+    (
+        [pre[0], pre[1], pre[2], 0.0, 0.0],
+        [post[0], post[1], post[2], m2, pc1],
+    )
+}
+
+fn delta_of(l: (Stats, Stats)) -> Stats {
+    std::array::from_fn(|s| l.1[s] - l.0[s])
+}
+
+/// Row-major Gram matrix of row vectors (each of width d).
+pub fn gram_of_rows(rows: &[&[f64]]) -> Vec<f64> {
+    let n = rows.len();
+    let mut g = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let v = dot(rows[i], rows[j]);
+            g[i * n + j] = v;
+            g[j * n + i] = v;
+        }
+    }
+    g
+}
+
+/// Gram matrices of `m` base vectors C_i, each displaced by a weighted sum of per-question
+/// source vectors, for many weight vectors w (one per draw) at once:
+/// v_i(w) = C_i + coef_i · Σ_q w_q u_{s(i), q}. With σ_s(w) = Σ_q w_q u_{s,q}:
+/// ⟨v_i, v_j⟩ = K0_ij + coef_j ⟨C_i, σ_s(j)⟩ + coef_i ⟨C_j, σ_s(i)⟩ + coef_i coef_j ⟨σ_s(i), σ_s(j)⟩.
+/// ⟨C_i, σ_s⟩ is linear in w (precomputed inner products of C with every source vector);
+/// ⟨σ_s, σ_t⟩ comes from one matrix product for the whole batch plus a small one per draw.
+pub struct DisplacedGram {
+    m: usize,
+    n_src: usize,
+    q: usize,
+    /// Source width (sources live in the first `sd` coordinates).
+    sd: usize,
+    k0: Vec<f64>,
+    /// (n_src·m) x q: row s·m + i = ⟨C_i, u_{s,q}⟩.
+    lin: DMatrix<f64>,
+    /// (n_src·sd) x q: column q = the sources of question q, concatenated. f64 (not f32): the
+    /// page (wasm32, no FMA) and the CLI must agree to rounding, and f32 sums would not.
+    src: DMatrix<f64>,
+}
+
+/// One draw's linear and quadratic terms: lin[s·m + i] = ⟨C_i, σ_s⟩, quad[s·n_src + t] = ⟨σ_s, σ_t⟩.
+pub struct DrawTerms {
+    pub lin: Vec<f64>,
+    pub quad: Vec<f64>,
+}
+
+impl DisplacedGram {
+    /// `base`: m vectors (width ≥ sd); `src`: laid out [q][s][sd] (question-major).
+    pub fn new(base: &[&[f64]], src: Vec<f64>, n_src: usize, q: usize, sd: usize) -> Self {
+        let m = base.len();
+        assert_eq!(src.len(), n_src * sd * q, "source layout");
+        let k0 = gram_of_rows(base);
+        let src = DMatrix::from_vec(n_src * sd, q, src);
+        // ⟨C_i, u_{s,q}⟩ for all i, s, q: the source buffer viewed as sd x (q·n_src).
+        let c = DMatrix::<f64>::from_fn(m, sd, |i, j| base[i][j]);
+        let view = nalgebra::DMatrixView::<f64>::from_slice(src.as_slice(), sd, q * n_src);
+        let all = &c * view; // m x (q·n_src), column q·n_src + s
+        // Column-major m x (q·n_src) is (n_src·m) x q column-major with row s·m + i.
+        let lin = DMatrix::<f64>::from_vec(n_src * m, q, all.data.into());
+        DisplacedGram {
+            m,
+            n_src,
+            q,
+            sd,
+            k0,
+            lin,
+            src,
+        }
+    }
+
+    pub fn k0(&self) -> &[f64] {
+        &self.k0
+    }
+
+    /// Linear and quadratic terms for the weight vectors `w` (each of length q).
+    pub fn terms(&self, w: &[Vec<f64>]) -> Vec<DrawTerms> {
+        let mut out = Vec::with_capacity(w.len());
+        for chunk in w.chunks(BATCH) {
+            let b = chunk.len();
+            let w = DMatrix::<f64>::from_fn(self.q, b, |qi, j| chunk[j][qi]);
+            let lin = &self.lin * &w; // (n_src·m) x b
+            let sig = &self.src * &w; // (n_src·sd) x b
+            for j in 0..b {
+                let col = sig.column(j);
+                let s = nalgebra::DMatrixView::<f64>::from_slice(
+                    &col.as_slice()[..self.n_src * self.sd],
+                    self.sd,
+                    self.n_src,
+                );
+                let quad = s.transpose() * s; // n_src x n_src
+                out.push(DrawTerms {
+                    lin: lin.column(j).iter().copied().collect(),
+                    quad: quad.iter().copied().collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The displaced Gram matrix (row-major m x m) for one draw: vector i uses source
+    /// `src_of[i]` with coefficient `coef[i]`.
+    pub fn gram(&self, t: &DrawTerms, src_of: &[usize], coef: &[f64]) -> Vec<f64> {
+        let (m, ns) = (self.m, self.n_src);
+        let mut g = self.k0.clone();
+        for i in 0..m {
+            for j in 0..m {
+                let (si, sj) = (src_of[i], src_of[j]);
+                g[i * m + j] += coef[j] * t.lin[sj * m + i]
+                    + coef[i] * t.lin[si * m + j]
+                    + coef[i] * coef[j] * t.quad[si * ns + sj];
+            }
+        }
+        g
+    }
+}
+
+/// Inputs of the pair tests that depend on the data only: built once per (method, layer,
+/// comparison).
 pub struct PairGeometry<'a> {
     pub coords: &'a MethodLayerCoords,
     pub pre: usize,
     pub post: usize,
     pub axis_persona: usize,
-    pub centre: Centre,
-    /// personas x questions x d: x_post - x_pre where both are valid, else 0. f32: the null only
-    /// needs a permutation's statistic to ~1e-6, and half the bytes make the hot loop twice as fast.
-    diffs: Vec<f32>,
-    swappable: Vec<bool>,
-    inv_n_pre: Vec<f64>,
-    inv_n_post: Vec<f64>,
     label: String,
     seed: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct PairGeometryResult {
-    pub pre_values: [f64; 4],
-    pub post_values: [f64; 4],
-    pub delta: [f64; 4],
-    pub p_two_sided: [f64; 4],
-    pub ci95_delta: [Option<[f64; 2]>; 4],
+    pub pre_values: Stats,
+    pub post_values: Stats,
+    pub delta: Stats,
+    /// The p-value of the pre-registered test: two-sided for M1, one-sided (greater) for M2.
+    pub p: Stats,
+    pub p_two_sided: Stats,
+    pub ci95_delta: [Option<[f64; 2]>; N_GEOMETRY],
     pub n_permutations: usize,
     pub n_bootstrap: usize,
     /// Bootstrap resamples dropped because some persona had no valid question in them.
@@ -66,151 +360,35 @@ pub struct PairGeometryResult {
     /// Per persona: |c_p| pre and post.
     pub norm_pre: Vec<f64>,
     pub norm_post: Vec<f64>,
-    /// Per persona: cos(c_p, EM axis) and signed projection <c_p, EM axis>, pre and post.
+    /// Per persona: cos(c_p, e) and signed projection ⟨c_p, e⟩, pre and post (e = unit(Δ_a)).
     pub cos_axis_pre: Vec<f64>,
     pub cos_axis_post: Vec<f64>,
     pub proj_axis_pre: Vec<f64>,
     pub proj_axis_post: Vec<f64>,
-    /// Questions swappable in the permutation (valid in both checkpoints for every persona
-    /// counts per persona; this is the minimum over personas).
+    /// Per persona: cos(Δ_p, e), the terms of M2.
+    pub delta_cos_axis: Vec<f64>,
+    /// ΔM1_raw split (Shapley, both orders averaged) into the change of the common mean of the
+    /// centroids and the change of the persona offsets from it: [mean part, offsets part].
+    pub m1_raw_split: [f64; 2],
+    /// Questions swappable in the permutation (valid in both checkpoints), minimum over personas.
     pub n_questions_paired_min: usize,
 }
 
-/// The `p` rows of width `d`, minus `centre` when given.
-fn centred_rows(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>) -> Vec<Vec<f64>> {
-    (0..p)
-        .map(|i| {
-            let mut v = c[i * d..(i + 1) * d].to_vec();
-            if let Some(m) = centre {
-                axpy(&mut v, -1.0, m);
-            }
-            v
-        })
-        .collect()
-}
+/// Tolerance of "at least as extreme": relative to the statistic's scale, so that a Δ that is
+/// zero by construction (up to rounding of f16 storage or f32 sums) counts as a tie with itself.
+pub const TIE_REL_TOL: f64 = 1e-5;
 
-/// Mean off-diagonal cosine of `p` vectors of width `d`, optionally centred.
-pub fn mean_offdiag_cosine(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>) -> f64 {
-    let rows = centred_rows(c, p, d, centre);
-    let norms: Vec<f64> = rows.iter().map(|r| norm(r)).collect();
-    let mut s = 0.0;
-    let mut n = 0usize;
-    for i in 0..p {
-        for j in i + 1..p {
-            let den = norms[i] * norms[j];
-            s += if den > 0.0 {
-                dot(&rows[i], &rows[j]) / den
-            } else {
-                0.0
-            };
-            n += 1;
-        }
-    }
-    s / n.max(1) as f64
-}
-
-/// Full cosine matrix (p x p, row-major), optionally centred.
-pub fn cosine_matrix(c: &[f64], p: usize, d: usize, centre: Option<&[f64]>) -> Vec<f64> {
-    let rows = centred_rows(c, p, d, centre);
-    let mut out = vec![0.0; p * p];
-    for i in 0..p {
-        for j in 0..p {
-            out[i * p + j] = cosine(&rows[i], &rows[j]);
-        }
-    }
-    out
-}
-
-pub fn mean_rows(c: &[f64], p: usize, d: usize) -> Vec<f64> {
-    let mut m = vec![0.0; d];
-    for i in 0..p {
-        axpy(&mut m, 1.0 / p as f64, &c[i * d..(i + 1) * d]);
-    }
-    m
-}
-
-fn unit(v: Vec<f64>) -> Vec<f64> {
-    let n = norm(&v);
-    if n > 0.0 {
-        v.into_iter().map(|x| x / n).collect()
+/// The p-values of one statistic: (pre-registered p, two-sided p).
+pub fn geometry_p(s: usize, delta: f64, null: &[f64], scale: f64) -> (f64, f64) {
+    let tol = TIE_REL_TOL * scale.abs().max(1e-12);
+    let two = permutation_p_two_sided(delta, null, tol);
+    if GEOMETRY_IS_LEVEL[s] {
+        (two, two)
     } else {
-        v
+        let g = permutation_p_greater(delta, null, tol);
+        let l = permutation_p_less(delta, null, tol);
+        (g, (2.0 * g.min(l)).min(1.0))
     }
-}
-
-/// First principal direction (uncentred) of the rows of `deltas`, via the p x p Gram matrix.
-pub fn pc1_direction(deltas: &[f64], p: usize, d: usize) -> Vec<f64> {
-    let mut g = nalgebra::DMatrix::<f64>::zeros(p, p);
-    for i in 0..p {
-        for j in 0..=i {
-            let v = dot(&deltas[i * d..(i + 1) * d], &deltas[j * d..(j + 1) * d]);
-            g[(i, j)] = v;
-            g[(j, i)] = v;
-        }
-    }
-    let (_, vecs) = crate::linalg::sym_eigen_desc(g);
-    let mut u = vec![0.0; d];
-    for i in 0..p {
-        axpy(&mut u, vecs[(i, 0)], &deltas[i * d..(i + 1) * d]);
-    }
-    let mut total = vec![0.0; d];
-    for i in 0..p {
-        axpy(&mut total, 1.0, &deltas[i * d..(i + 1) * d]);
-    }
-    if dot(&u, &total) < 0.0 {
-        u.iter_mut().for_each(|x| *x = -*x);
-    }
-    unit(u)
-}
-
-fn mean_abs_cos_excluding(c: &[f64], p: usize, d: usize, axis: &[f64], skip: usize) -> f64 {
-    let mut s = 0.0;
-    for i in (0..p).filter(|&i| i != skip) {
-        s += cosine(&c[i * d..(i + 1) * d], axis).abs();
-    }
-    s / (p - 1).max(1) as f64
-}
-
-/// The four statistics for pre and post centroids.
-pub fn pair_levels(
-    pre: &[f64],
-    post: &[f64],
-    p: usize,
-    d: usize,
-    a: usize,
-    centre: &Centre,
-) -> ([f64; 4], [f64; 4]) {
-    let m = match centre {
-        Centre::FromPre => mean_rows(pre, p, d),
-        Centre::Fixed(m) => m.clone(),
-    };
-    let axis = unit(
-        post[a * d..(a + 1) * d]
-            .iter()
-            .zip(&pre[a * d..(a + 1) * d])
-            .map(|(x, y)| x - y)
-            .collect(),
-    );
-    let deltas: Vec<f64> = post.iter().zip(pre).map(|(x, y)| x - y).collect();
-    let pc1 = pc1_direction(&deltas, p, d);
-    let lv = |c: &[f64]| {
-        [
-            mean_offdiag_cosine(c, p, d, None),
-            mean_offdiag_cosine(c, p, d, Some(&m)),
-            mean_abs_cos_excluding(c, p, d, &axis, a),
-            mean_abs_cos_excluding(c, p, d, &pc1, a),
-        ]
-    };
-    (lv(pre), lv(post))
-}
-
-fn deltas4(l: ([f64; 4], [f64; 4])) -> [f64; 4] {
-    [
-        l.1[0] - l.0[0],
-        l.1[1] - l.0[1],
-        l.1[2] - l.0[2],
-        l.1[3] - l.0[3],
-    ]
 }
 
 impl<'a> PairGeometry<'a> {
@@ -219,51 +397,13 @@ impl<'a> PairGeometry<'a> {
         pre: usize,
         post: usize,
         axis_persona: usize,
-        centre: Centre,
         seed: u64,
     ) -> Self {
-        let (p, q, d, k) = (coords.n_personas, coords.n_questions, coords.dim, coords.k);
-        let mut diffs = vec![0.0f32; p * q * d];
-        let mut swappable = vec![false; p * q];
-        for pi in 0..p {
-            let dc: Vec<f64> = coords
-                .centroid(post, pi)
-                .iter()
-                .zip(coords.centroid(pre, pi))
-                .map(|(x, y)| x - y)
-                .collect();
-            for qi in 0..q {
-                if coords.is_valid(pre, pi, qi) && coords.is_valid(post, pi, qi) {
-                    swappable[pi * q + qi] = true;
-                    let o = (pi * q + qi) * d;
-                    let (rpost, rpre) =
-                        (coords.residual(post, pi, qi), coords.residual(pre, pi, qi));
-                    for j in 0..d {
-                        let r = if j < k {
-                            rpost[j] as f64 - rpre[j] as f64
-                        } else {
-                            0.0
-                        };
-                        diffs[o + j] = (dc[j] + r) as f32;
-                    }
-                }
-            }
-        }
-        let inv = |ck: usize| {
-            (0..p)
-                .map(|pi| 1.0 / coords.n_valid(ck, pi) as f64)
-                .collect::<Vec<_>>()
-        };
         PairGeometry {
             coords,
             pre,
             post,
             axis_persona,
-            centre,
-            diffs,
-            swappable,
-            inv_n_pre: inv(pre),
-            inv_n_post: inv(post),
             label: format!(
                 "geometry/{}/L{}/{}->{}",
                 coords.method.name(),
@@ -275,207 +415,454 @@ impl<'a> PairGeometry<'a> {
         }
     }
 
-    fn observed_centroids(&self) -> (Vec<f64>, Vec<f64>) {
-        (
-            self.coords.centroids[self.pre].clone(),
-            self.coords.centroids[self.post].clone(),
+    fn centroid_rows(&self) -> Vec<&[f64]> {
+        let c = self.coords;
+        (0..c.n_personas)
+            .map(|i| c.centroid(self.pre, i))
+            .chain((0..c.n_personas).map(|i| c.centroid(self.post, i)))
+            .collect()
+    }
+
+    /// Observed Gram matrix of [pre; post] centroids.
+    pub fn observed_gram(&self) -> Vec<f64> {
+        gram_of_rows(&self.centroid_rows())
+    }
+
+    /// Observed levels (pre, post).
+    pub fn observed(&self) -> (Stats, Stats) {
+        let c = self.coords;
+        pair_statistics(
+            &self.observed_gram(),
+            &c.mean_sq_norm[self.pre],
+            &c.mean_sq_norm[self.post],
+            c.n_personas,
+            self.axis_persona,
         )
     }
 
-    /// Δ of the four statistics under permutations `range` (indices into 0..N).
-    pub fn null_deltas(&self, range: Range<usize>) -> Vec<[f64; 4]> {
-        let (p, q, d) = (
-            self.coords.n_personas,
-            self.coords.n_questions,
-            self.coords.dim,
-        );
-        let (pre0, post0) = self.observed_centroids();
-        let mut out = Vec::with_capacity(range.len());
-        let mut shift = vec![0.0f32; p * d];
-        let mut swapped = vec![false; q];
-        for i in range {
-            let mut rng = Rng::stream(self.seed, &self.label, i as u64);
-            for s in swapped.iter_mut() {
-                *s = rng.coin();
-            }
-            shift.iter_mut().for_each(|x| *x = 0.0);
-            for pi in 0..p {
-                let sh = &mut shift[pi * d..(pi + 1) * d];
-                for qi in 0..q {
-                    if swapped[qi] && self.swappable[pi * q + qi] {
-                        let o = (pi * q + qi) * d;
-                        for (a, b) in sh.iter_mut().zip(&self.diffs[o..o + d]) {
-                            *a += *b;
-                        }
-                    }
+    /// Swap indicators of permutation i (the same for every persona).
+    fn swaps(&self, i: usize) -> Vec<f64> {
+        let mut rng = Rng::stream(self.seed, &self.label, i as u64);
+        (0..self.coords.n_questions)
+            .map(|_| if rng.coin() { 1.0 } else { 0.0 })
+            .collect()
+    }
+
+    /// Δ of the statistics under permutations `range` (indices into 0..N). Swapping question q
+    /// moves pre_p by +d_pq/n_p and post_p by −d_pq/n_p, d_pq = x_pq^post − x_pq^pre (zero where
+    /// either is invalid; the paired filter makes n_p the same in both checkpoints).
+    pub fn null_deltas(&self, range: Range<usize>) -> Vec<Stats> {
+        let c = self.coords;
+        let (p, q, d) = (c.n_personas, c.n_questions, c.dim);
+        if range.is_empty() {
+            return vec![];
+        }
+        // Sources u_{p,q} = d_pq in all d coordinates: [q][p][d].
+        let mut src = vec![0.0f64; q * p * d];
+        let mut dsq = vec![0.0f64; p * q]; // ‖x^post‖² − ‖x^pre‖²
+        for pi in 0..p {
+            let (cpre, cpost) = (c.centroid(self.pre, pi), c.centroid(self.post, pi));
+            for qi in 0..q {
+                if !(c.is_valid(self.pre, pi, qi) && c.is_valid(self.post, pi, qi)) {
+                    continue;
                 }
-            }
-            let mut pre = pre0.clone();
-            let mut post = post0.clone();
-            for pi in 0..p {
+                let o = (qi * p + pi) * d;
+                let (rpre, rpost) = (c.residual(self.pre, pi, qi), c.residual(self.post, pi, qi));
                 for j in 0..d {
-                    let s = shift[pi * d + j] as f64;
-                    pre[pi * d + j] += s * self.inv_n_pre[pi];
-                    post[pi * d + j] -= s * self.inv_n_post[pi];
+                    let r = if j < c.k {
+                        rpost[j] as f64 - rpre[j] as f64
+                    } else {
+                        0.0
+                    };
+                    src[o + j] = cpost[j] - cpre[j] + r;
                 }
+                dsq[pi * q + qi] = c.sq_norm(self.post, pi, qi) - c.sq_norm(self.pre, pi, qi);
             }
-            out.push(deltas4(pair_levels(
-                &pre,
-                &post,
-                p,
-                d,
-                self.axis_persona,
-                &self.centre,
-            )));
         }
-        out
-    }
-
-    /// Bootstrap over questions (the same resample for all personas and both checkpoints):
-    /// Δ per resample; None where some persona has no valid question in the resample.
-    pub fn bootstrap_deltas(&self, range: Range<usize>) -> Vec<Option<[f64; 4]>> {
-        let c = self.coords;
-        let (p, q, d, k) = (c.n_personas, c.n_questions, c.dim, c.k);
-        let mut out = Vec::with_capacity(range.len());
-        let mut w = vec![0u32; q];
-        for i in range {
-            let mut rng = Rng::stream(self.seed, &format!("bootstrap/{}", self.label), i as u64);
-            w.iter_mut().for_each(|x| *x = 0);
-            for _ in 0..q {
-                w[rng.below(q)] += 1;
-            }
-            let mut ok = true;
-            let mut resampled = |ck: usize| -> Vec<f64> {
-                let mut cs = c.centroids[ck].clone();
+        let rows = self.centroid_rows();
+        let dg = DisplacedGram::new(&rows, src, p, q, d);
+        let inv_n: Vec<f64> = (0..p)
+            .map(|pi| 1.0 / c.n_valid(self.pre, pi).max(1) as f64)
+            .collect();
+        let src_of: Vec<usize> = (0..2 * p).map(|i| i % p).collect();
+        let coef: Vec<f64> = (0..2 * p)
+            .map(|i| if i < p { inv_n[i] } else { -inv_n[i - p] })
+            .collect();
+        let weights: Vec<Vec<f64>> = range.map(|i| self.swaps(i)).collect();
+        let terms = dg.terms(&weights);
+        let (msq_pre0, msq_post0) = (&c.mean_sq_norm[self.pre], &c.mean_sq_norm[self.post]);
+        weights
+            .iter()
+            .zip(&terms)
+            .map(|(w, t)| {
+                let g = dg.gram(t, &src_of, &coef);
+                let mut msq_pre = msq_pre0.clone();
+                let mut msq_post = msq_post0.clone();
                 for pi in 0..p {
-                    let mut acc = vec![0.0f64; k];
-                    let mut tot = 0u32;
-                    for qi in 0..q {
-                        if w[qi] > 0 && c.is_valid(ck, pi, qi) {
-                            tot += w[qi];
-                            let r = c.residual(ck, pi, qi);
-                            let wf = w[qi] as f64;
-                            for j in 0..k {
-                                acc[j] += wf * r[j] as f64;
-                            }
-                        }
-                    }
-                    if tot == 0 {
-                        ok = false;
-                        continue;
-                    }
-                    for j in 0..k {
-                        cs[pi * d + j] += acc[j] / tot as f64;
-                    }
+                    let moved: f64 = (0..q).map(|qi| w[qi] * dsq[pi * q + qi]).sum::<f64>()
+                        * inv_n[pi];
+                    msq_pre[pi] += moved;
+                    msq_post[pi] -= moved;
                 }
-                cs
-            };
-            let pre = resampled(self.pre);
-            let post = resampled(self.post);
-            if !ok {
-                out.push(None);
-                continue;
-            }
-            out.push(Some(deltas4(pair_levels(
-                &pre,
-                &post,
-                p,
-                d,
-                self.axis_persona,
-                &self.centre,
-            ))));
-        }
-        out
+                delta_of(pair_statistics(
+                    &g,
+                    &msq_pre,
+                    &msq_post,
+                    p,
+                    self.axis_persona,
+                ))
+            })
+            .collect()
     }
 
-    /// Observed values, permutation p-values and bootstrap CIs.
-    pub fn run(&self, permutations: usize, bootstrap: usize) -> PairGeometryResult {
-        let c = self.coords;
-        let (p, d) = (c.n_personas, c.dim);
-        let (pre, post) = self.observed_centroids();
-        let (pre_values, post_values) =
-            pair_levels(&pre, &post, p, d, self.axis_persona, &self.centre);
-        let delta = deltas4((pre_values, post_values));
-        let null = self.null_deltas(0..permutations);
-        let boot = self.bootstrap_deltas(0..bootstrap);
-        self.assemble(pre_values, post_values, delta, &null, &boot)
-    }
-
-    /// Combines observed values with a null and bootstrap computed elsewhere (e.g. in workers).
+    /// Observed values, permutation p-values and bootstrap CIs (the bootstrap replicates come
+    /// from [`bootstrap_cell`]).
     pub fn assemble(
         &self,
-        pre_values: [f64; 4],
-        post_values: [f64; 4],
-        delta: [f64; 4],
-        null: &[[f64; 4]],
-        boot: &[Option<[f64; 4]>],
+        levels: (Stats, Stats),
+        null: &[Stats],
+        boot: &[Option<Stats>],
     ) -> PairGeometryResult {
         let c = self.coords;
-        let (p, q, d, a) = (c.n_personas, c.n_questions, c.dim, self.axis_persona);
-        let (pre, post) = self.observed_centroids();
-        let mut p_two_sided = [1.0; 4];
-        let mut ci95_delta = [None; 4];
-        let kept: Vec<[f64; 4]> = boot.iter().flatten().copied().collect();
-        for s in 0..4 {
+        let (p, q, a) = (c.n_personas, c.n_questions, self.axis_persona);
+        let (pre_values, post_values) = levels;
+        let delta = delta_of(levels);
+        let mut pv = [1.0; N_GEOMETRY];
+        let mut p_two = [1.0; N_GEOMETRY];
+        let mut ci95_delta = [None; N_GEOMETRY];
+        let kept: Vec<Stats> = boot.iter().flatten().copied().collect();
+        for s in 0..N_GEOMETRY {
             let ns: Vec<f64> = null.iter().map(|x| x[s]).collect();
-            p_two_sided[s] = permutation_p_two_sided(delta[s], &ns);
+            let scale = pre_values[s].abs().max(post_values[s].abs()).max(1e-300);
+            (pv[s], p_two[s]) = geometry_p(s, delta[s], &ns, scale);
             let bs: Vec<f64> = kept.iter().map(|x| x[s]).collect();
             ci95_delta[s] = basic_bootstrap_interval(delta[s], &bs, 0.95);
         }
-        let axis = unit(
-            post[a * d..(a + 1) * d]
-                .iter()
-                .zip(&pre[a * d..(a + 1) * d])
-                .map(|(x, y)| x - y)
-                .collect(),
-        );
-        let row = |cs: &[f64], i: usize| cs[i * d..(i + 1) * d].to_vec();
+        let rows = self.centroid_rows();
+        let (pre, post) = rows.split_at(p);
+        let axis: Vec<f64> = {
+            let v: Vec<f64> = post[a].iter().zip(pre[a]).map(|(x, y)| x - y).collect();
+            let n = norm(&v);
+            if n > 0.0 {
+                v.into_iter().map(|x| x / n).collect()
+            } else {
+                v
+            }
+        };
+        let g = self.observed_gram();
+        let gd = delta_gram(&g, p);
         PairGeometryResult {
             pre_values,
             post_values,
             delta,
-            p_two_sided,
+            p: pv,
+            p_two_sided: p_two,
             ci95_delta,
             n_permutations: null.len(),
             n_bootstrap: boot.len(),
             n_bootstrap_skipped: boot.len() - kept.len(),
-            norm_pre: (0..p).map(|i| norm(&row(&pre, i))).collect(),
-            norm_post: (0..p).map(|i| norm(&row(&post, i))).collect(),
-            cos_axis_pre: (0..p).map(|i| cosine(&row(&pre, i), &axis)).collect(),
-            cos_axis_post: (0..p).map(|i| cosine(&row(&post, i), &axis)).collect(),
-            proj_axis_pre: (0..p).map(|i| dot(&row(&pre, i), &axis)).collect(),
-            proj_axis_post: (0..p).map(|i| dot(&row(&post, i), &axis)).collect(),
+            norm_pre: pre.iter().map(|r| norm(r)).collect(),
+            norm_post: post.iter().map(|r| norm(r)).collect(),
+            cos_axis_pre: pre.iter().map(|r| cosine(r, &axis)).collect(),
+            cos_axis_post: post.iter().map(|r| cosine(r, &axis)).collect(),
+            proj_axis_pre: pre.iter().map(|r| dot(r, &axis)).collect(),
+            proj_axis_post: post.iter().map(|r| dot(r, &axis)).collect(),
+            delta_cos_axis: delta_cos_axis(&gd, p, a),
+            m1_raw_split: m1_raw_split(&g, p),
             n_questions_paired_min: (0..p)
-                .map(|pi| (0..q).filter(|&qi| self.swappable[pi * q + qi]).count())
+                .map(|pi| {
+                    (0..q)
+                        .filter(|&qi| c.is_valid(self.pre, pi, qi) && c.is_valid(self.post, pi, qi))
+                        .count()
+                })
                 .min()
                 .unwrap_or(0),
         }
     }
 }
 
+/// ΔM1_raw = [change due to the common mean] + [change due to the persona offsets], the Shapley
+/// split of f(m, o) = M1_raw({m + o_p}) between (m_pre, o_pre) and (m_post, o_post).
+pub fn m1_raw_split(g: &[f64], p: usize) -> [f64; 2] {
+    // Every vector involved is a combination of the 2P centroids: v = Σ coefs · [pre; post].
+    let n = 2 * p;
+    let f = |mean_from: usize, off_from: usize| {
+        let coefs: Vec<Vec<f64>> = (0..p)
+            .map(|i| {
+                let mut c = vec![0.0; n];
+                for j in 0..p {
+                    c[mean_from * p + j] += 1.0 / p as f64;
+                    c[off_from * p + j] -= 1.0 / p as f64;
+                }
+                c[off_from * p + i] += 1.0;
+                c
+            })
+            .collect();
+        let mut gm = vec![0.0; p * p];
+        for a in 0..p {
+            for b in 0..p {
+                let mut s = 0.0;
+                for i in 0..n {
+                    if coefs[a][i] == 0.0 {
+                        continue;
+                    }
+                    for j in 0..n {
+                        s += coefs[a][i] * coefs[b][j] * at(g, n, i, j);
+                    }
+                }
+                gm[a * p + b] = s;
+            }
+        }
+        mean_offdiag_cosine_gram(&gm, p)
+    };
+    let (f00, f10, f01, f11) = (f(0, 0), f(1, 0), f(0, 1), f(1, 1));
+    [
+        0.5 * ((f10 - f00) + (f11 - f01)),
+        0.5 * ((f01 - f00) + (f11 - f10)),
+    ]
+}
+
+/// Question weights of bootstrap draw i of a (method, layer): multinomial counts over the
+/// questions, the same draw for every checkpoint and every comparison (so that ratios of two
+/// comparisons' Δ have paired intervals).
+pub fn bootstrap_weights(seed: u64, label: &str, q: usize, i: usize) -> Vec<f64> {
+    let mut rng = Rng::stream(seed, &format!("bootstrap/{label}"), i as u64);
+    let mut w = vec![0.0f64; q];
+    for _ in 0..q {
+        w[rng.below(q)] += 1.0;
+    }
+    w
+}
+
+/// Bootstrap over questions for every comparison of a (method, layer) at once: per draw, per
+/// comparison (pre, post), Δ of the statistics; None where some persona of a compared checkpoint
+/// has no valid question in the resample.
+pub fn bootstrap_cell(
+    c: &MethodLayerCoords,
+    comparisons: &[(usize, usize)],
+    axis_persona: usize,
+    seed: u64,
+    range: Range<usize>,
+) -> Vec<Vec<Option<Stats>>> {
+    let (p, q, k) = (c.n_personas, c.n_questions, c.k);
+    let nck = c.centroids.len();
+    if range.is_empty() {
+        return vec![];
+    }
+    let m = nck * p;
+    let rows: Vec<&[f64]> = (0..nck)
+        .flat_map(|ck| (0..p).map(move |pi| (ck, pi)))
+        .map(|(ck, pi)| c.centroid(ck, pi))
+        .collect();
+    // Sources: the residuals x_pq − c_p of every checkpoint, in the first k coordinates.
+    let mut src = vec![0.0f64; q * m * k];
+    for ck in 0..nck {
+        for pi in 0..p {
+            for qi in 0..q {
+                if c.is_valid(ck, pi, qi) {
+                    let o = (qi * m + ck * p + pi) * k;
+                    for (a, &b) in src[o..o + k].iter_mut().zip(c.residual(ck, pi, qi)) {
+                        *a = b as f64;
+                    }
+                }
+            }
+        }
+    }
+    let dg = DisplacedGram::new(&rows, src, m, q, k);
+    let label = format!("{}/L{}", c.method.name(), c.layer);
+    let weights: Vec<Vec<f64>> = range
+        .map(|i| bootstrap_weights(seed, &label, q, i))
+        .collect();
+    let terms = dg.terms(&weights);
+    let src_of: Vec<usize> = (0..m).collect();
+    weights
+        .iter()
+        .zip(&terms)
+        .map(|(w, t)| {
+            // Per (checkpoint, persona): total weight W and weighted mean squared norm.
+            let mut tot = vec![0.0f64; m];
+            let mut msq = vec![0.0f64; m];
+            for ck in 0..nck {
+                for pi in 0..p {
+                    for qi in 0..q {
+                        if w[qi] > 0.0 && c.is_valid(ck, pi, qi) {
+                            tot[ck * p + pi] += w[qi];
+                            msq[ck * p + pi] += w[qi] * c.sq_norm(ck, pi, qi);
+                        }
+                    }
+                }
+            }
+            let coef: Vec<f64> = tot
+                .iter()
+                .map(|&t| if t > 0.0 { 1.0 / t } else { 0.0 })
+                .collect();
+            for i in 0..m {
+                msq[i] *= coef[i];
+            }
+            let g = dg.gram(t, &src_of, &coef);
+            comparisons
+                .iter()
+                .map(|&(pre, post)| {
+                    let idx: Vec<usize> = (pre * p..(pre + 1) * p)
+                        .chain(post * p..(post + 1) * p)
+                        .collect();
+                    if idx.iter().any(|&i| tot[i] == 0.0) {
+                        return None;
+                    }
+                    let n = idx.len();
+                    let mut gp = vec![0.0; n * n];
+                    for (a, &i) in idx.iter().enumerate() {
+                        for (b, &j) in idx.iter().enumerate() {
+                            gp[a * n + b] = g[i * m + j];
+                        }
+                    }
+                    Some(delta_of(pair_statistics(
+                        &gp,
+                        &msq[pre * p..(pre + 1) * p],
+                        &msq[post * p..(post + 1) * p],
+                        p,
+                        axis_persona,
+                    )))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn gram(rows: &[Vec<f64>]) -> Vec<f64> {
+        gram_of_rows(&rows.iter().map(|r| r.as_slice()).collect::<Vec<_>>())
+    }
+
     #[test]
     fn mean_offdiag_cosine_hand_example() {
         // Three 2-d vectors: e1, e2, (1,1)/sqrt2 -> cosines 0, 1/sqrt2, 1/sqrt2.
-        let c = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let g = gram(&[vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0]]);
         let want = (2.0 / 2f64.sqrt()) / 3.0;
-        assert!((mean_offdiag_cosine(&c, 3, 2, None) - want).abs() < 1e-15);
-        // Centring on their mean (2/3, 2/3): e1-m = (1/3,-2/3), e2-m = (-2/3,1/3), v-m = (1/3,1/3).
-        let m = [2.0 / 3.0, 2.0 / 3.0];
+        assert!((mean_offdiag_cosine_gram(&g, 3) - want).abs() < 1e-15);
+        // Centred on their mean (2/3, 2/3): (1/3,-2/3), (-2/3,1/3), (1/3,1/3).
         let a = [1.0 / 3.0, -2.0 / 3.0];
         let b = [-2.0 / 3.0, 1.0 / 3.0];
         let v = [1.0 / 3.0, 1.0 / 3.0];
         let want_c = (cosine(&a, &b) + cosine(&a, &v) + cosine(&b, &v)) / 3.0;
-        assert!((mean_offdiag_cosine(&c, 3, 2, Some(&m)) - want_c).abs() < 1e-15);
+        assert!((mean_offdiag_cosine_gram(&centred_gram(&g, 3), 3) - want_c).abs() < 1e-15);
     }
 
     #[test]
-    fn pc1_of_parallel_deltas_is_their_direction() {
-        let deltas = [2.0, 0.0, 0.0, 1.0, 0.0, 0.0, -0.5, 0.0, 0.0];
-        let u = pc1_direction(&deltas, 3, 3);
-        assert!((u[0] - 1.0).abs() < 1e-12 && u[1].abs() < 1e-12);
+    fn separation_index_hand_example() {
+        // Two personas at distance 2; each has questions at ±1 around its centroid along a
+        // perpendicular axis: spread = 1, index = 2.
+        let c = [vec![1.0, 0.0], vec![-1.0, 0.0]];
+        let g = gram(&c);
+        // mean ‖x‖² = ‖c‖² + 1.
+        let msq = [2.0, 2.0];
+        assert!((separation_index(&g, &msq, 2) - 2.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn m2_axis_known_answers() {
+        // 3 personas in 4-d, axis persona = 2. Shared shift along e = x: every Δ = e -> 1.
+        let pre = [
+            vec![1.0, 2.0, 0.0, 0.0],
+            vec![0.0, 1.0, 1.0, 0.0],
+            vec![2.0, 0.0, 0.0, 1.0],
+        ];
+        let shift = |t: &[f64; 4], extra: &[[f64; 4]; 3]| {
+            let mut rows: Vec<Vec<f64>> = pre.to_vec();
+            for (i, r) in pre.iter().enumerate() {
+                rows.push((0..4).map(|j| r[j] + t[j] + extra[i][j]).collect());
+            }
+            gram(&rows)
+        };
+        let msq = [10.0; 3];
+        let zero = [[0.0; 4]; 3];
+        let (_, post) = pair_statistics(&shift(&[0.5, 0.0, 0.0, 0.0], &zero), &msq, &msq, 3, 2);
+        assert!((post[3] - 1.0).abs() < 1e-12, "{post:?}");
+        // Assistant moves along x, the others orthogonally (along w): M2 = 0.
+        let ortho = [[0.0, 0.0, 0.0, 0.3], [0.0, 0.0, 0.0, 0.7], [0.5, 0.0, 0.0, 0.0]];
+        let (_, post) = pair_statistics(&shift(&[0.0; 4], &ortho), &msq, &msq, 3, 2);
+        assert!(post[3].abs() < 1e-12, "{post:?}");
+    }
+
+    #[test]
+    fn separation_is_shift_and_scale_invariant_and_scales_under_contraction() {
+        let c = [
+            vec![1.0, 2.0, 0.5],
+            vec![-1.0, 0.3, 0.0],
+            vec![0.2, -0.7, 1.1],
+        ];
+        let msq_of = |rows: &[Vec<f64>]| -> Vec<f64> {
+            rows.iter().map(|r| dot(r, r) + 0.8).collect()
+        };
+        let base = separation_index(&gram(&c), &msq_of(&c), 3);
+        let shifted: Vec<Vec<f64>> = c
+            .iter()
+            .map(|r| r.iter().zip([5.0, -3.0, 2.0]).map(|(x, t)| x + t).collect())
+            .collect();
+        assert!((separation_index(&gram(&shifted), &msq_of(&shifted), 3) - base).abs() < 1e-12);
+        let scaled: Vec<Vec<f64>> = c.iter().map(|r| r.iter().map(|x| 3.0 * x).collect()).collect();
+        let msq_scaled: Vec<f64> = scaled.iter().map(|r| dot(r, r) + 9.0 * 0.8).collect();
+        assert!((separation_index(&gram(&scaled), &msq_scaled, 3) - base).abs() < 1e-12);
+        let mean: Vec<f64> = (0..3).map(|j| c.iter().map(|r| r[j]).sum::<f64>() / 3.0).collect();
+        let contracted: Vec<Vec<f64>> = c
+            .iter()
+            .map(|r| (0..3).map(|j| mean[j] + 0.5 * (r[j] - mean[j])).collect())
+            .collect();
+        let got = separation_index(&gram(&contracted), &msq_of(&contracted), 3);
+        assert!((got - 0.5 * base).abs() < 1e-12, "{got} {base}");
+    }
+
+    #[test]
+    fn m1_split_adds_up() {
+        let rows = vec![
+            vec![1.0, 2.0, 0.5],
+            vec![-1.0, 0.3, 0.0],
+            vec![0.2, -0.7, 1.1],
+            vec![1.5, 2.0, 0.9],
+            vec![-0.4, 0.1, 0.3],
+            vec![0.9, -0.2, 1.0],
+        ];
+        let g = gram(&rows);
+        let split = m1_raw_split(&g, 3);
+        let want = mean_offdiag_cosine_gram(&block(&g, 3, 1, 1), 3)
+            - mean_offdiag_cosine_gram(&block(&g, 3, 0, 0), 3);
+        assert!((split[0] + split[1] - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn displaced_gram_equals_direct_computation() {
+        let (m, ns, q, sd) = (3, 2, 4, 3);
+        let base = [
+            vec![1.0, 2.0, 0.5, 9.0],
+            vec![-1.0, 0.3, 0.0, 1.0],
+            vec![0.2, -0.7, 1.1, 0.0],
+        ];
+        let mut rng = Rng::new(5);
+        let src: Vec<f64> = (0..q * ns * sd).map(|_| rng.normal()).collect();
+        let refs: Vec<&[f64]> = base.iter().map(|r| r.as_slice()).collect();
+        let dg = DisplacedGram::new(&refs, src.clone(), ns, q, sd);
+        let w = vec![vec![1.0, 0.0, 2.0, 1.0]];
+        let t = &dg.terms(&w)[0];
+        let src_of = [0, 1, 0];
+        let coef = [0.5, -0.25, 1.0];
+        let g = dg.gram(t, &src_of, &coef);
+        let moved: Vec<Vec<f64>> = (0..m)
+            .map(|i| {
+                let mut v = base[i].clone();
+                for qi in 0..q {
+                    for j in 0..sd {
+                        v[j] += coef[i] * w[0][qi] * src[(qi * ns + src_of[i]) * sd + j];
+                    }
+                }
+                v
+            })
+            .collect();
+        let want = gram(&moved);
+        for (a, b) in g.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12 * (1.0 + b.abs()), "{g:?} {want:?}");
+        }
     }
 }

@@ -44,7 +44,7 @@ pub struct Samples {
 
 impl Samples {
     pub fn from_coords(c: &MethodLayerCoords, ck: usize) -> Samples {
-        let (p, q, k) = (c.n_personas, c.n_questions, c.k);
+        let (p, q, k) = (c.n_personas, c.n_questions, c.lda_k);
         let mut s = Samples {
             k,
             x: vec![],
@@ -56,9 +56,7 @@ impl Samples {
         for qi in 0..q {
             for pi in 0..p {
                 if c.is_valid(ck, pi, qi) {
-                    let cen = &c.centroid(ck, pi)[..k];
-                    let r = c.residual(ck, pi, qi);
-                    s.x.extend(cen.iter().zip(r).map(|(a, b)| a + *b as f64));
+                    s.x.extend(c.lda_row(ck, pi, qi).iter().map(|&v| v as f64));
                     s.persona.push(pi);
                     s.question.push(qi);
                 }
@@ -542,9 +540,13 @@ pub fn per_question_scores(s: &Samples, e: &Evaluation) -> Vec<Option<[f64; 2]>>
 }
 
 /// Paired question-level test of Δ = post - pre on held-out per-question scores: sign flips
-/// (= swapping the pre/post labels of a question) and a question bootstrap.
+/// (= swapping the pre/post labels of a question) and a question bootstrap that uses the same
+/// question weights as the geometry bootstrap of the (method, layer), so that two comparisons'
+/// bootstrap Δs are paired.
 pub struct PairedScores {
     pub diffs: Vec<[f64; 2]>,
+    /// Question index of each diff.
+    pub questions: Vec<usize>,
     label: String,
     seed: u64,
 }
@@ -556,15 +558,20 @@ impl PairedScores {
         seed: u64,
         label: String,
     ) -> PairedScores {
-        let diffs = pre
-            .iter()
-            .zip(post)
-            .filter_map(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => Some([b[0] - a[0], b[1] - a[1]]),
-                _ => None,
-            })
-            .collect();
-        PairedScores { diffs, label, seed }
+        let mut diffs = Vec::new();
+        let mut questions = Vec::new();
+        for (q, (a, b)) in pre.iter().zip(post).enumerate() {
+            if let (Some(a), Some(b)) = (a, b) {
+                diffs.push([b[0] - a[0], b[1] - a[1]]);
+                questions.push(q);
+            }
+        }
+        PairedScores {
+            diffs,
+            questions,
+            label,
+            seed,
+        }
     }
 
     pub fn observed(&self) -> [f64; 2] {
@@ -591,22 +598,20 @@ impl PairedScores {
             .collect()
     }
 
-    pub fn bootstrap(&self, range: Range<usize>) -> Vec<[f64; 2]> {
-        let n = self.diffs.len();
-        if n == 0 {
-            return vec![];
-        }
-        range
-            .map(|i| {
-                let mut rng =
-                    Rng::stream(self.seed, &format!("bootstrap/{}", self.label), i as u64);
+    /// Bootstrap draws: `weights[i]` = question weights of draw i (multinomial counts over all
+    /// questions); None where no question with a score was drawn.
+    pub fn bootstrap(&self, weights: &[Vec<f64>]) -> Vec<Option<[f64; 2]>> {
+        weights
+            .iter()
+            .map(|w| {
                 let mut s = [0.0; 2];
-                for _ in 0..n {
-                    let d = self.diffs[rng.below(n)];
-                    s[0] += d[0];
-                    s[1] += d[1];
+                let mut tot = 0.0;
+                for (d, &q) in self.diffs.iter().zip(&self.questions) {
+                    s[0] += w[q] * d[0];
+                    s[1] += w[q] * d[1];
+                    tot += w[q];
                 }
-                [s[0] / n as f64, s[1] / n as f64]
+                (tot > 0.0).then(|| [s[0] / tot, s[1] / tot])
             })
             .collect()
     }
@@ -627,7 +632,7 @@ mod tests {
             noise: 2.0,
             ..SynthSpec::default()
         });
-        let c = &crate::coords::bundle_coords(&b, 24, 0).unwrap()[0];
+        let c = &crate::coords::bundle_coords(&b, crate::coords::CoordsMode::Basis { components: 24 }, 0).unwrap()[0];
         let lda = Lda::new(Samples::from_coords(c, 0), 5);
         let labellings: Vec<Vec<usize>> = (0..37).map(|i| lda.permuted_labels(1, "t", i)).collect();
         let many = lda.evaluate_many(&labellings);

@@ -1,18 +1,30 @@
 //! p-values and multiple-comparison corrections.
 
 /// Two-sided permutation p-value with the +1 correction: (C + 1) / (N + 1), where C counts null
-/// statistics at least as extreme as the observed one (|null| >= |obs|, with a relative tolerance
-/// of 1e-12 so that the identity permutation counts as a tie, not as a miss).
-pub fn permutation_p_two_sided(observed: f64, null: &[f64]) -> f64 {
-    let thr = observed.abs() * (1.0 - 1e-12) - 1e-15;
+/// statistics at least as extreme as the observed one: |null| >= |obs| − tol. `tol` is absolute
+/// (callers derive it from the statistic's scale, see `geometry::TIE_REL_TOL`), so that the
+/// identity permutation counts as a tie, and an observed value within `tol` of zero (zero by
+/// construction, up to rounding) gets p = 1.
+pub fn permutation_p_two_sided(observed: f64, null: &[f64], tol: f64) -> f64 {
+    if observed.abs() <= tol {
+        return 1.0;
+    }
+    let thr = observed.abs() - tol;
     let c = null.iter().filter(|x| x.abs() >= thr).count();
     (c as f64 + 1.0) / (null.len() as f64 + 1.0)
 }
 
-/// One-sided (greater) permutation p-value: (#{null >= obs} + 1) / (N + 1).
-pub fn permutation_p_greater(observed: f64, null: &[f64]) -> f64 {
-    let thr = observed - 1e-12 * observed.abs() - 1e-15;
+/// One-sided (greater) permutation p-value: (#{null >= obs − tol} + 1) / (N + 1).
+pub fn permutation_p_greater(observed: f64, null: &[f64], tol: f64) -> f64 {
+    let thr = observed - tol;
     let c = null.iter().filter(|&&x| x >= thr).count();
+    (c as f64 + 1.0) / (null.len() as f64 + 1.0)
+}
+
+/// One-sided (less) permutation p-value: (#{null <= obs + tol} + 1) / (N + 1).
+pub fn permutation_p_less(observed: f64, null: &[f64], tol: f64) -> f64 {
+    let thr = observed + tol;
+    let c = null.iter().filter(|&&x| x <= thr).count();
     (c as f64 + 1.0) / (null.len() as f64 + 1.0)
 }
 
@@ -101,8 +113,12 @@ mod tests {
 
     #[test]
     fn permutation_p_is_never_zero() {
-        assert_eq!(permutation_p_two_sided(10.0, &[0.0; 99]), 0.01);
-        assert_eq!(permutation_p_two_sided(0.0, &[0.0; 99]), 1.0);
+        assert_eq!(permutation_p_two_sided(10.0, &[0.0; 99], 1e-9), 0.01);
+        assert_eq!(permutation_p_two_sided(0.0, &[0.0; 99], 1e-9), 1.0);
+        // Zero by construction up to rounding: a tie with itself, p = 1.
+        assert_eq!(permutation_p_two_sided(1.7e-6, &[1e-3; 99], 2.5e-6), 1.0);
+        assert_eq!(permutation_p_greater(0.5, &[0.5, 0.1, 0.6], 1e-9), 0.75);
+        assert_eq!(permutation_p_less(0.5, &[0.5, 0.1, 0.6], 1e-9), 0.75);
     }
 
     #[test]

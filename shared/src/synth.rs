@@ -45,6 +45,10 @@ pub struct SynthSpec {
     pub pair_correlation: f64,
     /// Fraction of Method-B responses marked empty (invalid).
     pub invalid_rate_b: f64,
+    /// Anisotropy of the within-persona noise: the standard deviation along hidden dimension j
+    /// is ∝ (j+1)^(−decay/2) (a power-law eigenvalue spectrum, as real activations have),
+    /// normalised so that the total noise variance stays noise²·hidden. 0 = isotropic.
+    pub spectrum_decay: f64,
     pub seed: u64,
 }
 
@@ -63,6 +67,7 @@ impl Default for SynthSpec {
             noise: 1.0,
             pair_correlation: 0.8,
             invalid_rate_b: 0.01,
+            spectrum_decay: 0.0,
             seed: 0,
         }
     }
@@ -152,6 +157,13 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
                 a.into_iter().map(|x| x / n).collect::<Vec<_>>()
             };
             let base_noise: Vec<Vec<f64>> = (0..p * q).map(|_| gauss(&mut rng, h, 1.0)).collect();
+            let spectrum: Vec<f64> = {
+                let raw: Vec<f64> = (0..h)
+                    .map(|j| ((j + 1) as f64).powf(-spec.spectrum_decay / 2.0))
+                    .collect();
+                let mean_var = raw.iter().map(|x| x * x).sum::<f64>() / h as f64;
+                raw.into_iter().map(|x| x / mean_var.sqrt()).collect()
+            };
             for (ck, (_, f)) in roles.iter().enumerate() {
                 let valid: Vec<bool> = if m == Method::B {
                     valid_b[ck].clone()
@@ -182,7 +194,7 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
                                 + (1.0 - f * spec.compression) * offsets[pi][j]
                                 + shift * axis[j]
                                 + u[qi][j]
-                                + sigma * eps;
+                                + sigma * spectrum[j] * eps;
                             per_q[(pi * q + qi) * h + j] = x as f32;
                             acc[j] += x as f32 as f64;
                         }
@@ -255,6 +267,10 @@ pub fn synth_bundle(spec: &SynthSpec) -> Bundle {
                 ),
                 ("synth.benign_scale".into(), spec.benign_scale.to_string()),
                 ("synth.noise".into(), spec.noise.to_string()),
+                (
+                    "synth.spectrum_decay".into(),
+                    spec.spectrum_decay.to_string(),
+                ),
                 (
                     "synth.pair_correlation".into(),
                     spec.pair_correlation.to_string(),

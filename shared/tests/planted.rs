@@ -45,18 +45,24 @@ fn compression_is_detected_by_m1_and_the_verdict() {
     let r = analyze(&b, &cfg(999), &quiet).unwrap();
     for &l in &[3, 5, 7] {
         for m in [Method::A, Method::B] {
-            let x = row(&r, Family::EmVsBase, "M1_centred", m, l);
+            let x = row(&r, Family::EmVsBase, "M1_raw", m, l);
             assert!(x.delta > 0.0 && x.p < 0.01, "{x:?}");
             let ci = x.ci95.unwrap();
             assert!(ci[0] <= x.delta && x.delta <= ci[1] && ci[0] > 0.0, "{x:?}");
             // Benign got a quarter of the effect: EM beats it by more than 2x.
-            let bx = row(&r, Family::BenignVsBase, "M1_centred", m, l);
+            let bx = row(&r, Family::BenignVsBase, "M1_raw", m, l);
             assert!(x.delta > 2.0 * bx.delta.abs(), "{x:?} {bx:?}");
+            // Compression: the separation index falls by about the planted factor.
+            let s = row(&r, Family::EmVsBase, "M1_separation", m, l);
+            assert!(s.delta < 0.0 && s.p < 0.01, "{s:?}");
+            let ratio = s.post_value / s.pre_value;
+            assert!((ratio - 0.7).abs() < 0.08, "{ratio} {s:?}");
         }
     }
     let v = r.verdicts.iter().find(|v| v.criterion == "2x").unwrap();
-    assert_eq!(v.verdict, "success");
-    assert!(v.supporting.iter().any(|(m, _)| m == "M1_centred"));
+    assert_eq!(v.verdict, "success", "{v:?}");
+    assert!(v.supporting.iter().any(|(m, _)| m == "M1_raw"), "{v:?}");
+    assert!(v.supporting.iter().any(|(m, _)| m == "M1_separation"), "{v:?}");
 }
 
 #[test]
@@ -114,14 +120,7 @@ fn no_effect_gives_kill_or_inconclusive_never_success() {
 #[test]
 fn null_rejection_rate_is_calibrated() {
     let n_studies = 240;
-    let metrics = [
-        "M1_raw",
-        "M1_centred",
-        "M2_em_axis",
-        "M2_pc1_axis",
-        "M3_accuracy",
-        "M3_log_posterior",
-    ];
+    let metrics = shared::analysis::ALL_METRICS;
     let rejections = shared::parallel::par_map(n_studies, |s| {
         let b = synth_bundle(&SynthSpec {
             personas: 4,
@@ -184,12 +183,19 @@ fn compact_form_agrees_with_full_bundle() {
     }
     for (a, b) in rf.rows.iter().zip(&rc.rows) {
         assert_eq!(a.metric, b.metric);
-        if a.metric.starts_with("M1") || a.metric.starts_with("M2") {
+        if a.metric == "M1_separation" {
+            // The compact form knows the residual energy outside its k components only on
+            // average, so the spread (and the index) is approximate.
+            assert!((a.delta - b.delta).abs() < 0.05 * a.pre_value, "{a:?} {b:?}");
+        } else if a.metric.starts_with("M1") || a.metric.starts_with("M2") {
             assert!((a.delta - b.delta).abs() < 1e-6, "{a:?} {b:?}");
         }
-        // Monte Carlo error of p for N = 999 at p ~ 0.5 is ~0.016; f16 rounding adds a little.
+        assert!(a.exact && (b.exact || a.metric.starts_with("M3")));
+        // Monte Carlo error of p for N = 999 at p ~ 0.5 is ~0.016; f16 rounding adds a little,
+        // and the compact M1/M2 draws miss the residual outside k components (approximate).
+        let tol = if a.metric.starts_with("M3") { 0.05 } else { 0.15 };
         assert!(
-            (a.p - b.p).abs() < 0.05,
+            (a.p - b.p).abs() < tol,
             "{} {} {:?}: {} vs {}",
             a.metric,
             a.layer,
@@ -213,15 +219,13 @@ fn analysis_is_reproducible_and_thread_independent() {
         serde_json::to_string(&r2).unwrap()
     );
     // Splitting permutations (as Web Workers do) gives the same null as one run.
-    let coords = shared::coords::bundle_coords(&b, 64, 0).unwrap();
-    let g = shared::geometry::PairGeometry::new(
-        &coords[0],
+    let coords = shared::coords::bundle_coords(
+        &b,
+        shared::coords::CoordsMode::Exact { lda_components: 64 },
         0,
-        1,
-        5,
-        shared::geometry::Centre::FromPre,
-        0,
-    );
+    )
+    .unwrap();
+    let g = shared::geometry::PairGeometry::new(&coords[0], 0, 1, 5, 0);
     let whole = g.null_deltas(0..60);
     let mut split = g.null_deltas(0..25);
     split.extend(g.null_deltas(25..60));
