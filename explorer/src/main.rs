@@ -116,7 +116,7 @@ impl Ctl {
             alpha: RwSignal::new(0.01),
             permutations: RwSignal::new(10_000),
             seed: RwSignal::new(0),
-            metric: RwSignal::new("M1_centred".into()),
+            metric: RwSignal::new("M1_raw".into()),
             source: RwSignal::new(None),
             meta: RwSignal::new(None),
             status: RwSignal::new(String::new()),
@@ -609,7 +609,7 @@ fn verdicts(ctl: Ctl) -> Option<(Vec<SensitivityRow>, Vec<Verdict>, String, bool
             thresholds,
             ..a.plan.cfg.clone()
         };
-        let (sens, v) = sensitivity_and_verdicts(&a.bundle, &report.rows, &cfg);
+        let (sens, v) = sensitivity_and_verdicts(&a.bundle, &report.rows, &report.ratio_draws, &cfg);
         let chosen = thr
             .map(shared::analysis::criterion_name)
             .unwrap_or_else(|| "p-only".into());
@@ -662,10 +662,11 @@ fn null_figures(ctl: Ctl) -> Vec<Figure> {
         };
         let mut out = Vec::new();
         let m1 = if centred { 1 } else { 0 };
-        for s in [m1, 2] {
+        // M1 (raw or centred) and M2 (EM axis): indices into GEOMETRY_METRICS.
+        for s in [m1, 3] {
             let name = shared::geometry::GEOMETRY_METRICS[s];
             out.push(Figure {
-                title: format!("null of Δ {name} ({treated} − {base}), p = {:.4}", g.p_two_sided[s]),
+                title: format!("null of Δ {name} ({treated} − {base}), p = {:.4}", g.p[s]),
                 caption: caption("Paired question-level swap permutations", g.n_permutations, g.n_questions_paired_min),
                 kind: FigureKind::NullHistogram {
                     null: cell.geometry_null[ci].iter().map(|x| x[s]).collect(),
@@ -688,7 +689,7 @@ fn null_figures(ctl: Ctl) -> Vec<Figure> {
         }
         let ln = &cell.lda_null[tck];
         let acc = cell.lda[tck].accuracy;
-        let p = shared::stats::permutation_p_greater(acc, &ln.iter().map(|x| x[0]).collect::<Vec<_>>());
+        let p = shared::stats::permutation_p_greater(acc, &ln.iter().map(|x| x[0]).collect::<Vec<_>>(), shared::geometry::tie_tolerance(false, acc));
         out.push(Figure {
             title: format!("held-out LDA accuracy of {treated} vs label-permutation null, p = {p:.4}"),
             caption: format!(
@@ -1016,7 +1017,7 @@ fn RowsTable(ctl: Ctl) -> impl IntoView {
             <thead><tr>
                 <th>"family"</th><th>"pre → post"</th><th>"metric"</th><th>"pre"</th><th>"post"</th>
                 <th>"Δ"</th><th>"95% CI (Δ)"</th><th>"p"</th><th>"p BH"</th><th>"p Holm"</th>
-                <th>"n"</th><th>"N"</th>
+                <th>"n"</th><th>"N"</th><th>"draws"</th>
             </tr></thead>
             <tbody>
             {move || {
@@ -1036,6 +1037,7 @@ fn RowsTable(ctl: Ctl) -> impl IntoView {
                             <td>{if pend { "computing…".to_string() } else { ci }}</td>
                             <td>{p(Some(r.p))}</td><td>{p(r.p_bh)}</td><td>{p(r.p_holm)}</td>
                             <td>{r.n_questions}</td><td>{if pend { 0 } else { r.n_permutations }}</td>
+                            <td title="exact: full-dimensional draws (as analyze on the full bundle); approximate: the compact bundle's k residual components">{if r.exact { "exact" } else { "approximate" }}</td>
                         </tr>
                     }
                 }).collect_view()
@@ -1259,6 +1261,7 @@ fn App() -> impl IntoView {
                 </section>
                 <section id="tests">
                     <h2>"Tests of this view (all comparisons)"</h2>
+                    <p class="note" id="approx-note">"M1/M2 p-values and intervals computed from a compact bundle are approximate (\"draws\" column): its k stored residual components miss the within-persona variation outside them. Run persona-geometry analyze on the full bundle for the exact values; M3 and every point estimate are the same."</p>
                     <RowsTable ctl=ctl/>
                 </section>
                 <section id="lda-section">

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use extractor::cmd_analysis;
 use shared::analysis::AnalysisConfig;
+use shared::analysis::defaults;
 use shared::synth::SynthSpec;
 use std::path::PathBuf;
 
@@ -40,28 +41,32 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         /// Permutations per test (p floor = 1/(N+1)).
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = defaults::PERMUTATIONS)]
         permutations: usize,
         /// Label permutations of the per-checkpoint "M3 above chance" test.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = defaults::M3_LABEL_PERMUTATIONS)]
         m3_label_permutations: usize,
         /// Seed of every random draw (permutations, bootstrap, randomized PCA).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = defaults::SEED)]
         seed: u64,
         /// Bootstrap resamples over questions for the 95% CIs.
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = defaults::BOOTSTRAP)]
         bootstrap: usize,
-        /// Residual principal components of the analysis basis (ignored for compact bundles).
-        #[arg(long, default_value_t = 256)]
+        /// Residual principal components of M3's LDA features (ignored for compact bundles).
+        /// M1/M2 always use every hidden dimension of a full bundle (exact draws).
+        #[arg(long, default_value_t = defaults::COMPONENTS)]
         components: usize,
         /// Cross-validation folds for M3 (GroupKFold by question).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = defaults::FOLDS)]
         folds: usize,
         /// Significance level on BH-adjusted p-values for the verdict.
-        #[arg(long, default_value_t = 0.01)]
+        #[arg(long, default_value_t = defaults::ALPHA)]
         alpha: f64,
+        /// Equivalence margin of the kill rule's second form (every 95% CI inside ±this).
+        #[arg(long, default_value_t = defaults::EQUIVALENCE_DELTA)]
+        equivalence_delta: f64,
         /// Persona whose shift defines the EM axis.
-        #[arg(long, default_value = "assistant")]
+        #[arg(long, default_value = defaults::AXIS_PERSONA)]
         axis_persona: String,
         /// EM/benign ratio thresholds of the sensitivity rows (comma-separated).
         #[arg(long, default_value = "1.5,2,3", value_delimiter = ',')]
@@ -76,7 +81,7 @@ enum Cmd {
         #[arg(short, long)]
         out: PathBuf,
         /// Residual principal components kept per (method, layer).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = defaults::COMPONENTS)]
         components: usize,
         /// Keep Method-B response texts (token counts are always kept).
         #[arg(long)]
@@ -109,6 +114,10 @@ enum Cmd {
         /// Scale the within-persona noise by (1 + this) in `em` (M3 separability loss).
         #[arg(long, default_value_t = 0.0)]
         separability_loss: f64,
+        /// Anisotropy of the within-persona noise: power-law spectrum, std along hidden
+        /// dimension j ∝ (j+1)^(−decay/2) (0 = isotropic).
+        #[arg(long, default_value_t = 0.0)]
+        spectrum_decay: f64,
         /// Fraction of each effect given to the `benign` checkpoint.
         #[arg(long, default_value_t = 0.25)]
         benign_scale: f64,
@@ -205,6 +214,7 @@ fn main() -> Result<()> {
             components,
             folds,
             alpha,
+            equivalence_delta,
             axis_persona,
             thresholds,
             figures,
@@ -222,6 +232,7 @@ fn main() -> Result<()> {
                 components,
                 folds,
                 alpha,
+                equivalence_delta,
                 thresholds,
                 primary_threshold: primary,
                 axis_persona,
@@ -247,6 +258,7 @@ fn main() -> Result<()> {
             rotation,
             separability_loss,
             benign_scale,
+            spectrum_decay,
             seed,
         } => {
             anyhow::ensure!(
@@ -263,6 +275,7 @@ fn main() -> Result<()> {
                 rotation,
                 separability_loss,
                 benign_scale,
+                spectrum_decay,
                 seed,
                 ..SynthSpec::default()
             };

@@ -5,7 +5,7 @@ use crate::bundle::{Bundle, Method, Role};
 use crate::coords::{bundle_coords, CoordsError, CoordsMode, MethodLayerCoords};
 use crate::geometry::{
     bootstrap_cell, bootstrap_weights, gram_of_rows, PairGeometry, PairGeometryResult, Stats,
-    GEOMETRY_METRICS, N_GEOMETRY, TIE_REL_TOL,
+    GEOMETRY_METRICS, N_GEOMETRY,
 };
 use crate::lda::{per_question_scores, Lda, PairedScores, Samples};
 use crate::stats::{
@@ -674,7 +674,7 @@ impl Plan {
                 let rows_ck: Vec<&[f64]> = (0..p).map(|i| c.centroid(ck, i)).collect();
                 let g = gram_of_rows(&rows_ck);
                 let (n_eff, n_eff_min) = c.n_effective(ck);
-                let tol = |v: f64| TIE_REL_TOL * v.abs().max(1e-12);
+                let tol = |v: f64| crate::geometry::tie_tolerance(c.exact, v);
                 checkpoint_views.push(CheckpointView {
                     checkpoint: ckname(ck),
                     method: c.method,
@@ -927,7 +927,7 @@ impl Plan {
         // Scale of each statistic: accuracy lives in [0, 1]; the log posterior's scale is the
         // magnitude of the levels it is the difference of.
         let lp_scale = cell_lp_scale(scores, cmp);
-        let tol = |s: usize| TIE_REL_TOL * if s == 0 { 1.0 } else { lp_scale };
+        let tol = |s: usize| crate::geometry::tie_tolerance(c.exact, if s == 0 { 1.0 } else { lp_scale });
         M3Paired {
             delta: obs,
             // Pre-registered: separability falls (one-sided, less).

@@ -233,6 +233,19 @@ fn norms_from_coords(
     (sq, mean)
 }
 
+/// Mean over personas of a checkpoint's centroids (p rows of width d). LDA features are stored
+/// relative to it: LDA is shift-invariant, and a pure shift between checkpoints then leaves the
+/// f32 features bit-identical instead of rounding them differently.
+fn centroid_mean(cents: &[f64], p: usize, d: usize) -> Vec<f64> {
+    let mut m = vec![0.0; d];
+    for pi in 0..p {
+        for j in 0..d {
+            m[j] += cents[pi * d + j] / p as f64;
+        }
+    }
+    m
+}
+
 /// Applies the paired filter to stored coordinates: the centroid moves to the mean over the
 /// paired set (within the stored residual components) and the residuals are re-centred.
 fn restrict_to_paired(
@@ -306,13 +319,14 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
             restrict_to_paired(&mut cents, &mut r, &paired, (p, q, d, k));
         }
         let (sq, mean) = norms_from_coords(&cents, &r, &paired, (p, q, d, k), extra);
+        let cm = centroid_mean(&cents, p, d);
         let mut lda = vec![0.0f32; p * q * k];
         for pi in 0..p {
             for qi in 0..q {
                 if paired[pi * q + qi] {
                     let o = (pi * q + qi) * k;
                     for j in 0..k {
-                        lda[o + j] = (cents[pi * d + j] + r[o + j] as f64) as f32;
+                        lda[o + j] = (cents[pi * d + j] - cm[j] + r[o + j] as f64) as f32;
                     }
                 }
             }
@@ -455,7 +469,8 @@ fn full_cell_coords(
         let mut sq_norms = Vec::with_capacity(nck);
         let mut mean_sq = Vec::with_capacity(nck);
         for ck in 0..nck {
-            let c32 = DMatrix::<f64>::from_row_slice(p, h, &cents[ck]) * &u_r; // p x k
+            let cm = centroid_mean(&cents[ck], p, h);
+            let c32 = DMatrix::<f64>::from_fn(p, h, |i, j| cents[ck][i * h + j] - cm[j]) * &u_r; // p x k
             let mut f = vec![0.0f32; p * q * k];
             for i in 0..p * q {
                 if let Some(row) = row_of[ck][i] {
@@ -546,13 +561,14 @@ fn full_cell_coords(
     for ck in 0..nck {
         let (sq, mean) =
             norms_from_coords(&out.centroids[ck], &out.residuals[ck], &paired, (p, q, d, k), extra);
+        let cm = centroid_mean(&out.centroids[ck], p, d);
         let mut lda = vec![0.0f32; p * q * k];
         for i in 0..p * q {
             if paired[i] {
                 let pi = i / q;
                 for j in 0..k {
-                    lda[i * k + j] =
-                        (out.centroids[ck][pi * d + j] + out.residuals[ck][i * k + j] as f64) as f32;
+                    lda[i * k + j] = (out.centroids[ck][pi * d + j] - cm[j]
+                        + out.residuals[ck][i * k + j] as f64) as f32;
                 }
             }
         }

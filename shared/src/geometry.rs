@@ -252,9 +252,17 @@ pub struct DisplacedGram {
     k0: Vec<f64>,
     /// (n_src·m) x q: row s·m + i = ⟨C_i, u_{s,q}⟩.
     lin: DMatrix<f64>,
-    /// (n_src·sd) x q: column q = the sources of question q, concatenated. f64 (not f32): the
-    /// page (wasm32, no FMA) and the CLI must agree to rounding, and f32 sums would not.
-    src: DMatrix<f64>,
+    /// (n_src·sd) x q: column q = the sources of question q, concatenated.
+    src: Sources,
+}
+
+/// The per-question sources, in f64 or f32. f64 where the page computes the same draws (compact
+/// bundles: wasm32 without FMA and the CLI must agree to rounding); f32 on full bundles (CLI
+/// only), where it halves the time of the largest product and moves a Gram entry by ~1e-9 of
+/// its size (the inner products with the centroids stay f64).
+enum Sources {
+    F64(DMatrix<f64>),
+    F32(DMatrix<f32>),
 }
 
 /// One draw's linear and quadratic terms: lin[s·m + i] = ⟨C_i, σ_s⟩, quad[s·n_src + t] = ⟨σ_s, σ_t⟩.
@@ -264,8 +272,16 @@ pub struct DrawTerms {
 }
 
 impl DisplacedGram {
-    /// `base`: m vectors (width ≥ sd); `src`: laid out [q][s][sd] (question-major).
-    pub fn new(base: &[&[f64]], src: Vec<f64>, n_src: usize, q: usize, sd: usize) -> Self {
+    /// `base`: m vectors (width ≥ sd); `src`: laid out [q][s][sd] (question-major);
+    /// `single`: keep the sources in f32 (see [`Sources`]).
+    pub fn new(
+        base: &[&[f64]],
+        src: Vec<f64>,
+        n_src: usize,
+        q: usize,
+        sd: usize,
+        single: bool,
+    ) -> Self {
         let m = base.len();
         assert_eq!(src.len(), n_src * sd * q, "source layout");
         let k0 = gram_of_rows(base);
@@ -276,6 +292,11 @@ impl DisplacedGram {
         let all = &c * view; // m x (q·n_src), column q·n_src + s
         // Column-major m x (q·n_src) is (n_src·m) x q column-major with row s·m + i.
         let lin = DMatrix::<f64>::from_vec(n_src * m, q, all.data.into());
+        let src = if single {
+            Sources::F32(src.map(|v| v as f32))
+        } else {
+            Sources::F64(src)
+        };
         DisplacedGram {
             m,
             n_src,
@@ -291,15 +312,32 @@ impl DisplacedGram {
         &self.k0
     }
 
-    /// Linear and quadratic terms for the weight vectors `w` (each of length q).
-    pub fn terms(&self, w: &[Vec<f64>]) -> Vec<DrawTerms> {
-        let mut out = Vec::with_capacity(w.len());
-        for chunk in w.chunks(BATCH) {
-            let b = chunk.len();
-            let w = DMatrix::<f64>::from_fn(self.q, b, |qi, j| chunk[j][qi]);
-            let lin = &self.lin * &w; // (n_src·m) x b
-            let sig = &self.src * &w; // (n_src·sd) x b
-            for j in 0..b {
+    /// Linear and quadratic terms of draws `range`, with `weights(i)` the weights of draw i.
+    /// Draws are computed in batches aligned to multiples of BATCH, whatever the range: a
+    /// matrix product's rounding depends on the shape of the batch, and draw i must come out
+    /// bit-identical however the work is split (threads, Web Workers).
+    pub fn terms(
+        &self,
+        range: Range<usize>,
+        weights: impl Fn(usize) -> Vec<f64>,
+    ) -> Vec<(Vec<f64>, DrawTerms)> {
+        let mut out = Vec::with_capacity(range.len());
+        if range.is_empty() {
+            return out;
+        }
+        for batch in range.start / BATCH..=(range.end - 1) / BATCH {
+            let all: Vec<usize> = (batch * BATCH..(batch + 1) * BATCH).collect();
+            let w_all: Vec<Vec<f64>> = all.iter().map(|&i| weights(i)).collect();
+            let w = DMatrix::<f64>::from_fn(self.q, BATCH, |qi, j| w_all[j][qi]);
+            let lin = &self.lin * &w; // (n_src·m) x BATCH
+            let sig = match &self.src {
+                Sources::F64(src) => src * &w, // (n_src·sd) x BATCH
+                Sources::F32(src) => (src * w.map(|v| v as f32)).map(|v| v as f64),
+            };
+            for (j, (&i, wi)) in all.iter().zip(w_all).enumerate() {
+                if !range.contains(&i) {
+                    continue;
+                }
                 let col = sig.column(j);
                 let s = nalgebra::DMatrixView::<f64>::from_slice(
                     &col.as_slice()[..self.n_src * self.sd],
@@ -307,10 +345,13 @@ impl DisplacedGram {
                     self.n_src,
                 );
                 let quad = s.transpose() * s; // n_src x n_src
-                out.push(DrawTerms {
-                    lin: lin.column(j).iter().copied().collect(),
-                    quad: quad.iter().copied().collect(),
-                });
+                out.push((
+                    wi,
+                    DrawTerms {
+                        lin: lin.column(j).iter().copied().collect(),
+                        quad: quad.iter().copied().collect(),
+                    },
+                ));
             }
         }
         out
@@ -374,13 +415,20 @@ pub struct PairGeometryResult {
     pub n_questions_paired_min: usize,
 }
 
-/// Tolerance of "at least as extreme": relative to the statistic's scale, so that a Δ that is
-/// zero by construction (up to rounding of f16 storage or f32 sums) counts as a tie with itself.
-pub const TIE_REL_TOL: f64 = 1e-5;
+/// Tolerance of "at least as extreme", relative to the statistic's scale (the larger |level|),
+/// so that a Δ that is zero by construction (equal up to rounding) counts as a tie with itself
+/// and gets p = 1. Full bundles: f32 data, f64 statistics (rounding ~1e-8 of the scale); compact
+/// bundles: f16 residuals (~1e-6). Far below any Δ a test can detect (e.g. M1_raw's null spread
+/// is ~5e-5 of its level for 240 questions at hidden size 3,584).
+pub const TIE_REL_TOL: f64 = 1e-7;
+pub const TIE_REL_TOL_COMPACT: f64 = 1e-5;
+
+pub fn tie_tolerance(exact: bool, scale: f64) -> f64 {
+    (if exact { TIE_REL_TOL } else { TIE_REL_TOL_COMPACT }) * scale.abs().max(1e-12)
+}
 
 /// The p-values of one statistic: (pre-registered p, two-sided p).
-pub fn geometry_p(s: usize, delta: f64, null: &[f64], scale: f64) -> (f64, f64) {
-    let tol = TIE_REL_TOL * scale.abs().max(1e-12);
+pub fn geometry_p(s: usize, delta: f64, null: &[f64], tol: f64) -> (f64, f64) {
     let two = permutation_p_two_sided(delta, null, tol);
     if GEOMETRY_IS_LEVEL[s] {
         (two, two)
@@ -480,7 +528,7 @@ impl<'a> PairGeometry<'a> {
             }
         }
         let rows = self.centroid_rows();
-        let dg = DisplacedGram::new(&rows, src, p, q, d);
+        let dg = DisplacedGram::new(&rows, src, p, q, d, c.exact);
         let inv_n: Vec<f64> = (0..p)
             .map(|pi| 1.0 / c.n_valid(self.pre, pi).max(1) as f64)
             .collect();
@@ -488,12 +536,10 @@ impl<'a> PairGeometry<'a> {
         let coef: Vec<f64> = (0..2 * p)
             .map(|i| if i < p { inv_n[i] } else { -inv_n[i - p] })
             .collect();
-        let weights: Vec<Vec<f64>> = range.map(|i| self.swaps(i)).collect();
-        let terms = dg.terms(&weights);
+        let terms = dg.terms(range, |i| self.swaps(i));
         let (msq_pre0, msq_post0) = (&c.mean_sq_norm[self.pre], &c.mean_sq_norm[self.post]);
-        weights
+        terms
             .iter()
-            .zip(&terms)
             .map(|(w, t)| {
                 let g = dg.gram(t, &src_of, &coef);
                 let mut msq_pre = msq_pre0.clone();
@@ -534,7 +580,7 @@ impl<'a> PairGeometry<'a> {
         for s in 0..N_GEOMETRY {
             let ns: Vec<f64> = null.iter().map(|x| x[s]).collect();
             let scale = pre_values[s].abs().max(post_values[s].abs()).max(1e-300);
-            (pv[s], p_two[s]) = geometry_p(s, delta[s], &ns, scale);
+            (pv[s], p_two[s]) = geometry_p(s, delta[s], &ns, tie_tolerance(c.exact, scale));
             let bs: Vec<f64> = kept.iter().map(|x| x[s]).collect();
             ci95_delta[s] = basic_bootstrap_interval(delta[s], &bs, 0.95);
         }
@@ -668,16 +714,12 @@ pub fn bootstrap_cell(
             }
         }
     }
-    let dg = DisplacedGram::new(&rows, src, m, q, k);
+    let dg = DisplacedGram::new(&rows, src, m, q, k, c.exact);
     let label = format!("{}/L{}", c.method.name(), c.layer);
-    let weights: Vec<Vec<f64>> = range
-        .map(|i| bootstrap_weights(seed, &label, q, i))
-        .collect();
-    let terms = dg.terms(&weights);
+    let terms = dg.terms(range, |i| bootstrap_weights(seed, &label, q, i));
     let src_of: Vec<usize> = (0..m).collect();
-    weights
+    terms
         .iter()
-        .zip(&terms)
         .map(|(w, t)| {
             // Per (checkpoint, persona): total weight W and weighted mean squared norm.
             let mut tot = vec![0.0f64; m];
@@ -843,9 +885,9 @@ mod tests {
         let mut rng = Rng::new(5);
         let src: Vec<f64> = (0..q * ns * sd).map(|_| rng.normal()).collect();
         let refs: Vec<&[f64]> = base.iter().map(|r| r.as_slice()).collect();
-        let dg = DisplacedGram::new(&refs, src.clone(), ns, q, sd);
+        let dg = DisplacedGram::new(&refs, src.clone(), ns, q, sd, false);
         let w = vec![vec![1.0, 0.0, 2.0, 1.0]];
-        let t = &dg.terms(&w)[0];
+        let t = &dg.terms(0..1, |_| w[0].clone())[0].1;
         let src_of = [0, 1, 0];
         let coef = [0.5, -0.25, 1.0];
         let g = dg.gram(t, &src_of, &coef);

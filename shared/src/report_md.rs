@@ -56,7 +56,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "- Tests: N = {} permutations (p floor {}), {} bootstrap resamples, seed {}, {}-fold GroupKFold by question, {} residual components; BH-FDR and Holm within each family; verdict at BH p < {}.",
+        "- Tests: N = {} permutations (p floor {}), {} bootstrap resamples (the same question resamples for every checkpoint), seed {}, {}-fold GroupKFold by question, M3 on {} residual components; M1/M2 draws at full width on a full bundle; BH-FDR and Holm within each family (one per compared pair of checkpoints); verdict at BH p < {}. p: two-sided for M1, one-sided in the hypothesised direction for M2 (up) and M3 (down).",
         c.permutations,
         fmt_p(1.0 / (c.permutations as f64 + 1.0)),
         c.bootstrap,
@@ -72,23 +72,32 @@ pub fn render(r: &Report) -> String {
         r.bases
             .iter()
             .map(|b| format!(
-                "{}/L{}: d={}, k={}, within-persona variance retained {:.1}%",
+                "{}/L{}: d={}, k={}, within-persona variance retained {:.1}%, M1/M2 draws {}",
                 b.method.name(),
                 b.layer,
                 b.dim,
                 b.k,
-                100.0 * b.residual_variance_retained
+                100.0 * b.residual_variance_retained,
+                if b.exact { "exact" } else { "approximate" }
             ))
             .collect::<Vec<_>>()
             .join("; ")
     );
 
+    if !r.warnings.is_empty() {
+        let _ = writeln!(s, "## Warnings\n");
+        for w in &r.warnings {
+            let _ = writeln!(s, "- {w}");
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "## Verdicts\n");
     let _ = writeln!(
         s,
-        "| EM checkpoint | criterion | verdict | supporting metrics (layers) |"
+        "| EM checkpoint | criterion | verdict | supporting metrics (layers) | kill: plan (p > {}) / equivalence (CI in ±{}) |",
+        c.kill_p, c.equivalence_delta
     );
-    let _ = writeln!(s, "|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|");
     for v in &r.verdicts {
         let sup = v
             .supporting
@@ -103,11 +112,13 @@ pub fn render(r: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {}{primary} | **{}** | {} |",
+            "| {} | {}{primary} | **{}** | {} | {} / {} |",
             v.em,
             v.criterion,
             v.verdict,
-            if sup.is_empty() { "—".into() } else { sup }
+            if sup.is_empty() { "—".into() } else { sup },
+            v.kill_plan,
+            v.kill_equivalence
         );
     }
     let _ = writeln!(s);
@@ -129,8 +140,8 @@ pub fn render(r: &Report) -> String {
                 continue;
             }
             let _ = writeln!(s, "### {metric}\n");
-            let _ = writeln!(s, "| pre → post | method | layer | pre | post | Δ | 95% CI of Δ | p | p BH | p Holm | n q |");
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| pre → post | method | layer | pre | post | Δ | 95% CI of Δ | p | p two-sided | p BH | p Holm | n q |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
             for x in mrows {
                 let ci = x
                     .ci95
@@ -138,7 +149,7 @@ pub fn render(r: &Report) -> String {
                     .unwrap_or_else(|| "—".into());
                 let _ = writeln!(
                     s,
-                    "| {} → {} | {} | {} | {:.4} | {:.4} | {:+.4} | {} | {} | {} | {} | {} |",
+                    "| {} → {} | {} | {} | {:.4} | {:.4} | {:+.4} | {} | {} | {} | {} | {} | {} |",
                     x.pre,
                     x.post,
                     x.method.name(),
@@ -148,6 +159,7 @@ pub fn render(r: &Report) -> String {
                     x.delta,
                     ci,
                     fmt_p(x.p),
+                    fmt_p(x.p_two_sided),
                     fmt_opt_p(x.p_bh),
                     fmt_opt_p(x.p_holm),
                     x.n_questions
@@ -165,12 +177,12 @@ pub fn render(r: &Report) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| EM | metric | method | layer | Δ EM | Δ benign | ratio | p BH (EM) | {} |",
+            "| EM | benign (least favourable) | metric | method | layer | Δ EM | Δ benign | ratio [paired 95% CI] | p BH (EM) | p BH (EM vs benign) | {} |",
             crit.join(" | ")
         );
         let _ = writeln!(
             s,
-            "|---|---|---|---|---|---|---|---|{}",
+            "|---|---|---|---|---|---|---|---|---|---|{}",
             "---|".repeat(crit.len())
         );
         for x in &r.sensitivity {
@@ -181,15 +193,24 @@ pub fn render(r: &Report) -> String {
                 .collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:+.4} | {:+.4} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:+.4} | {:+.4} | {:.2} {} | {} | {} | {} |",
                 x.em,
+                x.benign,
                 x.metric,
                 x.method.name(),
                 x.layer,
                 x.delta_em,
                 x.delta_benign,
                 x.ratio,
+                x.ratio_ci95
+                    .map(|c| format!("[{:.2}, {:.2}]", c[0], c[1]))
+                    .unwrap_or_else(|| "—".into()),
                 fmt_p(x.p_bh_em),
+                if x.p_bh_em_vs_benign.is_nan() {
+                    "—".to_string()
+                } else {
+                    fmt_p(x.p_bh_em_vs_benign)
+                },
                 marks.join(" | ")
             );
         }
@@ -199,12 +220,12 @@ pub fn render(r: &Report) -> String {
         s,
         "## M3 per checkpoint (held-out, label-permutation test of above-chance separability)\n"
     );
-    let _ = writeln!(s, "| checkpoint | method | layer | accuracy | mean log posterior | chance acc (null mean) | p (acc) | p (log post) | N |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| checkpoint | method | layer | accuracy | mean log posterior | chance acc (null mean) | p (acc) | p (log post) | N | N_effective (cells / min questions / dropped by paired filter) |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for v in &r.checkpoint_views {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {} | {} |",
+            "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {} / {} / {} |",
             v.checkpoint,
             v.method.name(),
             v.layer,
@@ -213,7 +234,10 @@ pub fn render(r: &Report) -> String {
             v.m3_null_mean_accuracy,
             fmt_p(v.m3_p_above_chance_accuracy),
             fmt_p(v.m3_p_above_chance_log_posterior),
-            v.m3_n_label_permutations
+            v.m3_n_label_permutations,
+            v.n_effective,
+            v.n_effective_min_questions,
+            v.n_dropped_paired
         );
     }
     s

@@ -190,10 +190,10 @@ fn compact_form_agrees_with_full_bundle() {
         } else if a.metric.starts_with("M1") || a.metric.starts_with("M2") {
             assert!((a.delta - b.delta).abs() < 1e-6, "{a:?} {b:?}");
         }
-        assert!(a.exact && (b.exact || a.metric.starts_with("M3")));
+        assert!(a.exact && b.exact == a.metric.starts_with("M3"), "{a:?} {b:?}");
         // Monte Carlo error of p for N = 999 at p ~ 0.5 is ~0.016; f16 rounding adds a little,
         // and the compact M1/M2 draws miss the residual outside k components (approximate).
-        let tol = if a.metric.starts_with("M3") { 0.05 } else { 0.15 };
+        let tol = if a.metric.starts_with("M3") { 0.05 } else { 0.25 };
         assert!(
             (a.p - b.p).abs() < tol,
             "{} {} {:?}: {} vs {}",
@@ -258,6 +258,10 @@ fn any_split_of_the_tasks_gives_the_cli_report() {
             .map(|ml| Some(plan.cell_result(ml, &pairs)))
             .collect();
         let split = plan.report(&b, &cells);
+        for (x, y) in split.rows.iter().zip(&cli.rows) {
+            assert_eq!(x, y, "chunk {chunk}");
+        }
+        assert_eq!(split.ratio_draws, cli.ratio_draws, "chunk {chunk}");
         assert_eq!(split, cli, "chunk {chunk}");
     }
     // A partial report (the page while workers run) covers exactly the present cells.
