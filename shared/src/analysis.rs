@@ -262,6 +262,74 @@ pub struct Verdict {
     pub kill_equivalence: bool,
 }
 
+/// Training-seed replication: the EM arm's checkpoints against the benign arm's, each
+/// checkpoint's Δ vs base one observation, tested exactly over every assignment of the arm
+/// labels (same arm sizes).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AdapterLevelRow {
+    pub method: Method,
+    pub layer: u32,
+    pub metric: String,
+    pub em: Vec<String>,
+    pub benign: Vec<String>,
+    pub mean_delta_em: f64,
+    pub mean_delta_benign: f64,
+    /// mean Δ_EM − mean Δ_benign.
+    pub difference: f64,
+    /// In the hypothesised direction (EM moves the metric more in its direction).
+    pub p_one_sided: f64,
+    pub p_two_sided: f64,
+    pub n_labellings: usize,
+    /// Smallest attainable one-sided p: 1 / n_labellings.
+    pub p_floor: f64,
+}
+
+/// Exact permutation test of mean(a) − mean(b) over every relabelling that keeps the group
+/// sizes: (one-sided in direction `dir`, two-sided, number of labellings). None when there are
+/// more than a million labellings (enumeration refused).
+pub fn arm_permutation_test(a: &[f64], b: &[f64], dir: f64, tol: f64) -> Option<(f64, f64, usize)> {
+    let all: Vec<f64> = a.iter().chain(b).copied().collect();
+    let (n, k) = (all.len(), a.len());
+    if k == 0 || k == n {
+        return None;
+    }
+    let mut count = 1f64;
+    for i in 0..k {
+        count = count * (n - i) as f64 / (i + 1) as f64;
+    }
+    if count > 1e6 {
+        return None;
+    }
+    let total: f64 = all.iter().sum();
+    let stat = |sum_a: f64| sum_a / k as f64 - (total - sum_a) / (n - k) as f64;
+    let obs = stat(a.iter().sum());
+    let (mut ge, mut ge_abs, mut m) = (0usize, 0usize, 0usize);
+    // Enumerate k-subsets in lexicographic order.
+    let mut idx: Vec<usize> = (0..k).collect();
+    loop {
+        let t = stat(idx.iter().map(|&i| all[i]).sum());
+        m += 1;
+        if dir * t >= dir * obs - tol {
+            ge += 1;
+        }
+        if t.abs() >= obs.abs() - tol {
+            ge_abs += 1;
+        }
+        let mut i = k;
+        while i > 0 && idx[i - 1] == n - k + i - 1 {
+            i -= 1;
+        }
+        if i == 0 {
+            break;
+        }
+        idx[i - 1] += 1;
+        for j in i..k {
+            idx[j] = idx[j - 1] + 1;
+        }
+    }
+    Some((ge as f64 / m as f64, ge_abs as f64 / m as f64, m))
+}
+
 /// Paired bootstrap draws of (Δ_EM, Δ_benign) for one sensitivity cell (kept in memory for the
 /// page's instant threshold changes; not written to report.json).
 #[derive(Clone, Debug, PartialEq)]
@@ -295,6 +363,9 @@ pub struct Report {
     /// Things a reader must know (p floors that cannot pass Holm, approximate draws).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Training-seed replication (≥ 2 EM and ≥ 2 benign checkpoints), else empty.
+    #[serde(default)]
+    pub adapter_level: Vec<AdapterLevelRow>,
     #[serde(skip)]
     pub ratio_draws: Vec<RatioDraws>,
 }
@@ -868,6 +939,7 @@ impl Plan {
             }
         }
         let (sensitivity, verdicts) = sensitivity_and_verdicts(bundle, &rows, &ratio_draws, cfg);
+        let adapter_level = adapter_level_rows(bundle, &rows, &mut warnings);
         Report {
             tool_version: crate::TOOL_VERSION.into(),
             layer_convention: crate::LAYER_CONVENTION.into(),
@@ -896,6 +968,7 @@ impl Plan {
             sensitivity,
             verdicts,
             warnings,
+            adapter_level,
             ratio_draws,
         }
     }
@@ -941,6 +1014,76 @@ impl Plan {
             boot,
         }
     }
+}
+
+/// The adapter-level rows of a report (see [`AdapterLevelRow`]).
+fn adapter_level_rows(bundle: &Bundle, rows: &[Row], warnings: &mut Vec<String>) -> Vec<AdapterLevelRow> {
+    let names = |role: Role| -> Vec<String> {
+        bundle
+            .checkpoint_by_role(&role)
+            .iter()
+            .map(|&i| bundle.checkpoints[i].name.clone())
+            .collect()
+    };
+    let (em, benign) = (names(Role::Em), names(Role::Benign));
+    if em.len() < 2 || benign.len() < 2 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for &m in &bundle.methods {
+        for &l in &bundle.layers {
+            for metric in FAMILY_METRICS {
+                let deltas = |fam: Family, post: &[String]| -> Option<Vec<f64>> {
+                    post.iter()
+                        .map(|name| {
+                            rows.iter()
+                                .find(|r| {
+                                    r.family == fam
+                                        && r.post == *name
+                                        && r.method == m
+                                        && r.layer == l
+                                        && r.metric == metric
+                                })
+                                .map(|r| r.delta)
+                        })
+                        .collect()
+                };
+                let (Some(a), Some(b)) = (
+                    deltas(Family::EmVsBase, &em),
+                    deltas(Family::BenignVsBase, &benign),
+                ) else {
+                    continue;
+                };
+                let scale = a.iter().chain(&b).map(|x| x.abs()).fold(0.0, f64::max);
+                let Some((p1, p2, n)) =
+                    arm_permutation_test(&a, &b, direction(metric), 1e-12 * scale.max(1e-300))
+                else {
+                    warnings.push(format!(
+                        "adapter-level test skipped: {} EM and {} benign checkpoints have more than a million arm labellings",
+                        em.len(),
+                        benign.len()
+                    ));
+                    return out;
+                };
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+                out.push(AdapterLevelRow {
+                    method: m,
+                    layer: l,
+                    metric: metric.to_string(),
+                    em: em.clone(),
+                    benign: benign.clone(),
+                    mean_delta_em: mean(&a),
+                    mean_delta_benign: mean(&b),
+                    difference: mean(&a) - mean(&b),
+                    p_one_sided: p1,
+                    p_two_sided: p2,
+                    n_labellings: n,
+                    p_floor: 1.0 / n as f64,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Mean |per-question log posterior| of the two compared checkpoints (scale of M3's Δ).
@@ -1007,9 +1150,8 @@ pub fn analyze(
         out
     });
     let pairs: Vec<(Task, TaskOutput)> = tasks.into_iter().zip(outs).collect();
-    let cells: Vec<Option<CellResult>> = (0..plan.coords.len())
-        .map(|ml| Some(plan.cell_result(ml, &pairs)))
-        .collect();
+    let cells: Vec<Option<CellResult>> =
+        crate::parallel::par_map(plan.coords.len(), |ml| Some(plan.cell_result(ml, &pairs)));
     Ok(plan.report(bundle, &cells))
 }
 

@@ -216,6 +216,34 @@ pub fn render(r: &Report) -> String {
         }
         let _ = writeln!(s);
     }
+    if !r.adapter_level.is_empty() {
+        let a = &r.adapter_level[0];
+        let _ = writeln!(
+            s,
+            "## Training-seed replication: EM arm ({}) vs benign arm ({})\n\nEach checkpoint's Δ vs base is one observation; exact test over all {} arm labellings (p floor {}).\n",
+            a.em.join(", "),
+            a.benign.join(", "),
+            a.n_labellings,
+            fmt_p(a.p_floor)
+        );
+        let _ = writeln!(s, "| metric | method | layer | mean Δ EM | mean Δ benign | difference | p (hypothesised direction) | p two-sided |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for x in &r.adapter_level {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:+.4} | {:+.4} | {:+.4} | {} | {} |",
+                x.metric,
+                x.method.name(),
+                x.layer,
+                x.mean_delta_em,
+                x.mean_delta_benign,
+                x.difference,
+                fmt_p(x.p_one_sided),
+                fmt_p(x.p_two_sided)
+            );
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(
         s,
         "## M3 per checkpoint (held-out, label-permutation test of above-chance separability)\n"

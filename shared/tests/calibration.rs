@@ -293,3 +293,60 @@ fn null_draws_equal_brute_force_swaps() {
     }
 }
 
+
+#[test]
+fn arm_permutation_test_known_answers() {
+    use shared::analysis::arm_permutation_test;
+    // 6 choose 3 = 20 labellings; the observed split is the most extreme one in its direction,
+    // and its complement is equally extreme in the other.
+    let (p1, p2, n) = arm_permutation_test(&[3.0, 4.0, 5.0], &[0.0, 1.0, 2.0], 1.0, 1e-12).unwrap();
+    assert_eq!(n, 20);
+    assert!((p1 - 0.05).abs() < 1e-15 && (p2 - 0.10).abs() < 1e-15, "{p1} {p2}");
+    // Hypothesised direction down: the same data is the least favourable.
+    let (p1, _, _) = arm_permutation_test(&[3.0, 4.0, 5.0], &[0.0, 1.0, 2.0], -1.0, 1e-12).unwrap();
+    assert!((p1 - 1.0).abs() < 1e-15);
+    // All equal: every labelling ties, p = 1.
+    let (p1, p2, _) = arm_permutation_test(&[1.0, 1.0], &[1.0, 1.0], 1.0, 1e-12).unwrap();
+    assert_eq!((p1, p2), (1.0, 1.0));
+}
+
+/// A study with two EM and two benign checkpoints (training seeds) gets adapter-level rows.
+#[test]
+fn adapter_level_rows_with_two_seeds_per_arm() {
+    use shared::bundle::{Checkpoint, Role};
+    let spec = |compression, benign_scale| SynthSpec {
+        personas: 4,
+        questions: 20,
+        hidden: 16,
+        layers: vec![1],
+        methods: vec![Method::A],
+        compression,
+        benign_scale,
+        seed: 1,
+        ..SynthSpec::default()
+    };
+    let mut b = synth_bundle(&spec(0.3, 0.25));
+    // A second "training seed" of each arm: the same study with slightly different effects.
+    let other = synth_bundle(&spec(0.35, 0.3));
+    for (src_ck, name, role) in [(1usize, "em_s2", Role::Em), (2, "benign_s2", Role::Benign)] {
+        let new_ck = b.checkpoints.len() as u32;
+        b.checkpoints.push(Checkpoint {
+            name: name.into(),
+            role,
+            label: name.into(),
+            provenance: vec![],
+        });
+        let mut cell = other.cell(src_ck, Method::A, 1).unwrap().clone();
+        cell.checkpoint = new_ck;
+        b.cells.push(cell);
+    }
+    b.responses.clear();
+    let b = Bundle::decode(&b.encode().unwrap()).unwrap();
+    let r = analyze(&b, &cfg(8, 0), &quiet).unwrap();
+    assert_eq!(r.adapter_level.len(), 5);
+    let row = r.adapter_level.iter().find(|x| x.metric == "M1_raw").unwrap();
+    assert_eq!(row.n_labellings, 6);
+    // Both EM seeds compress more than both benign seeds: the most extreme of 6 labellings.
+    assert!(row.difference > 0.0);
+    assert!((row.p_one_sided - 1.0 / 6.0).abs() < 1e-12, "{row:?}");
+}
