@@ -135,7 +135,11 @@ fn extract_analyze_and_resume_give_identical_bytes() {
     );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("report/report.json")).unwrap()).unwrap();
-    assert_eq!(report["rows"].as_array().unwrap().len(), 3 * 2 * 2 * 6);
+    // 3 comparisons x 2 methods x 2 layers x every metric.
+    assert_eq!(
+        report["rows"].as_array().unwrap().len(),
+        3 * 2 * 2 * shared::analysis::ALL_METRICS.len()
+    );
 }
 
 #[test]

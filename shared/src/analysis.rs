@@ -1389,7 +1389,7 @@ pub fn sensitivity_and_verdicts(
                 (
                     "inconclusive",
                     format!(
-                        "no metric meets the success rule at >= {min_layers} layers; neither kill form holds (p > {} everywhere; every CI inside ±{delta})",
+                        "no metric meets the success rule at >= {min_layers} layers; neither kill form holds (every family p > {}; every family CI inside ±{delta})",
                         cfg.kill_p
                     ),
                 )
