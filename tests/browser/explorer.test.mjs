@@ -23,10 +23,11 @@ function pg(...args) {
 
 before(async () => {
   assert.ok(BIN, 'PG_BIN must point at the persona-geometry binary');
-  // Planted effects; benign gets 60% of EM's: verdict success at 2x, inconclusive at 3x.
+  // Planted effects; benign gets 40% of EM's: verdict success at 2x (the paired CI of
+  // Δ_EM − 2·|Δ_benign| is above 0), inconclusive at 3x.
   const full = path.join(WORK, 'test.pgb');
   pg('synth', '-o', full, '--personas', '6', '--questions', '40', '--hidden', '64',
-    '--layers', '3,5,7', '--compression', '0.3', '--rotation', '0.3', '--benign-scale', '0.6', '--seed', '3');
+    '--layers', '3,5,7', '--compression', '0.3', '--rotation', '0.3', '--benign-scale', '0.4', '--seed', '3');
   pg('compact', full, '-o', path.join(WORK, 'test.compact.pgb'), '--components', '32');
   pg('analyze', path.join(WORK, 'test.compact.pgb'), '--out', path.join(WORK, 'report'),
     '--permutations', String(N), '--figures');
