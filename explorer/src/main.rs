@@ -24,7 +24,8 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::JsValue;
 
 const DEFAULT_BUNDLE: &str = "default.compact.pgb";
-const PRESET_THRESHOLDS: [f64; 3] = [1.5, 2.0, 3.0];
+/// The analysis defaults live in `shared::analysis::defaults` (the CLI reads the same).
+const PRESET_THRESHOLDS: [f64; 3] = shared::analysis::defaults::THRESHOLDS;
 
 // ---------------------------------------------------------------------------------------------
 // Non-reactive state: the bundle, the analysis in progress and finished cells. Signals below
@@ -112,10 +113,10 @@ impl Ctl {
             treated: RwSignal::new(String::new()),
             centred: RwSignal::new(false),
             personas: RwSignal::new(vec![]),
-            threshold: RwSignal::new(Some(2.0)),
-            alpha: RwSignal::new(0.01),
-            permutations: RwSignal::new(10_000),
-            seed: RwSignal::new(0),
+            threshold: RwSignal::new(Some(shared::analysis::defaults::PRIMARY_THRESHOLD)),
+            alpha: RwSignal::new(shared::analysis::defaults::ALPHA),
+            permutations: RwSignal::new(shared::analysis::defaults::PERMUTATIONS),
+            seed: RwSignal::new(shared::analysis::defaults::SEED),
             metric: RwSignal::new("M1_raw".into()),
             source: RwSignal::new(None),
             meta: RwSignal::new(None),
@@ -609,7 +610,8 @@ fn verdicts(ctl: Ctl) -> Option<(Vec<SensitivityRow>, Vec<Verdict>, String, bool
             thresholds,
             ..a.plan.cfg.clone()
         };
-        let (sens, v) = sensitivity_and_verdicts(&a.bundle, &report.rows, &report.ratio_draws, &cfg);
+        let (sens, v) =
+            sensitivity_and_verdicts(&a.bundle, &report.rows, &report.ratio_draws, &cfg);
         let chosen = thr
             .map(shared::analysis::criterion_name)
             .unwrap_or_else(|| "p-only".into());

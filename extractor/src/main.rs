@@ -3,8 +3,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use extractor::cmd_analysis;
-use shared::analysis::AnalysisConfig;
 use shared::analysis::defaults;
+use shared::analysis::AnalysisConfig;
 use shared::synth::SynthSpec;
 use std::path::PathBuf;
 

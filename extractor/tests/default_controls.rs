@@ -87,7 +87,12 @@ fn default_study_controls_end_to_end() {
 
     // (2) Rotation toward the steering axis: positive control >> negative control. Computed on
     // the compact bundle, the explorer's input (coordinates are exact for centroids).
-    let coords = bundle_coords(&compact, shared::coords::CoordsMode::Basis { components: 256 }, 0).unwrap();
+    let coords = bundle_coords(
+        &compact,
+        shared::coords::CoordsMode::Basis { components: 256 },
+        0,
+    )
+    .unwrap();
     let c = coords
         .iter()
         .find(|c| c.method == Method::A && c.layer == 15)

@@ -286,10 +286,18 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
     let nck = bundle.checkpoints.len();
     // Energy outside the stored components, spread evenly over the rows that made the basis.
     let rows_total: usize = (0..nck)
-        .map(|ck| bundle.cell(ck, m, l).expect("validated").valid.iter().filter(|&&v| v).count())
+        .map(|ck| {
+            bundle
+                .cell(ck, m, l)
+                .expect("validated")
+                .valid
+                .iter()
+                .filter(|&&v| v)
+                .count()
+        })
         .sum();
-    let extra = (info.residual_ss_total - info.residual_ss_retained).max(0.0)
-        / rows_total.max(1) as f64;
+    let extra =
+        (info.residual_ss_total - info.residual_ss_retained).max(0.0) / rows_total.max(1) as f64;
     let mut out = MethodLayerCoords {
         method: m,
         layer: l,
@@ -314,7 +322,12 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
         let mut cents: Vec<f64> = cell.centroids.to_f32().iter().map(|&x| x as f64).collect();
         let mut r = cell.per_question.to_f32();
         recentre(&mut r, &cell.valid, p, q, k);
-        let dropped = cell.valid.iter().zip(&paired).filter(|(a, b)| **a && !**b).count();
+        let dropped = cell
+            .valid
+            .iter()
+            .zip(&paired)
+            .filter(|(a, b)| **a && !**b)
+            .count();
         if dropped > 0 {
             restrict_to_paired(&mut cents, &mut r, &paired, (p, q, d, k));
         }
@@ -422,7 +435,13 @@ fn full_cell_coords(
                 pair[pi * h + j] /= n_pair.max(1) as f64;
             }
         }
-        dropped.push(cell.valid.iter().zip(&paired).filter(|(a, b)| **a && !**b).count());
+        dropped.push(
+            cell.valid
+                .iter()
+                .zip(&paired)
+                .filter(|(a, b)| **a && !**b)
+                .count(),
+        );
         cents.push(pair);
     }
     // Residual rows (paired-valid), all checkpoints pooled, for the principal directions.
@@ -481,7 +500,8 @@ fn full_cell_coords(
                 }
             }
             lda_features.push(f);
-            let (sq, mean) = norms_from_coords(&cents[ck], &residuals[ck], &paired, (p, q, h, h), 0.0);
+            let (sq, mean) =
+                norms_from_coords(&cents[ck], &residuals[ck], &paired, (p, q, h, h), 0.0);
             sq_norms.push(sq);
             mean_sq.push(mean);
         }
@@ -559,8 +579,13 @@ fn full_cell_coords(
         n_dropped_paired: dropped,
     };
     for ck in 0..nck {
-        let (sq, mean) =
-            norms_from_coords(&out.centroids[ck], &out.residuals[ck], &paired, (p, q, d, k), extra);
+        let (sq, mean) = norms_from_coords(
+            &out.centroids[ck],
+            &out.residuals[ck],
+            &paired,
+            (p, q, d, k),
+            extra,
+        );
         let cm = centroid_mean(&out.centroids[ck], p, d);
         let mut lda = vec![0.0f32; p * q * k];
         for i in 0..p * q {
@@ -568,7 +593,8 @@ fn full_cell_coords(
                 let pi = i / q;
                 for j in 0..k {
                     lda[i * k + j] = (out.centroids[ck][pi * d + j] - cm[j]
-                        + out.residuals[ck][i * k + j] as f64) as f32;
+                        + out.residuals[ck][i * k + j] as f64)
+                        as f32;
                 }
             }
         }

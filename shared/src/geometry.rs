@@ -140,8 +140,8 @@ fn delta_gram(g: &[f64], p: usize) -> Vec<f64> {
     let mut out = vec![0.0; p * p];
     for i in 0..p {
         for j in 0..p {
-            out[i * p + j] = at(g, n, p + i, p + j) - at(g, n, p + i, j) - at(g, n, i, p + j)
-                + at(g, n, i, j);
+            out[i * p + j] =
+                at(g, n, p + i, p + j) - at(g, n, p + i, j) - at(g, n, i, p + j) + at(g, n, i, j);
         }
     }
     out
@@ -290,7 +290,7 @@ impl DisplacedGram {
         let c = DMatrix::<f64>::from_fn(m, sd, |i, j| base[i][j]);
         let view = nalgebra::DMatrixView::<f64>::from_slice(src.as_slice(), sd, q * n_src);
         let all = &c * view; // m x (q·n_src), column q·n_src + s
-        // Column-major m x (q·n_src) is (n_src·m) x q column-major with row s·m + i.
+                             // Column-major m x (q·n_src) is (n_src·m) x q column-major with row s·m + i.
         let lin = DMatrix::<f64>::from_vec(n_src * m, q, all.data.into());
         let src = if single {
             Sources::F32(src.map(|v| v as f32))
@@ -424,7 +424,11 @@ pub const TIE_REL_TOL: f64 = 1e-7;
 pub const TIE_REL_TOL_COMPACT: f64 = 1e-5;
 
 pub fn tie_tolerance(exact: bool, scale: f64) -> f64 {
-    (if exact { TIE_REL_TOL } else { TIE_REL_TOL_COMPACT }) * scale.abs().max(1e-12)
+    (if exact {
+        TIE_REL_TOL
+    } else {
+        TIE_REL_TOL_COMPACT
+    }) * scale.abs().max(1e-12)
 }
 
 /// The p-values of one statistic: (pre-registered p, two-sided p).
@@ -545,8 +549,8 @@ impl<'a> PairGeometry<'a> {
                 let mut msq_pre = msq_pre0.clone();
                 let mut msq_post = msq_post0.clone();
                 for pi in 0..p {
-                    let moved: f64 = (0..q).map(|qi| w[qi] * dsq[pi * q + qi]).sum::<f64>()
-                        * inv_n[pi];
+                    let moved: f64 =
+                        (0..q).map(|qi| w[qi] * dsq[pi * q + qi]).sum::<f64>() * inv_n[pi];
                     msq_pre[pi] += moved;
                     msq_post[pi] -= moved;
                 }
@@ -824,7 +828,11 @@ mod tests {
         let (_, post) = pair_statistics(&shift(&[0.5, 0.0, 0.0, 0.0], &zero), &msq, &msq, 3, 2);
         assert!((post[3] - 1.0).abs() < 1e-12, "{post:?}");
         // Assistant moves along x, the others orthogonally (along w): M2 = 0.
-        let ortho = [[0.0, 0.0, 0.0, 0.3], [0.0, 0.0, 0.0, 0.7], [0.5, 0.0, 0.0, 0.0]];
+        let ortho = [
+            [0.0, 0.0, 0.0, 0.3],
+            [0.0, 0.0, 0.0, 0.7],
+            [0.5, 0.0, 0.0, 0.0],
+        ];
         let (_, post) = pair_statistics(&shift(&[0.0; 4], &ortho), &msq, &msq, 3, 2);
         assert!(post[3].abs() < 1e-12, "{post:?}");
     }
@@ -836,19 +844,23 @@ mod tests {
             vec![-1.0, 0.3, 0.0],
             vec![0.2, -0.7, 1.1],
         ];
-        let msq_of = |rows: &[Vec<f64>]| -> Vec<f64> {
-            rows.iter().map(|r| dot(r, r) + 0.8).collect()
-        };
+        let msq_of =
+            |rows: &[Vec<f64>]| -> Vec<f64> { rows.iter().map(|r| dot(r, r) + 0.8).collect() };
         let base = separation_index(&gram(&c), &msq_of(&c), 3);
         let shifted: Vec<Vec<f64>> = c
             .iter()
             .map(|r| r.iter().zip([5.0, -3.0, 2.0]).map(|(x, t)| x + t).collect())
             .collect();
         assert!((separation_index(&gram(&shifted), &msq_of(&shifted), 3) - base).abs() < 1e-12);
-        let scaled: Vec<Vec<f64>> = c.iter().map(|r| r.iter().map(|x| 3.0 * x).collect()).collect();
+        let scaled: Vec<Vec<f64>> = c
+            .iter()
+            .map(|r| r.iter().map(|x| 3.0 * x).collect())
+            .collect();
         let msq_scaled: Vec<f64> = scaled.iter().map(|r| dot(r, r) + 9.0 * 0.8).collect();
         assert!((separation_index(&gram(&scaled), &msq_scaled, 3) - base).abs() < 1e-12);
-        let mean: Vec<f64> = (0..3).map(|j| c.iter().map(|r| r[j]).sum::<f64>() / 3.0).collect();
+        let mean: Vec<f64> = (0..3)
+            .map(|j| c.iter().map(|r| r[j]).sum::<f64>() / 3.0)
+            .collect();
         let contracted: Vec<Vec<f64>> = c
             .iter()
             .map(|r| (0..3).map(|j| mean[j] + 0.5 * (r[j] - mean[j])).collect())

@@ -632,7 +632,12 @@ mod tests {
             noise: 2.0,
             ..SynthSpec::default()
         });
-        let c = &crate::coords::bundle_coords(&b, crate::coords::CoordsMode::Basis { components: 24 }, 0).unwrap()[0];
+        let c = &crate::coords::bundle_coords(
+            &b,
+            crate::coords::CoordsMode::Basis { components: 24 },
+            0,
+        )
+        .unwrap()[0];
         let lda = Lda::new(Samples::from_coords(c, 0), 5);
         let labellings: Vec<Vec<usize>> = (0..37).map(|i| lda.permuted_labels(1, "t", i)).collect();
         let many = lda.evaluate_many(&labellings);

@@ -193,15 +193,25 @@ fn known_answers_shift_contraction_rescaling() {
     let h = b.hidden_size as usize;
     // Pure translation by a large vector: M1 raw rises, the separation index does not move,
     // and a Δ of zero by construction gets p = 1.
-    let t: Vec<f32> = (0..h).map(|j| if j % 3 == 0 { 8.0 } else { -2.0 }).collect();
+    let t: Vec<f32> = (0..h)
+        .map(|j| if j % 3 == 0 { 8.0 } else { -2.0 })
+        .collect();
     let shifted = transformed(&b, |x, _, _| x.iter().zip(&t).map(|(a, b)| a + b).collect());
     let r = analyze(&shifted, &c, &quiet).unwrap();
-    assert!(row(&r, "M1_raw").delta > 0.01, "{}", row(&r, "M1_raw").delta);
+    assert!(
+        row(&r, "M1_raw").delta > 0.01,
+        "{}",
+        row(&r, "M1_raw").delta
+    );
     let sep = row(&r, "M1_separation");
     assert!(sep.delta.abs() < 1e-9 * sep.pre_value, "{}", sep.delta);
     assert_eq!(sep.p, 1.0);
     // A shared shift: every persona moves along the same direction as the assistant: M2 ≈ 1.
-    assert!(row(&r, "M2_em_axis").delta > 0.999, "{}", row(&r, "M2_em_axis").delta);
+    assert!(
+        row(&r, "M2_em_axis").delta > 0.999,
+        "{}",
+        row(&r, "M2_em_axis").delta
+    );
     // Contraction of the centroids toward their mean by s (questions move with them): the
     // index scales by s.
     let s = 0.6f32;
@@ -280,7 +290,11 @@ fn null_draws_equal_brute_force_swaps() {
                     cents[p + pi][j] += bb[o + j] as f64 / q as f64;
                 }
                 msq[pi] += a[o..o + h].iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / q as f64;
-                msq[p + pi] += bb[o..o + h].iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / q as f64;
+                msq[p + pi] += bb[o..o + h]
+                    .iter()
+                    .map(|v| (*v as f64).powi(2))
+                    .sum::<f64>()
+                    / q as f64;
             }
         }
         let rows: Vec<&[f64]> = cents.iter().map(|r| r.as_slice()).collect();
@@ -288,11 +302,14 @@ fn null_draws_equal_brute_force_swaps() {
         for s in 0..5 {
             let want = post[s] - pre[s];
             // The draws add f32-stored residual differences: 1e-6 of the statistics' scale.
-            assert!((nd[s] - want).abs() < 1e-6, "draw {i} stat {s}: {} vs {want}", nd[s]);
+            assert!(
+                (nd[s] - want).abs() < 1e-6,
+                "draw {i} stat {s}: {} vs {want}",
+                nd[s]
+            );
         }
     }
 }
-
 
 #[test]
 fn arm_permutation_test_known_answers() {
@@ -301,7 +318,10 @@ fn arm_permutation_test_known_answers() {
     // and its complement is equally extreme in the other.
     let (p1, p2, n) = arm_permutation_test(&[3.0, 4.0, 5.0], &[0.0, 1.0, 2.0], 1.0, 1e-12).unwrap();
     assert_eq!(n, 20);
-    assert!((p1 - 0.05).abs() < 1e-15 && (p2 - 0.10).abs() < 1e-15, "{p1} {p2}");
+    assert!(
+        (p1 - 0.05).abs() < 1e-15 && (p2 - 0.10).abs() < 1e-15,
+        "{p1} {p2}"
+    );
     // Hypothesised direction down: the same data is the least favourable.
     let (p1, _, _) = arm_permutation_test(&[3.0, 4.0, 5.0], &[0.0, 1.0, 2.0], -1.0, 1e-12).unwrap();
     assert!((p1 - 1.0).abs() < 1e-15);
@@ -344,7 +364,11 @@ fn adapter_level_rows_with_two_seeds_per_arm() {
     let b = Bundle::decode(&b.encode().unwrap()).unwrap();
     let r = analyze(&b, &cfg(8, 0), &quiet).unwrap();
     assert_eq!(r.adapter_level.len(), 5);
-    let row = r.adapter_level.iter().find(|x| x.metric == "M1_raw").unwrap();
+    let row = r
+        .adapter_level
+        .iter()
+        .find(|x| x.metric == "M1_raw")
+        .unwrap();
     assert_eq!(row.n_labellings, 6);
     // Both EM seeds compress more than both benign seeds: the most extreme of 6 labellings.
     assert!(row.difference > 0.0);

@@ -36,7 +36,8 @@ fn dump_lda_cases() {
             seed: 40 + i as u64,
             ..SynthSpec::default()
         });
-        let coords = bundle_coords(&b, shared::coords::CoordsMode::Basis { components: k }, 0).unwrap();
+        let coords =
+            bundle_coords(&b, shared::coords::CoordsMode::Basis { components: k }, 0).unwrap();
         for c in &coords {
             for ck in [0usize, 1] {
                 let s = Samples::from_coords(c, ck);

@@ -62,7 +62,10 @@ fn compression_is_detected_by_m1_and_the_verdict() {
     let v = r.verdicts.iter().find(|v| v.criterion == "2x").unwrap();
     assert_eq!(v.verdict, "success", "{v:?}");
     assert!(v.supporting.iter().any(|(m, _)| m == "M1_raw"), "{v:?}");
-    assert!(v.supporting.iter().any(|(m, _)| m == "M1_separation"), "{v:?}");
+    assert!(
+        v.supporting.iter().any(|(m, _)| m == "M1_separation"),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -186,14 +189,24 @@ fn compact_form_agrees_with_full_bundle() {
         if a.metric == "M1_separation" {
             // The compact form knows the residual energy outside its k components only on
             // average, so the spread (and the index) is approximate.
-            assert!((a.delta - b.delta).abs() < 0.05 * a.pre_value, "{a:?} {b:?}");
+            assert!(
+                (a.delta - b.delta).abs() < 0.05 * a.pre_value,
+                "{a:?} {b:?}"
+            );
         } else if a.metric.starts_with("M1") || a.metric.starts_with("M2") {
             assert!((a.delta - b.delta).abs() < 1e-6, "{a:?} {b:?}");
         }
-        assert!(a.exact && b.exact == a.metric.starts_with("M3"), "{a:?} {b:?}");
+        assert!(
+            a.exact && b.exact == a.metric.starts_with("M3"),
+            "{a:?} {b:?}"
+        );
         // Monte Carlo error of p for N = 999 at p ~ 0.5 is ~0.016; f16 rounding adds a little,
         // and the compact M1/M2 draws miss the residual outside k components (approximate).
-        let tol = if a.metric.starts_with("M3") { 0.05 } else { 0.25 };
+        let tol = if a.metric.starts_with("M3") {
+            0.05
+        } else {
+            0.25
+        };
         assert!(
             (a.p - b.p).abs() < tol,
             "{} {} {:?}: {} vs {}",
