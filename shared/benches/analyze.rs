@@ -45,10 +45,17 @@ fn main() {
         ..AnalysisConfig::default()
     };
     let t = Instant::now();
-    let coords = bundle_coords(&b, cfg.components, cfg.seed).unwrap();
+    let coords = bundle_coords(
+        &b,
+        shared::coords::CoordsMode::Exact {
+            lda_components: cfg.components,
+        },
+        cfg.seed,
+    )
+    .unwrap();
     let t_coords = t.elapsed().as_secs_f64();
     println!(
-        "analysis coordinates (randomized PCA, k = {}): {t_coords:.1} s",
+        "analysis coordinates (full width for M1/M2, randomized PCA k = {} for M3): {t_coords:.1} s",
         cfg.components
     );
     let t = Instant::now();
@@ -98,6 +105,7 @@ fn main() {
     let p = shared::stats::permutation_p_greater(
         obs.accuracy,
         &null.iter().map(|x| x[0]).collect::<Vec<_>>(),
+        shared::geometry::tie_tolerance(true, obs.accuracy),
     );
     println!("M3 cell ({} samples x {} dims, 5 folds): {m3_perms} label permutations in {t_m3:.2} s = {:.3} ms/permutation (accuracy {:.4}, p {p:.4})", s.len(), s.k, 1e3 * t_m3 / m3_perms as f64, obs.accuracy);
     let case = serde_json::json!({

@@ -56,13 +56,17 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "- Tests: N = {} permutations (p floor {}), {} bootstrap resamples (the same question resamples for every checkpoint), seed {}, {}-fold GroupKFold by question, M3 on {} residual components; M1/M2 draws at full width on a full bundle; BH-FDR and Holm within each family (one per compared pair of checkpoints); verdict at BH p < {}. p: two-sided for M1, one-sided in the hypothesised direction for M2 (up) and M3 (down).",
+        "- Tests: N = {} permutations (p floor {}), {} bootstrap resamples (the same question resamples for every checkpoint), seed {}, {}-fold GroupKFold by question, M3 on the k residual components below; {}; BH-FDR and Holm within each family (one per compared pair of checkpoints); verdict at BH p < {}. p: two-sided for M1, one-sided in the hypothesised direction for M2 (up) and M3 (down).",
         c.permutations,
         fmt_p(1.0 / (c.permutations as f64 + 1.0)),
         c.bootstrap,
         c.seed,
         c.folds,
-        c.components,
+        if r.bases.iter().all(|b| b.exact) {
+            "M1/M2 draws exact (full width)"
+        } else {
+            "M1/M2 draws approximate (compact bundle: see Warnings)"
+        },
         c.alpha
     );
     let _ = writeln!(s, "- {}", r.centre_note);

@@ -130,6 +130,7 @@ impl Plan {
         let mut rows = Vec::new();
         let mut ratio_draws = Vec::new();
         let mut warnings = Vec::new();
+        let mut approximate = Vec::new();
         let ckname = |i: usize| bundle.checkpoints[i].name.clone();
         for (ml, c) in self.coords.iter().enumerate() {
             let Some(Some(cell)) = cells.get(ml) else {
@@ -289,13 +290,14 @@ impl Plan {
                 }
             }
             if !c.exact {
-                warnings.push(format!(
-                    "method {} layer {}: compact coordinates (k = {} of the residual directions): M1/M2 permutation and bootstrap draws miss the residual outside them, so their p-values and intervals are approximate; run `analyze` on the full bundle for exact values",
-                    c.method.name(),
-                    c.layer,
-                    c.k
-                ));
+                approximate.push(format!("{}/L{} (k = {})", c.method.name(), c.layer, c.k));
             }
+        }
+        if !approximate.is_empty() {
+            warnings.push(format!(
+                "compact coordinates at {}: M1/M2 permutation and bootstrap draws miss the within-persona variation outside the k stored residual components, so their p-values and intervals are approximate (point estimates and M3 are not); run `analyze` on the full bundle for exact values",
+                approximate.join(", ")
+            ));
         }
         // Corrections: one family per compared pair of checkpoints, over the family metrics.
         let mut groups: Vec<(Family, String, String)> = Vec::new();
