@@ -123,27 +123,38 @@ pub enum CoordsError {
     },
 }
 
+/// Per persona, the mean of the stored residuals over its valid questions (None: no valid one).
+fn persona_residual_means(
+    res: &[f32],
+    valid: &[bool],
+    p: usize,
+    q: usize,
+    k: usize,
+) -> Vec<Option<Vec<f64>>> {
+    (0..p)
+        .map(|pi| {
+            let mut mean = vec![0.0f64; k];
+            let mut n = 0usize;
+            for qi in 0..q {
+                if valid[pi * q + qi] {
+                    n += 1;
+                    let o = (pi * q + qi) * k;
+                    for j in 0..k {
+                        mean[j] += res[o + j] as f64;
+                    }
+                }
+            }
+            (n > 0).then(|| mean.into_iter().map(|m| m / n as f64).collect())
+        })
+        .collect()
+}
+
 /// Removes, per persona, the mean of the stored residuals over valid questions, so that the
 /// per-question data average exactly to the centroid even after f16 rounding.
 fn recentre(res: &mut [f32], valid: &[bool], p: usize, q: usize, k: usize) {
-    for pi in 0..p {
-        let mut mean = vec![0.0f64; k];
-        let mut n = 0usize;
-        for qi in 0..q {
-            if valid[pi * q + qi] {
-                n += 1;
-                let o = (pi * q + qi) * k;
-                for j in 0..k {
-                    mean[j] += res[o + j] as f64;
-                }
-            }
-        }
-        if n == 0 {
-            continue;
-        }
-        for m in mean.iter_mut() {
-            *m /= n as f64;
-        }
+    let means = persona_residual_means(res, valid, p, q, k);
+    for (pi, mean) in means.iter().enumerate() {
+        let Some(mean) = mean else { continue };
         for qi in 0..q {
             let o = (pi * q + qi) * k;
             if valid[pi * q + qi] {
@@ -254,23 +265,12 @@ fn restrict_to_paired(
     valid: &[bool],
     (p, q, d, k): (usize, usize, usize, usize),
 ) {
-    for pi in 0..p {
-        let mut mean = vec![0.0f64; k];
-        let mut n = 0usize;
-        for qi in 0..q {
-            if valid[pi * q + qi] {
-                n += 1;
-                let o = (pi * q + qi) * k;
-                for j in 0..k {
-                    mean[j] += res[o + j] as f64;
-                }
+    let means = persona_residual_means(res, valid, p, q, k);
+    for (pi, mean) in means.iter().enumerate() {
+        if let Some(mean) = mean {
+            for j in 0..k {
+                cents[pi * d + j] += mean[j];
             }
-        }
-        if n == 0 {
-            continue;
-        }
-        for j in 0..k {
-            cents[pi * d + j] += mean[j] / n as f64;
         }
     }
     recentre(res, valid, p, q, k);
