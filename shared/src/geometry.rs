@@ -48,8 +48,6 @@ pub const GEOMETRY_METRICS: [&str; N_GEOMETRY] = [
     "M2_em_axis",
     "M2_pc1_axis",
 ];
-/// The direction EM is hypothesised to move each statistic: +1 up, −1 down.
-pub const GEOMETRY_DIRECTION: [f64; N_GEOMETRY] = [1.0, 1.0, -1.0, 1.0, 1.0];
 /// Level statistics (Δ = post − pre, symmetric null) vs statistics of the change (one-sided).
 pub const GEOMETRY_IS_LEVEL: [bool; N_GEOMETRY] = [true, true, true, false, false];
 
