@@ -678,7 +678,7 @@ fn null_figures(ctl: Ctl) -> Vec<Figure> {
             });
         }
         let m3 = &cell.m3[ci];
-        for (s, name) in ["M3_accuracy", "M3_log_posterior"].iter().enumerate() {
+        for (s, name) in shared::analysis::M3_METRICS.iter().enumerate() {
             out.push(Figure {
                 title: format!("null of Δ {name} ({treated} − {base}), p = {:.4}", m3.p[s]),
                 caption: caption("Paired sign-flip permutations of per-question held-out scores", m3.n_permutations, m3.n_questions),

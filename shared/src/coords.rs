@@ -257,6 +257,25 @@ fn centroid_mean(cents: &[f64], p: usize, d: usize) -> Vec<f64> {
     m
 }
 
+/// LDA features from stored coordinates: (c_p − centroid mean + r_pq) on the first k basis
+/// vectors (the residual principal directions), zero where invalid.
+fn stored_lda_features(
+    cents: &[f64],
+    res: &[f32],
+    valid: &[bool],
+    (p, q, d, k): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    let cm = centroid_mean(cents, p, d);
+    let mut lda = vec![0.0f32; p * q * k];
+    for i in (0..p * q).filter(|&i| valid[i]) {
+        let pi = i / q;
+        for j in 0..k {
+            lda[i * k + j] = (cents[pi * d + j] - cm[j] + res[i * k + j] as f64) as f32;
+        }
+    }
+    lda
+}
+
 /// Applies the paired filter to stored coordinates: the centroid moves to the mean over the
 /// paired set (within the stored residual components) and the residuals are re-centred.
 fn restrict_to_paired(
@@ -332,18 +351,7 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
             restrict_to_paired(&mut cents, &mut r, &paired, (p, q, d, k));
         }
         let (sq, mean) = norms_from_coords(&cents, &r, &paired, (p, q, d, k), extra);
-        let cm = centroid_mean(&cents, p, d);
-        let mut lda = vec![0.0f32; p * q * k];
-        for pi in 0..p {
-            for qi in 0..q {
-                if paired[pi * q + qi] {
-                    let o = (pi * q + qi) * k;
-                    for j in 0..k {
-                        lda[o + j] = (cents[pi * d + j] - cm[j] + r[o + j] as f64) as f32;
-                    }
-                }
-            }
-        }
+        let lda = stored_lda_features(&cents, &r, &paired, (p, q, d, k));
         out.centroids.push(cents);
         out.residuals.push(r);
         out.valid.push(paired.clone());
@@ -444,13 +452,16 @@ fn full_cell_coords(
         );
         cents.push(pair);
     }
-    // Residual rows (paired-valid), all checkpoints pooled, for the principal directions.
+    // Residual rows (paired-valid), all checkpoints pooled, for the principal directions; at
+    // full width per checkpoint too when the coordinates are exact (the compact basis needs
+    // only their projections).
+    let exact = matches!(mode, CoordsMode::Exact { .. });
     let mut rows: Vec<f32> = Vec::new();
     let mut row_of: Vec<Vec<Option<usize>>> = vec![vec![None; p * q]; nck];
     let mut total_ss = 0.0f64;
     let mut residuals = Vec::with_capacity(nck);
     for ck in 0..nck {
-        let mut r = vec![0.0f32; p * q * h];
+        let mut r = vec![0.0f32; if exact { p * q * h } else { 0 }];
         for pi in 0..p {
             for qi in 0..q {
                 let i = pi * q + qi;
@@ -460,7 +471,9 @@ fn full_cell_coords(
                 row_of[ck][i] = Some(rows.len() / h);
                 for j in 0..h {
                     let v = (xs[ck][i * h + j] as f64 - cents[ck][pi * h + j]) as f32;
-                    r[i * h + j] = v;
+                    if exact {
+                        r[i * h + j] = v;
+                    }
                     rows.push(v);
                     total_ss += (v as f64) * (v as f64);
                 }
@@ -482,7 +495,7 @@ fn full_cell_coords(
     let proj = &x * &ur32; // n_rows x k
     let retained: f64 = proj.iter().map(|&v| (v as f64).powi(2)).sum();
     drop(x);
-    if let CoordsMode::Exact { .. } = mode {
+    if exact {
         // Identity coordinates at full width; LDA features = (c_p + r_pq) on the k directions.
         let mut lda_features = Vec::with_capacity(nck);
         let mut sq_norms = Vec::with_capacity(nck);
@@ -525,7 +538,6 @@ fn full_cell_coords(
             n_dropped_paired: dropped,
         });
     }
-    drop(residuals);
     let mut basis: Vec<DVector<f64>> = (0..k).map(|j| u_r.column(j).into_owned()).collect();
     let cand: Vec<DVector<f64>> = (0..nck)
         .flat_map(|ck| (0..p).map(move |pi| (ck, pi)))
@@ -586,18 +598,12 @@ fn full_cell_coords(
             (p, q, d, k),
             extra,
         );
-        let cm = centroid_mean(&out.centroids[ck], p, d);
-        let mut lda = vec![0.0f32; p * q * k];
-        for i in 0..p * q {
-            if paired[i] {
-                let pi = i / q;
-                for j in 0..k {
-                    lda[i * k + j] = (out.centroids[ck][pi * d + j] - cm[j]
-                        + out.residuals[ck][i * k + j] as f64)
-                        as f32;
-                }
-            }
-        }
+        let lda = stored_lda_features(
+            &out.centroids[ck],
+            &out.residuals[ck],
+            &paired,
+            (p, q, d, k),
+        );
         out.sq_norms.push(sq);
         out.mean_sq_norm.push(mean);
         out.lda_features.push(lda);

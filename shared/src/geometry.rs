@@ -53,8 +53,8 @@ pub const GEOMETRY_IS_LEVEL: [bool; N_GEOMETRY] = [true, true, true, false, fals
 
 pub type Stats = [f64; N_GEOMETRY];
 
-/// Draws processed per matrix product (memory: sources x dims x BATCH f64).
-const BATCH: usize = 128;
+/// Draws processed per matrix product (memory: sources x dims x DRAW_BATCH f64).
+pub const DRAW_BATCH: usize = 128;
 
 /// Entry (i, j) of a row-major n x n matrix.
 #[inline]
@@ -311,7 +311,7 @@ impl DisplacedGram {
     }
 
     /// Linear and quadratic terms of draws `range`, with `weights(i)` the weights of draw i.
-    /// Draws are computed in batches aligned to multiples of BATCH, whatever the range: a
+    /// Draws are computed in batches aligned to multiples of DRAW_BATCH, whatever the range: a
     /// matrix product's rounding depends on the shape of the batch, and draw i must come out
     /// bit-identical however the work is split (threads, Web Workers).
     pub fn terms(
@@ -323,13 +323,13 @@ impl DisplacedGram {
         if range.is_empty() {
             return out;
         }
-        for batch in range.start / BATCH..=(range.end - 1) / BATCH {
-            let all: Vec<usize> = (batch * BATCH..(batch + 1) * BATCH).collect();
+        for batch in range.start / DRAW_BATCH..=(range.end - 1) / DRAW_BATCH {
+            let all: Vec<usize> = (batch * DRAW_BATCH..(batch + 1) * DRAW_BATCH).collect();
             let w_all: Vec<Vec<f64>> = all.iter().map(|&i| weights(i)).collect();
-            let w = DMatrix::<f64>::from_fn(self.q, BATCH, |qi, j| w_all[j][qi]);
-            let lin = &self.lin * &w; // (n_src·m) x BATCH
+            let w = DMatrix::<f64>::from_fn(self.q, DRAW_BATCH, |qi, j| w_all[j][qi]);
+            let lin = &self.lin * &w; // (n_src·m) x DRAW_BATCH
             let sig = match &self.src {
-                Sources::F64(src) => src * &w, // (n_src·sd) x BATCH
+                Sources::F64(src) => src * &w, // (n_src·sd) x DRAW_BATCH
                 Sources::F32(src) => (src * w.map(|v| v as f32)).map(|v| v as f64),
             };
             for (j, (&i, wi)) in all.iter().zip(w_all).enumerate() {

@@ -12,15 +12,7 @@ use shared::synth::{synth_bundle, SynthSpec};
 
 fn quiet(_: &str) {}
 
-const METRICS: [&str; 7] = [
-    "M1_raw",
-    "M1_centred",
-    "M1_separation",
-    "M2_em_axis",
-    "M2_pc1_axis",
-    "M3_accuracy",
-    "M3_log_posterior",
-];
+const METRICS: [&str; 7] = shared::analysis::ALL_METRICS;
 
 fn null_study(seed: u64) -> Bundle {
     synth_bundle(&SynthSpec {
@@ -108,9 +100,10 @@ fn cli_null_is_calibrated_at_any_truncation() {
 }
 
 /// The page's path (compact bundle with K components): measured, printed, and held to a looser
-/// band; the page labels these p-values approximate.
+/// bound (at most 0.2, where the truncated draws of the previous analysis reached 0.53 for
+/// M1_raw and 1.0 for M1_centred); the page labels these p-values approximate.
 #[test]
-fn compact_null_rejection_is_measured() {
+fn compact_null_rejection_is_bounded() {
     let n_studies = 100;
     let k = 16;
     let rej = shared::parallel::par_map(n_studies, |s| {
@@ -120,6 +113,13 @@ fn compact_null_rejection_is_measured() {
     });
     let rates = rates(&rej);
     print_rates(&format!("compact K={k}"), &rates);
+    for (i, r) in rates.iter().enumerate() {
+        assert!(
+            *r <= 0.2,
+            "compact K={k} {}: rejection rate {r}",
+            METRICS[i / 2]
+        );
+    }
 }
 
 fn row<'a>(r: &'a Report, metric: &str) -> &'a shared::analysis::Row {

@@ -243,6 +243,19 @@ fn analysis_is_reproducible_and_thread_independent() {
     let mut split = g.null_deltas(0..25);
     split.extend(g.null_deltas(25..60));
     assert_eq!(whole, split);
+    // The bootstrap likewise, split off the draw batches.
+    let pairs = [(0usize, 1usize), (0, 2)];
+    let whole = shared::geometry::bootstrap_cell(&coords[0], &pairs, 5, 0, 0..200);
+    let mut split = shared::geometry::bootstrap_cell(&coords[0], &pairs, 5, 0, 0..77);
+    split.extend(shared::geometry::bootstrap_cell(
+        &coords[0],
+        &pairs,
+        5,
+        0,
+        77..200,
+    ));
+    assert_eq!(whole.len(), 200);
+    assert_eq!(whole, split);
 }
 
 /// The browser runs the analysis as permutation ranges in Web Workers, in any order; the

@@ -120,6 +120,8 @@ pub const FAMILY_METRICS: [&str; 5] = [
     "M3_accuracy",
     "M3_log_posterior",
 ];
+/// M3's metrics, in the order of `M3Paired`'s arrays.
+pub const M3_METRICS: [&str; 2] = ["M3_accuracy", "M3_log_posterior"];
 pub const ALL_METRICS: [&str; 7] = [
     "M1_raw",
     "M1_centred",
@@ -301,17 +303,23 @@ impl Plan {
     }
 
     /// The tasks of (method, layer) `ml`, permutations split into ranges of at most `chunk`.
+    /// Geometry ranges are rounded up to whole draw batches: a range that ends inside a batch
+    /// makes the next range compute that batch again (`DisplacedGram::terms`).
     pub fn tasks(&self, ml: usize, chunk: usize) -> Vec<Task> {
-        let chunk = chunk.max(1);
-        let ranges = |n: usize| {
+        let ranges = |n: usize, chunk: usize| {
+            let chunk = chunk.max(1);
             (0..n.div_ceil(chunk))
                 .map(move |i| (i * chunk, ((i + 1) * chunk).min(n)))
                 .collect::<Vec<_>>()
         };
+        let draw_chunk = chunk
+            .max(1)
+            .div_ceil(crate::geometry::DRAW_BATCH)
+            .saturating_mul(crate::geometry::DRAW_BATCH);
         let mut out = Vec::new();
         for checkpoint in 0..self.n_checkpoints {
             out.push(Task::LdaObserved { ml, checkpoint });
-            for (start, end) in ranges(self.cfg.m3_label_permutations) {
+            for (start, end) in ranges(self.cfg.m3_label_permutations, chunk) {
                 out.push(Task::LdaLabelNull {
                     ml,
                     checkpoint,
@@ -321,7 +329,7 @@ impl Plan {
             }
         }
         for comparison in 0..self.comparisons.len() {
-            for (start, end) in ranges(self.cfg.permutations) {
+            for (start, end) in ranges(self.cfg.permutations, draw_chunk) {
                 out.push(Task::GeometryNull {
                     ml,
                     comparison,
@@ -330,7 +338,7 @@ impl Plan {
                 });
             }
         }
-        for (start, end) in ranges(self.cfg.bootstrap) {
+        for (start, end) in ranges(self.cfg.bootstrap, draw_chunk) {
             out.push(Task::GeometryBootstrap { ml, start, end });
         }
         out

@@ -176,13 +176,32 @@ impl Plan {
             }
             for (ci, cmp) in self.comparisons.iter().enumerate() {
                 let g = cell.geometry[ci].clone();
+                // The fields every row of this comparison shares; each metric fills the rest.
+                let template = Row {
+                    family: cmp.family,
+                    pre: ckname(cmp.pre),
+                    post: ckname(cmp.post),
+                    method: c.method,
+                    layer: c.layer,
+                    metric: String::new(),
+                    pre_value: 0.0,
+                    post_value: 0.0,
+                    delta: 0.0,
+                    ci95: None,
+                    p: 1.0,
+                    p_two_sided: 1.0,
+                    p_bh: None,
+                    p_holm: None,
+                    n_permutations: 0,
+                    p_floor: 1.0,
+                    n_questions: 0,
+                    n_bootstrap: 0,
+                    seed: cfg.seed,
+                    test: String::new(),
+                    exact: c.exact,
+                };
                 for s in 0..N_GEOMETRY {
                     rows.push(Row {
-                        family: cmp.family,
-                        pre: ckname(cmp.pre),
-                        post: ckname(cmp.post),
-                        method: c.method,
-                        layer: c.layer,
                         metric: GEOMETRY_METRICS[s].to_string(),
                         pre_value: g.pre_values[s],
                         post_value: g.post_values[s],
@@ -190,52 +209,42 @@ impl Plan {
                         ci95: g.ci95_delta[s],
                         p: g.p[s],
                         p_two_sided: g.p_two_sided[s],
-                        p_bh: None,
-                        p_holm: None,
                         n_permutations: g.n_permutations,
                         p_floor: p_floor(g.n_permutations),
                         n_questions: g.n_questions_paired_min,
                         n_bootstrap: g.n_bootstrap - g.n_bootstrap_skipped,
-                        seed: cfg.seed,
                         test: if crate::geometry::GEOMETRY_IS_LEVEL[s] {
                             "paired question-level swap permutation (two-sided); basic question-bootstrap CI"
                         } else {
                             "paired question-level swap permutation (one-sided, greater; two-sided also reported); basic question-bootstrap CI"
                         }
                         .into(),
-                        exact: c.exact,
+                        ..template.clone()
                     });
                 }
                 let m3 = &cell.m3[ci];
-                for (s, name) in ["M3_accuracy", "M3_log_posterior"].iter().enumerate() {
-                    let (pre_e, post_e) = (&cell.lda[cmp.pre], &cell.lda[cmp.post]);
-                    let (pre_v, post_v) = if s == 0 {
-                        (pre_e.accuracy, post_e.accuracy)
-                    } else {
-                        (pre_e.mean_log_posterior, post_e.mean_log_posterior)
-                    };
+                let (pre_e, post_e) = (&cell.lda[cmp.pre], &cell.lda[cmp.post]);
+                let levels = [
+                    (pre_e.accuracy, post_e.accuracy),
+                    (pre_e.mean_log_posterior, post_e.mean_log_posterior),
+                ];
+                for (s, name) in M3_METRICS.iter().enumerate() {
                     rows.push(Row {
-                        family: cmp.family,
-                        pre: ckname(cmp.pre),
-                        post: ckname(cmp.post),
-                        method: c.method,
-                        layer: c.layer,
                         metric: name.to_string(),
-                        pre_value: pre_v,
-                        post_value: post_v,
+                        pre_value: levels[s].0,
+                        post_value: levels[s].1,
                         delta: m3.delta[s],
                         ci95: m3.ci95[s],
                         p: m3.p[s],
                         p_two_sided: m3.p_two_sided[s],
-                        p_bh: None,
-                        p_holm: None,
                         n_permutations: m3.n_permutations,
                         p_floor: p_floor(m3.n_permutations),
                         n_questions: m3.n_questions,
                         n_bootstrap: m3.n_bootstrap,
-                        seed: cfg.seed,
                         test: "paired sign-flip permutation of per-question held-out scores (one-sided: separability loss; two-sided also reported); basic question-bootstrap CI".into(),
+                        // M3 is computed the same way on every path.
                         exact: true,
+                        ..template.clone()
                     });
                 }
                 pair_views.push(PairView {
@@ -260,16 +269,19 @@ impl Plan {
                     .enumerate()
                     .filter(|(_, x)| x.family == Family::BenignVsBase)
                 {
-                    for (mi, metric) in FAMILY_METRICS.iter().enumerate() {
+                    for metric in FAMILY_METRICS {
                         let draws: Vec<[f64; 2]> =
-                            match GEOMETRY_METRICS.iter().position(|m| m == metric) {
+                            match GEOMETRY_METRICS.iter().position(|m| *m == metric) {
                                 Some(s) => cell.geometry_boot[ei]
                                     .iter()
                                     .zip(&cell.geometry_boot[bi])
                                     .filter_map(|(x, y)| Some([(*x)?[s], (*y)?[s]]))
                                     .collect(),
                                 None => {
-                                    let s = mi + 2 - FAMILY_METRICS.len(); // M3 metrics are last
+                                    let s = M3_METRICS
+                                        .iter()
+                                        .position(|m| *m == metric)
+                                        .expect("a family metric is M1/M2 or M3");
                                     cell.m3[ei]
                                         .boot
                                         .iter()
