@@ -1,0 +1,453 @@
+//! The page's components below the app shell: figures on canvas, the loader, the controls, the
+//! tables (tests, sensitivity and verdict, M3) and the provenance.
+
+use super::*;
+
+#[component]
+pub(crate) fn FigureView(#[prop(into)] figure: Signal<Option<Figure>>) -> impl IntoView {
+    let canvas_ref = NodeRef::<leptos::html::Canvas>::new();
+    let hits = StoredValue::new(Vec::<HitBox>::new());
+    let tip = RwSignal::new(String::new());
+    Effect::new(move |_| {
+        let fig = figure.get();
+        let Some(canvas) = canvas_ref.get() else {
+            return;
+        };
+        let Some(fig) = fig else {
+            return;
+        };
+        // The figure's own size (the same as `analyze --figures`), set before drawing because
+        // resizing a canvas clears it.
+        let (w, h) = fig.size();
+        canvas.set_width(w);
+        canvas.set_height(h);
+        if let Some(backend) = CanvasBackend::with_canvas_object(canvas.clone()) {
+            let root = backend.into_drawing_area();
+            match fig.draw(&root) {
+                Ok(h) => hits.set_value(h),
+                Err(e) => tip.set(e),
+            }
+            web::mark("figures_drawn", JsValue::TRUE);
+            first_figure_mark();
+        }
+    });
+    let on_move = move |ev: web_sys::MouseEvent| {
+        let Some(canvas) = canvas_ref.get_untracked() else {
+            return;
+        };
+        let sx = canvas.width() as f64 / canvas.client_width().max(1) as f64;
+        let sy = canvas.height() as f64 / canvas.client_height().max(1) as f64;
+        let (x, y) = (
+            (ev.offset_x() as f64 * sx) as i32,
+            (ev.offset_y() as f64 * sy) as i32,
+        );
+        let text = hits.with_value(|h| {
+            h.iter()
+                .find(|b| b.contains(x, y))
+                .map(|b| b.text.clone())
+                .unwrap_or_default()
+        });
+        tip.set(text);
+    };
+    let name = move || figure.with(|f| f.as_ref().map(|f| f.file_stem()).unwrap_or_default());
+    let export_svg = move |_| {
+        if let Some(f) = figure.get_untracked() {
+            let (width, height) = f.size();
+            match f.to_svg(width, height) {
+                Ok(svg) => web::download_text(&format!("{}.svg", name()), "image/svg+xml", &svg),
+                Err(e) => tip.set(e),
+            }
+        }
+    };
+    let export_png = move |_| {
+        if let Some(c) = canvas_ref.get_untracked() {
+            if let Ok(url) = c.to_data_url() {
+                web::download_url(&format!("{}.png", name()), &url);
+            }
+        }
+    };
+    let export_csv = move |_| {
+        if let Some(f) = figure.get_untracked() {
+            web::download_text(&format!("{}.csv", name()), "text/csv", &f.to_csv());
+        }
+    };
+    let export_json = move |_| {
+        if let Some(f) = figure.get_untracked() {
+            let j = serde_json::to_string_pretty(&f).unwrap_or_default();
+            web::download_text(&format!("{}.json", name()), "application/json", &j);
+        }
+    };
+    view! {
+        <figure class="fig" data-figure=name>
+            <canvas node_ref=canvas_ref width="300" height="150"
+                on:mousemove=on_move on:mouseleave=move |_| tip.set(String::new())></canvas>
+            <div class="tip" data-role="tip">{move || tip.get()}</div>
+            <figcaption>{move || figure.with(|f| f.as_ref().map(|f| f.caption.clone()))}</figcaption>
+            <div class="export">
+                <button data-export="svg" on:click=export_svg>"SVG"</button>
+                <button data-export="png" on:click=export_png>"PNG"</button>
+                <button data-export="csv" on:click=export_csv>"CSV"</button>
+                <button data-export="json" on:click=export_json>"JSON"</button>
+            </div>
+        </figure>
+    }
+}
+
+pub(crate) fn first_figure_mark() {
+    thread_local!(static DONE: RefCell<bool> = const { RefCell::new(false) });
+    DONE.with(|d| {
+        if !*d.borrow() {
+            *d.borrow_mut() = true;
+            web::mark("first_figure_ms", JsValue::from_f64(web::now_ms()));
+        }
+    });
+}
+
+#[component]
+pub(crate) fn Loader(ctl: Ctl) -> impl IntoView {
+    let on_file = move |ev: web_sys::Event| {
+        let input: web_sys::HtmlInputElement = ev.target().expect("target").unchecked_into();
+        if let Some(f) = input.files().and_then(|l| l.get(0)) {
+            leptos::task::spawn_local(load_file(ctl, f));
+        }
+    };
+    let url_input = RwSignal::new(String::new());
+    view! {
+        <div class="loader">
+            <label>"Open a compact bundle: "
+                <input type="file" id="file-input" accept=".pgb" on:change=on_file/>
+            </label>
+            <span class="or">" or drop a .pgb file anywhere, or load a URL: "</span>
+            <input type="text" id="url-input" placeholder="https://.../study.compact.pgb"
+                on:input=move |ev| url_input.set(event_target_value(&ev))/>
+            <button on:click=move |_| {
+                let u = url_input.get_untracked();
+                if !u.is_empty() { leptos::task::spawn_local(load_url(ctl, u)); }
+            }>"load"</button>
+            <div class="status" id="status">{move || ctl.status.get()}</div>
+            <Show when=move || ctl.error.with(|e| e.is_some())>
+                <pre class="error" id="error" role="alert">{move || ctl.error.get().unwrap_or_default()}</pre>
+            </Show>
+        </div>
+    }
+}
+
+#[component]
+pub(crate) fn Controls(ctl: Ctl) -> impl IntoView {
+    let meta = ctl.meta;
+    let layers = move || meta.with(|m| m.as_ref().map(|m| m.layers.clone()).unwrap_or_default());
+    let layer_idx = move || {
+        let l = ctl.layer.get();
+        layers().iter().position(|&x| x == l).unwrap_or(0)
+    };
+    let treated_options = move || {
+        meta.with(|m| {
+            m.as_ref()
+                .map(|m| {
+                    m.checkpoints
+                        .iter()
+                        .filter(|c| c.1 != "base")
+                        .map(|c| (c.0.clone(), c.1.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+    };
+    let set_perms = move |ev| {
+        if let Ok(n) = event_target_value(&ev).parse::<usize>() {
+            if n >= 1 {
+                ctl.permutations.set(n.min(100_000));
+                start_analysis(ctl);
+            }
+        }
+    };
+    view! {
+        <div class="controls">
+            <label>"method "
+                <select id="method" on:change=move |ev| {
+                    if let Some(m) = Method::parse(&event_target_value(&ev)) { ctl.method.set(m) }
+                }>
+                    {move || meta.with(|m| m.as_ref().map(|m| m.methods.clone()).unwrap_or_default())
+                        .into_iter()
+                        .map(|m| view! {
+                            <option value=m.name() selected=move || ctl.method.get() == m>
+                                {format!("{} ({})", m.name(), if m == Method::A { "last prompt token" } else { "mean over response" })}
+                            </option>
+                        })
+                        .collect_view()}
+                </select>
+            </label>
+            <label>"layer "
+                <input type="range" id="layer" min="0"
+                    max=move || layers().len().saturating_sub(1).to_string()
+                    step="1"
+                    prop:value=move || layer_idx().to_string()
+                    on:input=move |ev| {
+                        if let Ok(i) = event_target_value(&ev).parse::<usize>() {
+                            if let Some(&l) = layers().get(i) { ctl.layer.set(l) }
+                        }
+                    }/>
+                <span id="layer-value">{move || format!("{} (output of block {}, 0-based)", ctl.layer.get(), ctl.layer.get())}</span>
+            </label>
+            <label>"treated "
+                <select id="treated" on:change=move |ev| ctl.treated.set(event_target_value(&ev))>
+                    {move || treated_options().into_iter().map(|(n, r)| {
+                        let n2 = n.clone();
+                        view! { <option value=n.clone() selected=move || ctl.treated.get() == n2>{format!("{n} ({r})")}</option> }
+                    }).collect_view()}
+                </select>
+            </label>
+            <label>"cosines "
+                <select id="centre" on:change=move |ev| ctl.centred.set(event_target_value(&ev) == "centred")>
+                    <option value="raw" selected=move || !ctl.centred.get()>"raw"</option>
+                    <option value="centred" selected=move || ctl.centred.get()>"mean-centred"</option>
+                </select>
+            </label>
+            <label>"hero metric "
+                <select id="metric" on:change=move |ev| ctl.metric.set(event_target_value(&ev))>
+                    {ALL_METRICS.iter().map(|&m| view! {
+                        <option value=m selected=move || ctl.metric.get() == m>{m}</option>
+                    }).collect_view()}
+                </select>
+            </label>
+            <div class="threshold">
+                "benign-vs-EM threshold: "
+                <input type="range" id="threshold" min="1" max="5" step="0.1"
+                    prop:value=move || ctl.threshold.get().unwrap_or(2.0).to_string()
+                    on:input=move |ev| {
+                        if let Ok(t) = event_target_value(&ev).parse::<f64>() { ctl.threshold.set(Some(t)) }
+                    }/>
+                <span id="threshold-value">{move || ctl.threshold.get().map(|t| format!("{t}x")).unwrap_or_else(|| "p-only".into())}</span>
+                {PRESET_THRESHOLDS.iter().map(|&t| view! {
+                    <button data-preset=t.to_string() on:click=move |_| ctl.threshold.set(Some(t))>{format!("{t}x")}</button>
+                }).collect_view()}
+                <button data-preset="p" on:click=move |_| ctl.threshold.set(None)>"p-only"</button>
+            </div>
+            <label>"α (BH) "
+                <input type="number" id="alpha" min="0.0001" max="0.5" step="0.001"
+                    prop:value=move || ctl.alpha.get().to_string()
+                    on:change=move |ev| {
+                        if let Ok(a) = event_target_value(&ev).parse::<f64>() {
+                            if a > 0.0 && a < 1.0 { ctl.alpha.set(a) }
+                        }
+                    }/>
+            </label>
+            <label>"permutations N "
+                <input type="number" id="permutations" min="1" max="100000" step="1"
+                    prop:value=move || ctl.permutations.get().to_string()
+                    on:change=set_perms/>
+            </label>
+            <div class="personas">
+                "personas: "
+                {move || meta.with(|m| m.as_ref().map(|m| m.personas.clone()).unwrap_or_default())
+                    .into_iter()
+                    .map(|(name, prompt)| {
+                        let n1 = name.clone();
+                        let n2 = name.clone();
+                        let is_axis = name == "assistant";
+                        view! {
+                            <label class="persona" title=prompt>
+                                <input type="checkbox" data-persona=name.clone()
+                                    disabled=is_axis
+                                    prop:checked=move || ctl.personas.with(|p| p.contains(&n1))
+                                    on:change=move |ev| {
+                                        let on = event_target_checked(&ev);
+                                        let all: Vec<String> = ctl.meta.with_untracked(|m| m.as_ref().map(|m| m.personas.iter().map(|p| p.0.clone()).collect()).unwrap_or_default());
+                                        let mut sel = ctl.personas.get_untracked();
+                                        if on { sel.push(n2.clone()) } else { sel.retain(|x| x != &n2) }
+                                        let sel: Vec<String> = all.into_iter().filter(|x| sel.contains(x)).collect();
+                                        if sel.len() >= 2 {
+                                            ctl.personas.set(sel);
+                                            start_analysis(ctl);
+                                        }
+                                    }/>
+                                {name.clone()}
+                            </label>
+                        }
+                    })
+                    .collect_view()}
+                <span class="note">" (the EM axis is the assistant's shift, so it stays selected)"</span>
+            </div>
+            <div class="progress" id="progress">
+                {move || {
+                    let (d, t) = ctl.progress.get();
+                    if t == 0 { String::from("all views computed") }
+                    else if ctl.computing.get() { format!("permutation tests in Web Workers: {d} / {t} tasks") }
+                    else if d == t { format!("all views computed ({t} tasks)") }
+                    else { format!("stopped at {d} / {t} tasks") }
+                }}
+                <progress max=move || ctl.progress.get().1.max(1).to_string() value=move || ctl.progress.get().0.to_string()></progress>
+                <Show when=move || ctl.computing.get()
+                    fallback=move || view! { <button id="resume" on:click=move |_| resume(ctl)>"compute"</button> }>
+                    <button id="cancel" on:click=move |_| cancel(ctl)>"cancel"</button>
+                </Show>
+            </div>
+        </div>
+    }
+}
+
+#[component]
+pub(crate) fn RowsTable(ctl: Ctl) -> impl IntoView {
+    let rows = move || {
+        let (m, l) = (ctl.method.get(), ctl.layer.get());
+        view_report(ctl)
+            .map(|(r, done)| {
+                let rows: Vec<_> = r
+                    .rows
+                    .iter()
+                    .filter(|x| x.method == m && x.layer == l)
+                    .cloned()
+                    .collect();
+                (rows, done)
+            })
+            .unwrap_or_default()
+    };
+    view! {
+        <table class="rows" id="rows">
+            <thead><tr>
+                <th>"family"</th><th>"pre → post"</th><th>"metric"</th><th>"pre"</th><th>"post"</th>
+                <th>"Δ"</th><th>"95% CI (Δ)"</th><th>"p"</th><th>"p BH"</th><th>"p Holm"</th>
+                <th>"n"</th><th>"N"</th><th>"draws"</th>
+            </tr></thead>
+            <tbody>
+            {move || {
+                let (rows, done) = rows();
+                rows.into_iter().map(|r| {
+                    let pend = !done;
+                    let ci = r.ci95.map(|[a, b]| format!("[{}, {}]", fmt(a), fmt(b))).unwrap_or_else(|| "–".into());
+                    let p = |x: Option<f64>| if pend { "computing…".to_string() } else { x.map(fmt).unwrap_or_else(|| "–".into()) };
+                    view! {
+                        <tr data-family=r.family.name() data-post=r.post.clone() data-metric=r.metric.clone()
+                            data-delta=format!("{:e}", r.delta) data-pre-value=format!("{:e}", r.pre_value)
+                            data-post-value=format!("{:e}", r.post_value)
+                            data-p=if pend { String::new() } else { format!("{:e}", r.p) }
+                            data-p-bh=if pend { String::new() } else { r.p_bh.map(|x| format!("{x:e}")).unwrap_or_default() }>
+                            <td>{r.family.name()}</td><td>{format!("{} → {}", r.pre, r.post)}</td><td>{r.metric.clone()}</td>
+                            <td>{fmt(r.pre_value)}</td><td>{fmt(r.post_value)}</td><td>{fmt(r.delta)}</td>
+                            <td>{if pend { "computing…".to_string() } else { ci }}</td>
+                            <td>{p(Some(r.p))}</td><td>{p(r.p_bh)}</td><td>{p(r.p_holm)}</td>
+                            <td>{r.n_questions}</td><td>{if pend { 0 } else { r.n_permutations }}</td>
+                            <td title="exact: full-dimensional draws (as analyze on the full bundle); approximate: the compact bundle's k residual components">{if r.exact { "exact" } else { "approximate" }}</td>
+                        </tr>
+                    }
+                }).collect_view()
+            }}
+            </tbody>
+        </table>
+    }
+}
+
+#[component]
+pub(crate) fn SensitivityView(ctl: Ctl) -> impl IntoView {
+    view! {
+        {move || match verdicts(ctl) {
+            None => view! { <p class="pending">"The verdict needs every (method, layer) view; computing…"</p> }.into_any(),
+            Some((sens, verdicts, chosen, complete)) => {
+                let treated = ctl.treated.get();
+                let em_names: Vec<String> = verdicts.iter().map(|v| v.em.clone()).collect::<Vec<_>>();
+                let em = if em_names.contains(&treated) { treated } else { em_names.first().cloned().unwrap_or_default() };
+                let ci = sens.iter().find(|s| s.em == em).map(|s| s.passes.iter().position(|p| p.0 == chosen).unwrap_or(0)).unwrap_or(0);
+                let head = verdicts.iter().filter(|v| v.em == em && v.criterion == chosen).map(|v| {
+                    let cls = format!("verdict verdict-{}", v.verdict);
+                    let support = v.supporting.iter().map(|(m, ls)| format!("{m} at layers {ls:?}")).collect::<Vec<_>>().join("; ");
+                    view! {
+                        <div class=cls id="verdict" data-verdict=v.verdict.clone() data-criterion=v.criterion.clone()>
+                            <strong>{format!("{}: {} under {}", v.em, v.verdict, v.criterion)}</strong>
+                            {if complete { String::new() } else { " (provisional: not every view is computed yet)".to_string() }}
+                            <div>{v.explanation.clone()}</div>
+                            <div>{support}</div>
+                        </div>
+                    }
+                }).collect_view();
+                let others = verdicts.iter().filter(|v| v.em == em).map(|v| view! {
+                    <span class="crit" data-criterion=v.criterion.clone() data-verdict=v.verdict.clone()>{format!("{}: {}  ", v.criterion, v.verdict)}</span>
+                }).collect_view();
+                let rows = sens.into_iter().filter(|s| s.em == em).map(|s| {
+                    let pass = s.passes.get(ci).map(|p| p.1).unwrap_or(false);
+                    view! {
+                        <tr class=if pass { "pass" } else { "" } data-metric=s.metric.clone() data-method=s.method.name() data-layer=s.layer.to_string() data-pass=pass.to_string()>
+                            <td>{s.metric.clone()}</td><td>{s.method.name()}</td><td>{s.layer}</td>
+                            <td>{fmt(s.delta_em)}</td><td>{fmt(s.delta_benign)}</td><td>{fmt(s.ratio)}</td>
+                            <td>{fmt(s.p_bh_em)}</td><td>{if pass { "yes" } else { "no" }}</td>
+                        </tr>
+                    }
+                }).collect_view();
+                view! {
+                    <div>
+                        {head}
+                        <div class="crits">"all criteria: " {others}</div>
+                        <table class="sensitivity" id="sensitivity">
+                            <thead><tr><th>"metric"</th><th>"method"</th><th>"layer"</th><th>"Δ EM"</th><th>"Δ benign"</th><th>"ratio"</th><th>"p BH (EM)"</th>
+                                <th>{format!("passes {chosen}")}</th></tr></thead>
+                            <tbody>{rows}</tbody>
+                        </table>
+                    </div>
+                }.into_any()
+            }
+        }}
+    }
+}
+
+#[component]
+pub(crate) fn LdaTable(ctl: Ctl) -> impl IntoView {
+    view! {
+        <table class="lda" id="lda">
+            <thead><tr><th>"checkpoint"</th><th>"held-out accuracy"</th><th>"mean log posterior"</th><th>"chance (null mean)"</th><th>"p above chance"</th><th>"N (labels)"</th><th>"Ledoit-Wolf shrinkage (mean over folds)"</th></tr></thead>
+            <tbody>
+            {move || {
+                let (m, l) = (ctl.method.get(), ctl.layer.get());
+                let treated = ctl.treated.get();
+                let Some((r, done)) = view_report(ctl) else { return vec![] };
+                let base = r.checkpoints.iter().find(|c| c.1 == "base").map(|c| c.0.clone()).unwrap_or_default();
+                r.checkpoint_views.iter().filter(|v| v.method == m && v.layer == l && (v.checkpoint == base || v.checkpoint == treated)).map(|v| {
+                    let sh = v.m3_shrinkage.iter().sum::<f64>() / v.m3_shrinkage.len().max(1) as f64;
+                    view! {
+                        <tr data-checkpoint=v.checkpoint.clone() data-accuracy=format!("{:e}", v.m3_accuracy)>
+                            <td>{v.checkpoint.clone()}</td><td>{fmt(v.m3_accuracy)}</td><td>{fmt(v.m3_log_posterior)}</td>
+                            <td>{if done { fmt(v.m3_null_mean_accuracy) } else { "computing…".into() }}</td>
+                            <td>{if done { fmt(v.m3_p_above_chance_accuracy) } else { "computing…".into() }}</td>
+                            <td>{if done { v.m3_n_label_permutations } else { 0 }}</td><td>{fmt(sh)}</td>
+                        </tr>
+                    }
+                }).collect::<Vec<_>>()
+            }}
+            </tbody>
+        </table>
+    }
+}
+
+#[component]
+pub(crate) fn Provenance(ctl: Ctl) -> impl IntoView {
+    view! {
+        <section id="provenance">
+            <h2>"Provenance"</h2>
+            {move || ctl.meta.get().map(|m| {
+                let p = m.provenance.clone();
+                view! {
+                    <table class="prov">
+                        <tr><th>"bundle"</th><td id="prov-source">{format!("{} ({:.1} MB, compact, {} residual components)", m.source, m.size_bytes as f64 / 1e6, m.components)}</td></tr>
+                        <tr><th>"model"</th><td id="prov-model">{format!("{} (revision {})", p.model_id, p.model_revision)}</td></tr>
+                        <tr><th>"tool"</th><td>{format!("{} {} (page: persona-geometry explorer {})", p.tool, p.tool_version, shared::TOOL_VERSION)}</td></tr>
+                        <tr><th>"created"</th><td>{p.created.clone()}</td></tr>
+                        <tr><th>"seed"</th><td>{p.seed}</td></tr>
+                        <tr><th>"layer convention"</th><td>{p.layer_convention.clone()}</td></tr>
+                        <tr><th>"methods"</th><td>"A = last token of the chat-templated prompt with the generation prompt; B = mean over the greedily generated response tokens"</td></tr>
+                        {p.extra.iter().map(|(k, v)| view! { <tr><th>{k.clone()}</th><td class="mono">{v.clone()}</td></tr> }).collect_view()}
+                    </table>
+                    <h3>"Checkpoints"</h3>
+                    {m.checkpoints.iter().map(|(n, r, l, prov)| view! {
+                        <details class="ck"><summary>{format!("{n} — role {r} — {l}")}</summary>
+                            <table class="prov">{prov.iter().map(|(k, v)| view! { <tr><th>{k.clone()}</th><td class="mono">{v.clone()}</td></tr> }).collect_view()}</table>
+                        </details>
+                    }).collect_view()}
+                    <details><summary>{format!("{} persona system prompts", m.personas.len())}</summary>
+                        <table class="prov">{m.personas.iter().map(|(n, s)| view! { <tr><th>{n.clone()}</th><td>{s.clone()}</td></tr> }).collect_view()}</table>
+                    </details>
+                    <details><summary>{format!("{} questions", m.questions.len())}</summary>
+                        <ol start="0">{m.questions.iter().map(|(i, q)| view! { <li value=i.to_string()>{q.clone()}</li> }).collect_view()}</ol>
+                    </details>
+                }
+            })}
+        </section>
+    }
+}
