@@ -3,7 +3,7 @@
 # hidden 3,584 (Qwen2.5-7B), 3 checkpoints, methods A and B, 5 layers, N = 10,000 permutations,
 # 1,000 bootstrap resamples (`analyze` defaults). Synthetic activations with a power-law noise
 # spectrum; timing does not depend on the values. Peer in the same run: the direct numpy null of
-# one cell (bench/m1_null_numpy.py). Needs ~4 GB of memory and ~3 GB of disk in $TMPDIR.
+# one cell (bench/m1_null_numpy.py). Also times `--m3-features components`. Needs ~4 GB of memory and ~3 GB of disk in $TMPDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/persona-geometry/target}"
@@ -16,7 +16,11 @@ start=$(date +%s.%N)
 "$PG" analyze "$W/full.pgb" --out "$W/report" 2>/dev/null >/dev/null
 end=$(date +%s.%N)
 ours=$(echo "$end - $start" | bc)
-echo "persona-geometry analyze (exact, full width, N = 10,000): ${ours} s wall on $(nproc) cores"
+echo "persona-geometry analyze (exact, full width, N = 10,000, M3 on full activations): ${ours} s wall on $(nproc) cores"
+start=$(date +%s.%N)
+"$PG" analyze "$W/full.pgb" --out "$W/report-components" --m3-features components 2>/dev/null >/dev/null
+end=$(date +%s.%N)
+echo "the same with --m3-features components (M3 on the top 256 residual PCs): $(echo "$end - $start" | bc) s wall"
 "$PG" export "$W/full.pgb" --format npz -o "$W/full.npz" >/dev/null
 python3 bench/m1_null_numpy.py "$W/full.npz" A 20 1000 | tee "$W/peer.txt"
 per_k=$(sed -n 's/.*= \([0-9.]*\) s per 1,000 draws/\1/p' "$W/peer.txt")

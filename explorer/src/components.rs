@@ -392,7 +392,8 @@ pub(crate) fn SensitivityView(ctl: Ctl) -> impl IntoView {
 pub(crate) fn LdaTable(ctl: Ctl) -> impl IntoView {
     view! {
         <table class="lda" id="lda">
-            <thead><tr><th>"checkpoint"</th><th>"held-out accuracy"</th><th>"mean log posterior"</th><th>"chance (null mean)"</th><th>"p above chance"</th><th>"N (labels)"</th><th>"Ledoit-Wolf shrinkage (mean over folds)"</th></tr></thead>
+            <caption>"M3 = scikit-learn's LinearDiscriminantAnalysis(solver=\"lsqr\", shrinkage=\"auto\") held out over question folds, on the features named. Above chance: label-permutation test of the pooled-covariance LDA (its own accuracy shown; cheap to refit)."</caption>
+            <thead><tr><th>"checkpoint"</th><th>"M3 features"</th><th>"held-out accuracy"</th><th>"mean log posterior"</th><th>"pooled LDA accuracy"</th><th>"chance (null mean)"</th><th>"p above chance"</th><th>"N (labels)"</th><th>"Ledoit-Wolf shrinkage (mean over folds and classes)"</th></tr></thead>
             <tbody>
             {move || {
                 let (m, l) = (ctl.method.get(), ctl.layer.get());
@@ -403,7 +404,7 @@ pub(crate) fn LdaTable(ctl: Ctl) -> impl IntoView {
                     let sh = v.m3_shrinkage.iter().sum::<f64>() / v.m3_shrinkage.len().max(1) as f64;
                     view! {
                         <tr data-checkpoint=v.checkpoint.clone() data-accuracy=format!("{:e}", v.m3_accuracy)>
-                            <td>{v.checkpoint.clone()}</td><td>{fmt(v.m3_accuracy)}</td><td>{fmt(v.m3_log_posterior)}</td>
+                            <td>{v.checkpoint.clone()}</td><td>{v.m3_features.clone()}</td><td>{fmt(v.m3_accuracy)}</td><td>{fmt(v.m3_log_posterior)}</td><td>{fmt(v.m3_pooled_accuracy)}</td>
                             <td>{if done { fmt(v.m3_null_mean_accuracy) } else { "computing…".into() }}</td>
                             <td>{if done { fmt(v.m3_p_above_chance_accuracy) } else { "computing…".into() }}</td>
                             <td>{if done { v.m3_n_label_permutations } else { 0 }}</td><td>{fmt(sh)}</td>

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use extractor::cmd_analysis;
 use shared::analysis::defaults;
-use shared::analysis::AnalysisConfig;
+use shared::analysis::{AnalysisConfig, M3Features};
 use shared::synth::SynthSpec;
 use std::path::PathBuf;
 
@@ -52,10 +52,16 @@ enum Cmd {
         /// Bootstrap resamples over questions for the 95% CIs.
         #[arg(long, default_value_t = defaults::BOOTSTRAP)]
         bootstrap: usize,
-        /// Residual principal components of M3's LDA features (ignored for compact bundles).
-        /// M1/M2 always use every hidden dimension of a full bundle (exact draws).
+        /// Residual principal components of the above-chance test's pooled LDA, and of M3 with
+        /// `--m3-features components` (ignored for compact bundles). M1/M2 always use every
+        /// hidden dimension of a full bundle (exact draws).
         #[arg(long, default_value_t = defaults::COMPONENTS)]
         components: usize,
+        /// What M3 (scikit-learn's shrinkage LDA) is fitted on in a full bundle: `full` = every
+        /// hidden dimension of the activations; `components` = the top --components residual
+        /// PCs (what a compact bundle, and so the page, has; faster).
+        #[arg(long, default_value = "full", value_parser = ["full", "components"])]
+        m3_features: String,
         /// Cross-validation folds for M3 (GroupKFold by question).
         #[arg(long, default_value_t = defaults::FOLDS)]
         folds: usize,
@@ -118,6 +124,10 @@ enum Cmd {
         /// dimension j ∝ (j+1)^(−decay/2) (0 = isotropic).
         #[arg(long, default_value_t = 0.0)]
         spectrum_decay: f64,
+        /// Within-persona noise scale (per hidden dimension, on average; persona offsets have
+        /// scale 1). Large values make M3 unsaturated at full width.
+        #[arg(long, default_value_t = 1.0)]
+        noise: f64,
         /// Fraction of each effect given to the `benign` checkpoint.
         #[arg(long, default_value_t = 0.25)]
         benign_scale: f64,
@@ -212,6 +222,7 @@ fn main() -> Result<()> {
             seed,
             bootstrap,
             components,
+            m3_features,
             folds,
             alpha,
             equivalence_delta,
@@ -236,6 +247,11 @@ fn main() -> Result<()> {
                 thresholds,
                 primary_threshold: primary,
                 axis_persona,
+                m3_features: if m3_features == "components" {
+                    M3Features::Components
+                } else {
+                    M3Features::FullActivations
+                },
                 ..AnalysisConfig::default()
             };
             cmd_analysis::run_analyze(&bundle, &out, &cfg, figures)
@@ -259,6 +275,7 @@ fn main() -> Result<()> {
             separability_loss,
             benign_scale,
             spectrum_decay,
+            noise,
             seed,
         } => {
             anyhow::ensure!(
@@ -276,6 +293,7 @@ fn main() -> Result<()> {
                 separability_loss,
                 benign_scale,
                 spectrum_decay,
+                noise,
                 seed,
                 ..SynthSpec::default()
             };

@@ -167,6 +167,54 @@ pub fn solve(a: DMatrix<f64>, b: DMatrix<f64>) -> Option<DMatrix<f64>> {
     a.lu().solve(&b)
 }
 
+/// AᵀA for a tall matrix A (the Gram of its columns): only the blocks on and below the
+/// diagonal are multiplied (gemm on column blocks), then mirrored: ~5/8 of a full gemm.
+pub fn gram_of_columns(a: &DMatrix<f64>) -> DMatrix<f64> {
+    let n = a.ncols();
+    let nb = n.div_ceil(4).max(1);
+    let mut g = DMatrix::<f64>::zeros(n, n);
+    for i0 in (0..n).step_by(nb) {
+        let bi = nb.min(n - i0);
+        for j0 in (0..=i0).step_by(nb) {
+            let bj = nb.min(n - j0);
+            // An explicit transpose and `*`: nalgebra's `tr_mul` does not use the blocked gemm
+            // (matrixmultiply) and is ~8x slower here.
+            let block = a.columns(i0, bi).transpose() * a.columns(j0, bj);
+            g.view_mut((i0, j0), (bi, bj)).copy_from(&block);
+            if i0 != j0 {
+                g.view_mut((j0, i0), (bj, bi)).copy_from(&block.transpose());
+            }
+        }
+    }
+    g
+}
+
+/// Lower Cholesky factor of a symmetric positive-definite matrix, right-looking and blocked so
+/// that most of the work is one gemm per block column (nalgebra's unblocked factorisation is
+/// ~4x slower at n = 2,304). None if the matrix is not positive definite.
+pub fn cholesky_lower(mut a: DMatrix<f64>) -> Option<DMatrix<f64>> {
+    const NB: usize = 128;
+    let n = a.nrows();
+    for k0 in (0..n).step_by(NB) {
+        let kb = NB.min(n - k0);
+        let l11 = a.view((k0, k0), (kb, kb)).into_owned().cholesky()?.l();
+        a.view_mut((k0, k0), (kb, kb)).copy_from(&l11);
+        let m = n - k0 - kb;
+        if m == 0 {
+            continue;
+        }
+        // L21 = A21 L11⁻ᵀ, i.e. L11 L21ᵀ = A21ᵀ.
+        let a21t = a.view((k0 + kb, k0), (m, kb)).transpose();
+        let l21t = l11.solve_lower_triangular(&a21t)?;
+        let l21 = l21t.transpose();
+        a.view_mut((k0 + kb, k0), (m, kb)).copy_from(&l21);
+        let mut a22 = a.view_mut((k0 + kb, k0 + kb), (m, m));
+        a22.gemm(-1.0, &l21, &l21t, 1.0);
+    }
+    a.fill_upper_triangle(0.0, 1);
+    Some(a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +241,20 @@ mod tests {
             let c = q.column(j).dot(&evecs.column(j)).abs();
             assert!(c > 0.999, "direction {j} cos {c}");
         }
+    }
+    #[test]
+    fn blocked_cholesky_and_gram_match_direct() {
+        let mut rng = Rng::new(9);
+        let a = DMatrix::<f64>::from_fn(300, 290, |_, _| rng.normal());
+        let g = gram_of_columns(&a);
+        let direct = a.tr_mul(&a);
+        assert!((&g - &direct).abs().max() < 1e-9);
+        let spd = direct + DMatrix::<f64>::identity(290, 290);
+        let l = cholesky_lower(spd.clone()).expect("SPD");
+        assert!((&l * l.transpose() - &spd).abs().max() < 1e-8);
+        assert!((l - spd.clone().cholesky().unwrap().l()).abs().max() < 1e-9);
+        let mut not_pd = spd;
+        not_pd[(200, 200)] = -1.0;
+        assert!(cholesky_lower(not_pd).is_none());
     }
 }

@@ -250,19 +250,21 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "## M3 per checkpoint (held-out, label-permutation test of above-chance separability)\n"
+        "## M3 per checkpoint (held-out over question folds)\n\nM3 = scikit-learn's `LinearDiscriminantAnalysis(solver=\"lsqr\", shrinkage=\"auto\")` on the features named per row. Above chance: within-question label-permutation test of the pooled-covariance LDA on the residual PCs (a permutation test is valid for any statistic; this one is cheap to refit), with its own observed accuracy.\n"
     );
-    let _ = writeln!(s, "| checkpoint | method | layer | accuracy | mean log posterior | chance acc (null mean) | p (acc) | p (log post) | N | N_effective (cells / min questions / dropped by paired filter) |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| checkpoint | method | layer | M3 features | M3 accuracy | M3 mean log posterior | pooled LDA accuracy | chance acc (null mean) | p above chance (acc) | p (log post) | N | N_effective (cells / min questions / dropped by paired filter) |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for v in &r.checkpoint_views {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {} / {} / {} |",
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} | {} | {} / {} / {} |",
             v.checkpoint,
             v.method.name(),
             v.layer,
+            v.m3_features,
             v.m3_accuracy,
             v.m3_log_posterior,
+            v.m3_pooled_accuracy,
             v.m3_null_mean_accuracy,
             fmt_p(v.m3_p_above_chance_accuracy),
             fmt_p(v.m3_p_above_chance_log_posterior),

@@ -21,7 +21,9 @@ fn null_study(seed: u64) -> Bundle {
         hidden: 256,
         layers: vec![20],
         methods: vec![Method::A],
-        noise: 2.5,
+        // Noise 10 keeps M3 unsaturated at full width (held-out accuracy ~0.7); at 2.5 every
+        // persona is perfectly separable, M3's Δ is identically 0 and its test cannot reject.
+        noise: 10.0,
         spectrum_decay: 1.0,
         seed,
         ..SynthSpec::default()
@@ -70,25 +72,28 @@ fn print_rates(what: &str, rates: &[f64]) {
     }
 }
 
-/// 200 null studies per K on the CLI path: every test within [0.02, 0.08].
+/// 300 null studies per K on the CLI path (PG_CAL_N and PG_CAL_SEED0 override the count and
+/// the first seed): every test within [0.02, 0.08].
 #[test]
 fn cli_null_is_calibrated_at_any_truncation() {
-    let n_studies = 300;
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n_studies, seed0) = (env("PG_CAL_N", 300), env("PG_CAL_SEED0", 20_000));
     for k in [16usize, 64] {
         let rej = shared::parallel::par_map(n_studies, |s| {
-            let b = null_study(20_000 + s as u64);
+            let b = null_study((seed0 + s) as u64);
             rejections(&analyze(&b, &cfg(k, s as u64), &quiet).unwrap())
         });
         let rates = rates(&rej);
         print_rates(&format!("CLI K={k}"), &rates);
         for (i, r) in rates.iter().enumerate() {
-            // Known gap (issue #12, item 4): M3's sign-flip of per-question held-out scores
-            // ignores that the questions of a fold share one fitted model; with many
-            // components (K = 64 for 576 training samples) that shared part inflates its
-            // rejection rate (measured 0.13 two-sided). Printed above, asserted at K = 16 only.
-            if k > 16 && METRICS[i / 2].starts_with("M3") {
-                continue;
-            }
+            // M3 is fitted on the full activations (256 dims) at every K. Its per-question
+            // sign flip is slightly liberal (1,000 studies, PG_CAL_N=1000 PG_CAL_SEED0=50000:
+            // 0.063-0.075; see PairedScores), inside the band but above 0.05.
             assert!(
                 (0.02..=0.08).contains(r),
                 "K={k} {} ({}): rejection rate {r}",

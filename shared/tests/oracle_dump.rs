@@ -3,6 +3,7 @@
 //! The directory is $PG_ORACLE_DIR (default: <tmp>/pg-oracle).
 
 use shared::coords::bundle_coords;
+use shared::lda::per_class::evaluate_per_class_lda;
 use shared::lda::{question_fold, Lda, Samples};
 use shared::stats::{bh_adjust, holm_adjust};
 use shared::synth::{synth_bundle, SynthSpec};
@@ -65,6 +66,82 @@ fn dump_lda_cases() {
     let path = oracle_dir().join("lda_cases.json");
     std::fs::write(&path, serde_json::to_vec(&cases).unwrap()).unwrap();
     assert!(path.exists());
+}
+
+/// M3's estimator against scikit-learn's `LinearDiscriminantAnalysis(solver="lsqr",
+/// shrinkage="auto")`: full activations with more features than training rows (the Woodbury
+/// path, as at 3,584 dims), few features (the direct path), power-law noise, and a constant
+/// feature (StandardScaler's scale-1 rule).
+#[test]
+fn dump_per_class_lda_cases() {
+    let mut cases = Vec::new();
+    let case = |s: &Samples, tag: &str| {
+        let e = evaluate_per_class_lda(s, 5);
+        serde_json::json!({
+            "tag": tag,
+            "k": s.k,
+            "x": s.x,
+            "labels": s.persona,
+            "folds": s.question.iter().map(|&q| question_fold(q, 5)).collect::<Vec<_>>(),
+            "accuracy": e.accuracy,
+            "log_posterior": e.log_posterior,
+        })
+    };
+    for (i, (p, q, h, decay)) in [(6usize, 30usize, 200usize, 1.0), (4, 20, 90, 0.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let b = synth_bundle(&SynthSpec {
+            personas: p,
+            questions: q,
+            hidden: h,
+            layers: vec![2],
+            methods: vec![shared::bundle::Method::A],
+            noise: 3.0,
+            spectrum_decay: decay,
+            separability_loss: 0.5,
+            seed: 60 + i as u64,
+            ..SynthSpec::default()
+        });
+        let coords = bundle_coords(
+            &b,
+            shared::coords::CoordsMode::Exact { lda_components: 8 },
+            0,
+        )
+        .unwrap();
+        let full = Samples::full_activations(&coords[0], 1).expect("exact coordinates");
+        assert!(full.k > full.len(), "the Woodbury path needs d > n");
+        cases.push(case(&full, "full activations, d > n"));
+    }
+    let b = synth_bundle(&SynthSpec {
+        personas: 12,
+        questions: 40,
+        hidden: 64,
+        layers: vec![2],
+        methods: vec![shared::bundle::Method::A],
+        noise: 2.0,
+        spectrum_decay: 1.5,
+        seed: 70,
+        ..SynthSpec::default()
+    });
+    let coords =
+        bundle_coords(&b, shared::coords::CoordsMode::Basis { components: 24 }, 0).unwrap();
+    let mut s = Samples::from_coords(&coords[0], 0);
+    cases.push(case(&s, "24 components, d < n"));
+    // Append a constant feature.
+    let k = s.k;
+    let rows: Vec<f64> =
+        s.x.chunks(k)
+            .flat_map(|r| r.iter().copied().chain([2.5]))
+            .collect();
+    s.x = rows;
+    s.k = k + 1;
+    cases.push(case(&s, "with a constant feature"));
+    std::fs::write(
+        oracle_dir().join("per_class_lda_cases.json"),
+        serde_json::to_vec(&cases).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]

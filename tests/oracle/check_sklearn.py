@@ -83,6 +83,26 @@ def main():
             if tag == "observed":
                 check(f"lda case {i} shrinkage", np.allclose(sshr, c["shrinkage"], rtol=1e-9, atol=1e-12), f"{sshr} vs {c['shrinkage']}")
 
+    # M3's estimator: scikit-learn's own shrinkage='auto' LDA on the same samples and folds.
+    for i, c in enumerate(json.load(open(os.path.join(d, "per_class_lda_cases.json")))):
+        k = c["k"]
+        x = np.array(c["x"], dtype=np.float64).reshape(-1, k)
+        labels = np.array(c["labels"])
+        folds = np.array(c["folds"])
+        logp = np.zeros(len(labels))
+        correct = np.zeros(len(labels), dtype=bool)
+        for f in range(5):
+            tr, te = folds != f, folds == f
+            lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x[tr], labels[tr])
+            lp = lda.predict_log_proba(x[te])
+            idx = np.searchsorted(lda.classes_, labels[te])
+            logp[te] = lp[np.arange(te.sum()), idx]
+            correct[te] = lda.predict(x[te]) == labels[te]
+        name = f"per-class LDA case {i} ({c['tag']})"
+        check(f"{name} accuracy", correct.mean() == c["accuracy"], f"{correct.mean()} vs {c['accuracy']}")
+        err = np.max(np.abs(logp - np.array(c["log_posterior"])))
+        check(f"{name} log posterior (abs 1e-6)", err < 1e-6, f"max abs err {err}")
+
     for i, c in enumerate(json.load(open(os.path.join(d, "corrections.json")))):
         p = np.array(c["p"])
         bh = multipletests(p, method="fdr_bh")[1]

@@ -7,6 +7,7 @@
 use crate::bundle::{Bundle, Method, Role};
 use crate::coords::{bundle_coords, CoordsError, CoordsMode, MethodLayerCoords};
 use crate::geometry::{bootstrap_cell, bootstrap_weights, PairGeometry, PairGeometryResult, Stats};
+use crate::lda::per_class::evaluate_per_class_lda;
 use crate::lda::{per_question_scores, Lda, PairedScores, Samples};
 use crate::stats::{basic_bootstrap_interval, permutation_p_less, permutation_p_two_sided};
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,19 @@ pub struct AnalysisConfig {
     #[serde(default = "default_equivalence_delta")]
     pub equivalence_delta: f64,
     pub axis_persona: String,
+    /// M3's features on full bundles: every hidden dimension (scikit-learn's estimator on the
+    /// activations themselves, the default) or the top `components` residual PCs. Compact
+    /// bundles always use their stored components.
+    #[serde(default)]
+    pub m3_features: M3Features,
+}
+
+/// What M3's LDA is fitted on (full bundles).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum M3Features {
+    #[default]
+    FullActivations,
+    Components,
 }
 
 fn default_equivalence_delta() -> f64 {
@@ -80,6 +94,7 @@ impl Default for AnalysisConfig {
             kill_p: defaults::KILL_P,
             equivalence_delta: defaults::EQUIVALENCE_DELTA,
             axis_persona: defaults::AXIS_PERSONA.into(),
+            m3_features: M3Features::FullActivations,
         }
     }
 }
@@ -195,7 +210,8 @@ pub enum Task {
     },
     /// Question bootstrap of every comparison's geometry deltas, draws `start..end`.
     GeometryBootstrap { ml: usize, start: usize, end: usize },
-    /// Held-out LDA of one checkpoint with its true labels.
+    /// Held-out M3 of one checkpoint with its true labels (scikit-learn's estimator), and the
+    /// pooled estimator's observed scores for the above-chance test.
     LdaObserved { ml: usize, checkpoint: usize },
     /// LDA under within-question label permutations `start..end` (M3 above chance).
     LdaLabelNull {
@@ -223,7 +239,10 @@ pub enum TaskOutput {
     GeometryNull(Vec<Stats>),
     /// Per draw, per comparison.
     GeometryBootstrap(Vec<Vec<Option<Stats>>>),
-    LdaObserved(crate::lda::Evaluation),
+    LdaObserved {
+        m3: crate::lda::Evaluation,
+        pooled: [f64; 2],
+    },
     LdaLabelNull(Vec<[f64; 2]>),
 }
 
@@ -235,7 +254,11 @@ pub struct CellResult {
     pub geometry_null: Vec<Vec<Stats>>,
     /// Per comparison, per bootstrap draw (the same question resample across comparisons).
     pub geometry_boot: Vec<Vec<Option<Stats>>>,
+    /// Per checkpoint: M3 (scikit-learn's shrinkage LDA) held out.
     pub lda: Vec<crate::lda::Evaluation>,
+    /// Per checkpoint: the pooled estimator's observed (accuracy, log posterior) and its
+    /// label-permutation null (the above-chance test).
+    pub lda_pooled: Vec<[f64; 2]>,
     pub lda_null: Vec<Vec<[f64; 2]>>,
     /// Per comparison: the paired M3 test (computed once here, not per report).
     pub m3: Vec<M3Paired>,
@@ -370,6 +393,32 @@ impl Plan {
         lda
     }
 
+    /// M3's samples of a checkpoint: full activations (exact coordinates, the default) or the
+    /// stored residual components.
+    pub fn m3_samples(&self, ml: usize, ck: usize) -> Samples {
+        let c = &self.coords[ml];
+        if self.m3_on_full_activations(ml) {
+            Samples::full_activations(c, ck).expect("exact full-width coordinates")
+        } else {
+            Samples::from_coords(c, ck)
+        }
+    }
+
+    pub fn m3_on_full_activations(&self, ml: usize) -> bool {
+        let c = &self.coords[ml];
+        self.cfg.m3_features == M3Features::FullActivations && c.exact && c.k == c.dim
+    }
+
+    /// What M3 is fitted on in (method, layer) `ml`, in words.
+    pub fn m3_features_text(&self, ml: usize) -> String {
+        let c = &self.coords[ml];
+        if self.m3_on_full_activations(ml) {
+            format!("full activations ({} dims)", c.dim)
+        } else {
+            format!("top {} within-persona residual PCs", c.lda_k)
+        }
+    }
+
     fn lda_label(&self, ml: usize) -> String {
         let c = &self.coords[ml];
         format!("m3-labels/{}/L{}", c.method.name(), c.layer)
@@ -403,7 +452,11 @@ impl Plan {
                 ))
             }
             Task::LdaObserved { ml, checkpoint } => {
-                TaskOutput::LdaObserved(self.lda(ml, checkpoint).observed())
+                let pooled = self.lda(ml, checkpoint).observed();
+                TaskOutput::LdaObserved {
+                    m3: evaluate_per_class_lda(&self.m3_samples(ml, checkpoint), self.cfg.folds),
+                    pooled: [pooled.accuracy, pooled.mean_log_posterior],
+                }
             }
             Task::LdaLabelNull {
                 ml,
@@ -425,6 +478,7 @@ impl Plan {
         let mut gnull: Vec<Vec<(usize, Vec<Stats>)>> = vec![vec![]; nc];
         let mut gboot: Vec<(usize, Vec<Vec<Option<Stats>>>)> = vec![];
         let mut lobs: Vec<Option<crate::lda::Evaluation>> = vec![None; nck];
+        let mut lpooled = vec![[f64::NAN; 2]; nck];
         let mut lnull: Vec<Vec<(usize, Vec<[f64; 2]>)>> = vec![vec![]; nck];
         for (task, out) in outputs {
             if task.method_layer() != ml {
@@ -440,8 +494,9 @@ impl Plan {
                 (Task::GeometryBootstrap { start, .. }, TaskOutput::GeometryBootstrap(v)) => {
                     gboot.push((*start, v.clone()))
                 }
-                (Task::LdaObserved { checkpoint, .. }, TaskOutput::LdaObserved(e)) => {
-                    lobs[*checkpoint] = Some(e.clone())
+                (Task::LdaObserved { checkpoint, .. }, TaskOutput::LdaObserved { m3, pooled }) => {
+                    lobs[*checkpoint] = Some(m3.clone());
+                    lpooled[*checkpoint] = *pooled;
                 }
                 (
                     Task::LdaLabelNull {
@@ -489,6 +544,7 @@ impl Plan {
             geometry_null,
             geometry_boot,
             lda,
+            lda_pooled: lpooled,
             lda_null: lnull.into_iter().map(concat).collect(),
             m3,
         }

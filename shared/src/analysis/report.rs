@@ -47,9 +47,19 @@ pub struct CheckpointView {
     pub norms: Vec<f64>,
     pub m3_accuracy: f64,
     pub m3_log_posterior: f64,
+    /// Ledoit-Wolf shrinkage per fold (M3's estimator: the mean over its per-class shrinkages).
     pub m3_shrinkage: Vec<f64>,
     pub m3_n_samples: usize,
-    /// One-sided label-permutation p-values (separable above chance?).
+    /// What M3 was fitted on (full activations or residual PCs).
+    #[serde(default)]
+    pub m3_features: String,
+    /// The above-chance test's statistic: held-out accuracy and mean log posterior of the
+    /// pooled-covariance LDA on the residual PCs (cheap to refit under relabelling).
+    #[serde(default)]
+    pub m3_pooled_accuracy: f64,
+    #[serde(default)]
+    pub m3_pooled_log_posterior: f64,
+    /// One-sided label-permutation p-values of the pooled estimator (separable above chance?).
     pub m3_p_above_chance_accuracy: f64,
     pub m3_p_above_chance_log_posterior: f64,
     pub m3_n_label_permutations: usize,
@@ -138,6 +148,7 @@ impl Plan {
             };
             for ck in 0..nck {
                 let obs = &cell.lda[ck];
+                let [pooled_acc, pooled_lp] = cell.lda_pooled[ck];
                 let null = &cell.lda_null[ck];
                 let na: Vec<f64> = null.iter().map(|x| x[0]).collect();
                 let nl: Vec<f64> = null.iter().map(|x| x[1]).collect();
@@ -156,15 +167,18 @@ impl Plan {
                     m3_log_posterior: obs.mean_log_posterior,
                     m3_shrinkage: obs.shrinkage.clone(),
                     m3_n_samples: obs.correct.len(),
+                    m3_features: self.m3_features_text(ml),
+                    m3_pooled_accuracy: pooled_acc,
+                    m3_pooled_log_posterior: pooled_lp,
                     m3_p_above_chance_accuracy: permutation_p_greater(
-                        obs.accuracy,
+                        pooled_acc,
                         &na,
-                        tol(obs.accuracy),
+                        tol(pooled_acc),
                     ),
                     m3_p_above_chance_log_posterior: permutation_p_greater(
-                        obs.mean_log_posterior,
+                        pooled_lp,
                         &nl,
-                        tol(obs.mean_log_posterior),
+                        tol(pooled_lp),
                     ),
                     m3_n_label_permutations: null.len(),
                     m3_null_mean_accuracy: na.iter().sum::<f64>() / na.len().max(1) as f64,
@@ -242,8 +256,9 @@ impl Plan {
                         n_questions: m3.n_questions,
                         n_bootstrap: m3.n_bootstrap,
                         test: "paired sign-flip permutation of per-question held-out scores (one-sided: separability loss; two-sided also reported); basic question-bootstrap CI".into(),
-                        // M3 is computed the same way on every path.
-                        exact: true,
+                        // Exact = scikit-learn's estimator on the full activations (the CLI's
+                        // default); on residual components it approximates that value.
+                        exact: self.m3_on_full_activations(ml),
                         ..template.clone()
                     });
                 }

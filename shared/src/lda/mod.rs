@@ -1,6 +1,14 @@
-//! M3: linear separability of personas, by multinomial LDA with a Ledoit-Wolf-shrunk pooled
-//! within-persona covariance, evaluated on held-out questions.
+//! M3: linear separability of personas, evaluated on held-out questions.
 //!
+//! Two estimators share the folds, the samples and the scoring here:
+//! - `per_class`: **M3 itself**, scikit-learn's `LinearDiscriminantAnalysis(solver="lsqr",
+//!   shrinkage="auto")` (per-class standardised Ledoit-Wolf), on full activations in `analyze`.
+//! - this module's `Lda`: the same LDA with one *pooled* Ledoit-Wolf covariance, whose
+//!   relabelling is cheap; it serves only the per-checkpoint "above chance" label-permutation
+//!   test (a permutation test is valid for any statistic, and this one is fast enough for
+//!   hundreds of refits at full size, which the per-class estimator is not).
+//!
+//! The pooled estimator:
 //! Model (per training fold): class means m_c, priors n_c/n, covariance
 //! Σ = (1-s)·W/n + s·μ·I, where W is the pooled within-class scatter, μ = tr(W/n)/k and s is
 //! scikit-learn's `ledoit_wolf_shrinkage` of the class-centred training data. Decision scores
@@ -23,6 +31,8 @@ use crate::linalg::sym_eigen_desc;
 use crate::rng::Rng;
 use nalgebra::DMatrix;
 use std::ops::Range;
+
+pub mod per_class;
 
 /// ln of the smallest normal f64: scikit-learn's floor for `predict_log_proba`.
 const LOG_FLOOR: f64 = -708.3964185322641;
@@ -63,6 +73,38 @@ impl Samples {
             }
         }
         s
+    }
+    /// The same samples with every feature of the activations (centroid + residual at full
+    /// width); only for exact coordinates, whose residuals are full-width.
+    pub fn full_activations(c: &MethodLayerCoords, ck: usize) -> Option<Samples> {
+        if !c.exact || c.k != c.dim {
+            return None;
+        }
+        let (p, q, d) = (c.n_personas, c.n_questions, c.dim);
+        let mut s = Samples {
+            k: d,
+            x: Vec::with_capacity(c.valid[ck].iter().filter(|&&v| v).count() * d),
+            persona: vec![],
+            question: vec![],
+            n_classes: p,
+            n_questions: q,
+        };
+        for qi in 0..q {
+            for pi in 0..p {
+                if c.is_valid(ck, pi, qi) {
+                    let cen = c.centroid(ck, pi);
+                    s.x.extend(
+                        c.residual(ck, pi, qi)
+                            .iter()
+                            .zip(cen)
+                            .map(|(&r, &m)| m + r as f64),
+                    );
+                    s.persona.push(pi);
+                    s.question.push(qi);
+                }
+            }
+        }
+        Some(s)
     }
     pub fn len(&self) -> usize {
         self.persona.len()
@@ -543,6 +585,12 @@ pub fn per_question_scores(s: &Samples, e: &Evaluation) -> Vec<Option<[f64; 2]>>
 /// (= swapping the pre/post labels of a question) and a question bootstrap that uses the same
 /// question weights as the geometry bootstrap of the (method, layer), so that two comparisons'
 /// bootstrap Δs are paired.
+///
+/// Known limit (measured, `shared/tests/calibration.rs` and docs/statistics.md): the questions
+/// share fitted models (5 folds), which the per-question flips treat as independent; on 1,000
+/// null studies the test rejects at 0.064-0.075 for α = 0.05. Flipping fold means as well was
+/// tried and is far too conservative (0.002): held-out fold means are negatively correlated
+/// across folds (each fold's questions train the other folds' models).
 pub struct PairedScores {
     pub diffs: Vec<[f64; 2]>,
     /// Question index of each diff.
