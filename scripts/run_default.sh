@@ -25,7 +25,7 @@ if [ ! -f "$BUNDLE" ]; then
 fi
 "$PG" inspect "$BUNDLE"
 "$PG" analyze "$BUNDLE" --out "$OUT_DIR/report" --figures
-"$PG" compact "$BUNDLE" -o "$OUT_DIR/$NAME.compact.pgb"
+"$PG" compact "$BUNDLE" -o "$OUT_DIR/$NAME.compact.pgb" --reference "$OUT_DIR/report/report.json"
 echo
 echo "[run] report: $OUT_DIR/report/report.md (and report.json, figures/); bundle: $BUNDLE"
 echo "[run] building the explorer page (first time: installs trunk, wasm-bindgen, binaryen)"

@@ -307,7 +307,7 @@ pub(crate) fn RowsTable(ctl: Ctl) -> impl IntoView {
             <thead><tr>
                 <th>"family"</th><th>"pre → post"</th><th>"metric"</th><th>"pre"</th><th>"post"</th>
                 <th>"Δ"</th><th>"95% CI (Δ)"</th><th>"p"</th><th>"p BH"</th><th>"p Holm"</th>
-                <th>"n"</th><th>"N"</th><th>"draws"</th>
+                <th>"n"</th><th>"N"</th><th>"values"</th><th title="the same row from analyze on the full bundle (compact --reference)">"analyze, full bundle: Δ / p / p BH"</th>
             </tr></thead>
             <tbody>
             {move || {
@@ -327,7 +327,12 @@ pub(crate) fn RowsTable(ctl: Ctl) -> impl IntoView {
                             <td>{if pend { "computing…".to_string() } else { ci }}</td>
                             <td>{p(Some(r.p))}</td><td>{p(r.p_bh)}</td><td>{p(r.p_holm)}</td>
                             <td>{r.n_questions}</td><td>{if pend { 0 } else { r.n_permutations }}</td>
-                            <td title="exact: full-dimensional draws (as analyze on the full bundle); approximate: the compact bundle's k residual components">{if r.exact { "exact" } else { "approximate" }}</td>
+                            <td title="exact: as analyze on the full bundle; approximate: M1/M2 draws and M3's fit see only the compact bundle's k residual components">{if r.exact { "exact" } else { "approximate" }}</td>
+                            <td class="reference" data-reference-p=r.reference.as_ref().map(|e| format!("{:e}", e.p)).unwrap_or_default()>{match (&r.reference, r.exact) {
+                                (_, true) => "same".to_string(),
+                                (Some(e), false) => format!("{} / {} / {}", fmt(e.delta), fmt(e.p), e.p_bh.map(fmt).unwrap_or_else(|| "–".into())),
+                                (None, false) => "not carried".to_string(),
+                            }}</td>
                         </tr>
                     }
                 }).collect_view()

@@ -133,13 +133,36 @@ pub fn run_compact(
     components: usize,
     keep_texts: bool,
     seed: u64,
+    reference: Option<&Path>,
 ) -> Result<()> {
     let bundle = read_bundle(bundle_path)?;
     if bundle.compact.is_some() {
         bail!("{} is already compact", bundle_path.display());
     }
-    let c = shared::coords::compact_bundle(&bundle, components, keep_texts, seed)
+    let mut c = shared::coords::compact_bundle(&bundle, components, keep_texts, seed)
         .with_context(|| format!("compacting {}", bundle_path.display()))?;
+    if let Some(path) = reference {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the reference report {}", path.display()))?;
+        let report: shared::analysis::Report = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a report.json of `persona-geometry analyze` (this version)",
+                path.display()
+            )
+        })?;
+        shared::analysis::embed_reference(&bundle, &mut c, &report).with_context(|| {
+            format!(
+                "embedding {} into the compact form of {}",
+                path.display(),
+                bundle_path.display()
+            )
+        })?;
+        eprintln!(
+            "embedded {} exact rows from {}",
+            report.rows.len(),
+            path.display()
+        );
+    }
     let n = write_bundle(out, &c)?;
     eprintln!("wrote {} ({:.2} MB)", out.display(), n as f64 / 1e6);
     for b in &c.compact.as_ref().expect("compact").per_method_layer {

@@ -94,6 +94,10 @@ enum Cmd {
         keep_texts: bool,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// report.json of `analyze` on this full bundle: its exact rows travel inside the
+        /// compact bundle, and the page shows them beside its own approximate values.
+        #[arg(long)]
+        reference: Option<PathBuf>,
     },
     /// Write a synthetic bundle with planted effects (for tests and demos).
     Synth {
@@ -262,7 +266,15 @@ fn main() -> Result<()> {
             components,
             keep_texts,
             seed,
-        } => cmd_analysis::run_compact(&bundle, &out, components, keep_texts, seed),
+            reference,
+        } => cmd_analysis::run_compact(
+            &bundle,
+            &out,
+            components,
+            keep_texts,
+            seed,
+            reference.as_deref(),
+        ),
         Cmd::Synth {
             out,
             personas,

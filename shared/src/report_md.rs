@@ -144,16 +144,27 @@ pub fn render(r: &Report) -> String {
                 continue;
             }
             let _ = writeln!(s, "### {metric}\n");
-            let _ = writeln!(s, "| pre → post | method | layer | pre | post | Δ | 95% CI of Δ | p | p two-sided | p BH | p Holm | n q |");
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| pre → post | method | layer | pre | post | Δ | 95% CI of Δ | p | p two-sided | p BH | p Holm | n q | values |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for x in mrows {
+                // Approximate rows say so, with the full bundle's exact values where carried.
+                let values = match (&x.reference, x.exact) {
+                    (_, true) => "exact".to_string(),
+                    (Some(e), false) => format!(
+                        "approximate; `analyze` on the full bundle: Δ {:+.4}, p {}, p BH {}",
+                        e.delta,
+                        fmt_p(e.p),
+                        fmt_opt_p(e.p_bh)
+                    ),
+                    (None, false) => "approximate".to_string(),
+                };
                 let ci = x
                     .ci95
                     .map(|c| format!("[{:.4}, {:.4}]", c[0], c[1]))
                     .unwrap_or_else(|| "—".into());
                 let _ = writeln!(
                     s,
-                    "| {} → {} | {} | {} | {:.4} | {:.4} | {:+.4} | {} | {} | {} | {} | {} | {} |",
+                    "| {} → {} | {} | {} | {:.4} | {:.4} | {:+.4} | {} | {} | {} | {} | {} | {} | {} |",
                     x.pre,
                     x.post,
                     x.method.name(),
@@ -166,7 +177,8 @@ pub fn render(r: &Report) -> String {
                     fmt_p(x.p_two_sided),
                     fmt_opt_p(x.p_bh),
                     fmt_opt_p(x.p_holm),
-                    x.n_questions
+                    x.n_questions,
+                    values
                 );
             }
             let _ = writeln!(s);

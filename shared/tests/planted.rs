@@ -180,6 +180,34 @@ fn compact_form_agrees_with_full_bundle() {
             assert!(a.exact && !b.exact, "{a:?} {b:?}");
         }
     }
+    // The exact rows travel inside the compact bundle and come back beside every row.
+    let mut with_ref = compact_bundle(&b, 32, false, 0).unwrap();
+    shared::analysis::embed_reference(&b, &mut with_ref, &rfull).unwrap();
+    let with_ref = Bundle::decode(&with_ref.encode().unwrap()).unwrap();
+    let rr = analyze(&with_ref, &cf, &quiet).unwrap();
+    assert_eq!(rr.rows.len(), rfull.rows.len());
+    for (a, x) in rfull.rows.iter().zip(&rr.rows) {
+        let e = x.reference.as_ref().expect("every row has its reference");
+        assert_eq!(
+            (e.delta, e.p, e.p_bh, e.ci95),
+            (a.delta, a.p, a.p_bh, a.ci95)
+        );
+        assert_eq!(
+            (&e.metric, e.layer, e.method),
+            (&a.metric, a.layer, a.method)
+        );
+    }
+    assert!(rc.rows.iter().all(|x| x.reference.is_none()));
+    // A report of another bundle, or of a compact bundle, is refused.
+    let other = synth_bundle(&SynthSpec {
+        seed: 99,
+        hidden: 96,
+        ..spec()
+    });
+    let mut c3 = compact_bundle(&b, 32, false, 0).unwrap();
+    let r_other = analyze(&other, &cf, &quiet).unwrap();
+    assert!(shared::analysis::embed_reference(&b, &mut c3, &r_other).is_err());
+    assert!(shared::analysis::embed_reference(&b, &mut c3, &rc).is_err());
     // With M3 on the same components, the compact form reproduces the full bundle's M3.
     let rf = analyze(
         &b,

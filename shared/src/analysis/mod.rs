@@ -12,8 +12,10 @@ use crate::lda::{per_question_scores, Lda, PairedScores, Samples};
 use crate::stats::{basic_bootstrap_interval, permutation_p_less, permutation_p_two_sided};
 use serde::{Deserialize, Serialize};
 
+mod reference;
 mod report;
 mod verdict;
+pub use reference::*;
 pub use report::*;
 pub use verdict::*;
 

@@ -34,6 +34,10 @@ pub struct Row {
     /// False where the draws were made on a compact bundle's truncated coordinates.
     #[serde(default)]
     pub exact: bool,
+    /// The same row from `analyze` on the full bundle, where a compact bundle carries it
+    /// (`compact --reference`).
+    #[serde(default)]
+    pub reference: Option<ReferenceRow>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -213,6 +217,7 @@ impl Plan {
                     seed: cfg.seed,
                     test: String::new(),
                     exact: c.exact,
+                    reference: None,
                 };
                 for s in 0..N_GEOMETRY {
                     rows.push(Row {
@@ -322,7 +327,7 @@ impl Plan {
         }
         if !approximate.is_empty() {
             warnings.push(format!(
-                "compact coordinates at {}: M1/M2 permutation and bootstrap draws miss the within-persona variation outside the k stored residual components, so their p-values and intervals are approximate (point estimates and M3 are not); run `analyze` on the full bundle for exact values",
+                "compact coordinates at {}: M1/M2 permutation and bootstrap draws miss the within-persona variation outside the k stored residual components, so their p-values and intervals are approximate (their point estimates are exact); M3 is fitted on the k components instead of the full activations, so its values approximate those of `analyze` on the full bundle",
                 approximate.join(", ")
             ));
         }
@@ -362,6 +367,22 @@ impl Plan {
                     (idx.len() as f64 / cfg.alpha).ceil() as usize
                 ));
             }
+        }
+        if let Some(refs) = bundle_reference(bundle) {
+            for r in rows.iter_mut() {
+                r.reference = refs
+                    .iter()
+                    .find(|x| {
+                        x.pre == r.pre
+                            && x.post == r.post
+                            && x.method == r.method
+                            && x.layer == r.layer
+                            && x.metric == r.metric
+                    })
+                    .cloned();
+            }
+        } else if !approximate.is_empty() {
+            warnings.push("this compact bundle carries no exact reference values (make it with `compact --reference report.json` from `analyze` of the full bundle to show them beside the approximate ones)".into());
         }
         let (sensitivity, verdicts) = sensitivity_and_verdicts(bundle, &rows, &ratio_draws, cfg);
         let adapter_level = adapter_level_rows(bundle, &rows, &mut warnings);
