@@ -144,7 +144,7 @@ pub fn run_compact(
     if let Some(path) = reference {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the reference report {}", path.display()))?;
-        let report: shared::analysis::Report = serde_json::from_str(&text).with_context(|| {
+        let report = shared::analysis::ReferenceSource::from_json(&text).with_context(|| {
             format!(
                 "{} is not a report.json of `persona-geometry analyze` (this version)",
                 path.display()

@@ -182,7 +182,12 @@ fn compact_form_agrees_with_full_bundle() {
     }
     // The exact rows travel inside the compact bundle and come back beside every row.
     let mut with_ref = compact_bundle(&b, 32, false, 0).unwrap();
-    shared::analysis::embed_reference(&b, &mut with_ref, &rfull).unwrap();
+    shared::analysis::embed_reference(
+        &b,
+        &mut with_ref,
+        &shared::analysis::ReferenceSource::from_report(&rfull),
+    )
+    .unwrap();
     let with_ref = Bundle::decode(&with_ref.encode().unwrap()).unwrap();
     let rr = analyze(&with_ref, &cf, &quiet).unwrap();
     assert_eq!(rr.rows.len(), rfull.rows.len());
@@ -206,8 +211,18 @@ fn compact_form_agrees_with_full_bundle() {
     });
     let mut c3 = compact_bundle(&b, 32, false, 0).unwrap();
     let r_other = analyze(&other, &cf, &quiet).unwrap();
-    assert!(shared::analysis::embed_reference(&b, &mut c3, &r_other).is_err());
-    assert!(shared::analysis::embed_reference(&b, &mut c3, &rc).is_err());
+    assert!(shared::analysis::embed_reference(
+        &b,
+        &mut c3,
+        &shared::analysis::ReferenceSource::from_report(&r_other)
+    )
+    .is_err());
+    assert!(shared::analysis::embed_reference(
+        &b,
+        &mut c3,
+        &shared::analysis::ReferenceSource::from_report(&rc)
+    )
+    .is_err());
     // With M3 on the same components, the compact form reproduces the full bundle's M3.
     let rf = analyze(
         &b,

@@ -4,13 +4,24 @@
 //! for each of its rows, the full bundle's Δ, CI and p-values of the same row.
 
 use super::Report;
-use crate::bundle::{Bundle, Method};
-use serde::{Deserialize, Serialize};
+use crate::bundle::{Bundle, Method, Provenance};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub const REFERENCE_KEY: &str = "reference.analyze_rows";
 pub const REFERENCE_CONFIG_KEY: &str = "reference.analyze_config";
 
-/// One row of `analyze` on the full bundle, as a compact bundle carries it.
+/// JSON writes a NaN as null; read it back as NaN (an undefined statistic of a degenerate cell).
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn interval_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[f64; 2]>, D::Error> {
+    Ok(Option::<[Option<f64>; 2]>::deserialize(d)?
+        .map(|[a, b]| [a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN)]))
+}
+
+/// One row of `analyze` on the full bundle, as a compact bundle carries it (the field names of
+/// `Row`, so a report.json's rows parse as these).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ReferenceRow {
     pub pre: String,
@@ -18,13 +29,50 @@ pub struct ReferenceRow {
     pub method: Method,
     pub layer: u32,
     pub metric: String,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub pre_value: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub post_value: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub delta: f64,
+    #[serde(deserialize_with = "interval_or_nan")]
     pub ci95: Option<[f64; 2]>,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub p: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub p_two_sided: f64,
     pub p_bh: Option<f64>,
     pub n_permutations: usize,
     pub exact: bool,
+}
+
+/// What `embed_reference` reads from a report.json: only these fields, so that the rest of the
+/// report (NaN ratios written as null, later additions) never stops it.
+#[derive(Deserialize, Clone, Debug)]
+pub struct ReferenceSource {
+    pub bundle_provenance: Provenance,
+    pub personas: Vec<String>,
+    pub n_questions: usize,
+    pub methods: Vec<Method>,
+    pub layers: Vec<u32>,
+    pub bases: Vec<BasisExactness>,
+    pub rows: Vec<ReferenceRow>,
+    pub config: serde_json::Value,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct BasisExactness {
+    pub exact: bool,
+}
+
+impl ReferenceSource {
+    pub fn from_json(text: &str) -> Result<ReferenceSource, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+    pub fn from_report(report: &Report) -> ReferenceSource {
+        let v = serde_json::to_value(report).expect("a report serialises");
+        serde_json::from_value(v).expect("a report's JSON has every reference field")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +87,7 @@ pub enum ReferenceError {
 pub fn embed_reference(
     full: &Bundle,
     compact: &mut Bundle,
-    report: &Report,
+    report: &ReferenceSource,
 ) -> Result<(), ReferenceError> {
     if report.bundle_provenance != full.provenance {
         return Err(ReferenceError::Mismatch(
@@ -59,29 +107,12 @@ pub fn embed_reference(
     if report.bases.iter().any(|b| !b.exact) {
         return Err(ReferenceError::NotExact);
     }
-    let rows: Vec<ReferenceRow> = report
-        .rows
-        .iter()
-        .map(|r| ReferenceRow {
-            pre: r.pre.clone(),
-            post: r.post.clone(),
-            method: r.method,
-            layer: r.layer,
-            metric: r.metric.clone(),
-            delta: r.delta,
-            ci95: r.ci95,
-            p: r.p,
-            p_two_sided: r.p_two_sided,
-            p_bh: r.p_bh,
-            n_permutations: r.n_permutations,
-            exact: r.exact,
-        })
-        .collect();
+    let rows = &report.rows;
     let extra = &mut compact.provenance.extra;
     extra.retain(|(k, _)| k != REFERENCE_KEY && k != REFERENCE_CONFIG_KEY);
     extra.push((
         REFERENCE_KEY.into(),
-        serde_json::to_string(&rows).expect("rows serialise"),
+        serde_json::to_string(rows).expect("rows serialise"),
     ));
     extra.push((
         REFERENCE_CONFIG_KEY.into(),
