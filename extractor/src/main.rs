@@ -62,6 +62,10 @@ enum Cmd {
         /// PCs (what a compact bundle, and so the page, has; faster).
         #[arg(long, default_value = "full", value_parser = ["full", "components"])]
         m3_features: String,
+        /// Also fit the logistic probe (scikit-learn `LogisticRegression(C=1)` objective, on the
+        /// --components residual PCs): M3's robustness rows `M3_probe_*`, outside the families.
+        #[arg(long)]
+        logistic_probe: bool,
         /// Cross-validation folds for M3 (GroupKFold by question).
         #[arg(long, default_value_t = defaults::FOLDS)]
         folds: usize,
@@ -227,6 +231,7 @@ fn main() -> Result<()> {
             bootstrap,
             components,
             m3_features,
+            logistic_probe,
             folds,
             alpha,
             equivalence_delta,
@@ -256,6 +261,7 @@ fn main() -> Result<()> {
                 } else {
                     M3Features::FullActivations
                 },
+                logistic_probe,
                 ..AnalysisConfig::default()
             };
             cmd_analysis::run_analyze(&bundle, &out, &cfg, figures)

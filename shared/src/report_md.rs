@@ -1,6 +1,6 @@
 //! `report.md`: tables ready to paste into a write-up.
 
-use crate::analysis::{Family, Report, ALL_METRICS};
+use crate::analysis::{Family, Report, ALL_METRICS, PROBE_METRICS};
 use std::fmt::Write;
 
 fn fmt_p(p: f64) -> String {
@@ -138,8 +138,8 @@ pub fn render(r: &Report) -> String {
             continue;
         }
         let _ = writeln!(s, "## Family `{}`\n", fam.name());
-        for metric in ALL_METRICS {
-            let mrows: Vec<_> = rows.iter().filter(|x| x.metric == metric).collect();
+        for metric in ALL_METRICS.iter().chain(&PROBE_METRICS) {
+            let mrows: Vec<_> = rows.iter().filter(|x| x.metric == *metric).collect();
             if mrows.is_empty() {
                 continue;
             }

@@ -128,6 +128,7 @@ fn dump_per_class_lda_cases() {
         bundle_coords(&b, shared::coords::CoordsMode::Basis { components: 24 }, 0).unwrap();
     let mut s = Samples::from_coords(&coords[0], 0);
     cases.push(case(&s, "24 components, d < n"));
+    write_logistic_cases(&s);
     // Append a constant feature.
     let k = s.k;
     let rows: Vec<f64> =
@@ -139,6 +140,33 @@ fn dump_per_class_lda_cases() {
     cases.push(case(&s, "with a constant feature"));
     std::fs::write(
         oracle_dir().join("per_class_lda_cases.json"),
+        serde_json::to_vec(&cases).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The logistic probe against scikit-learn's `LogisticRegression(C=1)` on the same samples and
+/// folds: the 24-component samples, and the same scaled by 30 (near-separable: the weak
+/// penalty lets the weights grow, the hard case for a solver).
+fn write_logistic_cases(s: &Samples) {
+    use shared::lda::logistic::evaluate_logistic_probe;
+    let mut cases = Vec::new();
+    for (scale, tag) in [(1.0, "24 components"), (30.0, "24 components x 30")] {
+        let mut t = s.clone();
+        t.x.iter_mut().for_each(|v| *v *= scale);
+        let e = evaluate_logistic_probe(&t, 5);
+        cases.push(serde_json::json!({
+            "tag": tag,
+            "k": t.k,
+            "x": t.x,
+            "labels": t.persona,
+            "folds": t.question.iter().map(|&q| question_fold(q, 5)).collect::<Vec<_>>(),
+            "accuracy": e.accuracy,
+            "log_posterior": e.log_posterior,
+        }));
+    }
+    std::fs::write(
+        oracle_dir().join("logistic_cases.json"),
         serde_json::to_vec(&cases).unwrap(),
     )
     .unwrap();

@@ -95,6 +95,32 @@ fn separability_loss_is_detected_by_m3() {
         let x = row(&r, Family::EmVsBase, "M3_log_posterior", Method::A, l);
         assert!(x.delta < 0.0 && x.p < 0.01, "{x:?}");
     }
+    // Without --logistic-probe there are no probe rows; with it, the probe sees the loss too.
+    assert!(r.rows.iter().all(|x| !x.metric.starts_with("M3_probe")));
+    let rp = analyze(
+        &b,
+        &AnalysisConfig {
+            logistic_probe: true,
+            ..cfg(999)
+        },
+        &quiet,
+    )
+    .unwrap();
+    for &l in &[3, 5, 7] {
+        let x = row(
+            &rp,
+            Family::EmVsBase,
+            "M3_probe_log_posterior",
+            Method::A,
+            l,
+        );
+        assert!(x.delta < 0.0 && x.p < 0.01 && x.p_bh.is_none(), "{x:?}");
+        let y = row(&rp, Family::EmVsBase, "M3_log_posterior", Method::A, l);
+        assert_eq!(
+            y,
+            row(&r, Family::EmVsBase, "M3_log_posterior", Method::A, l)
+        );
+    }
     // Above-chance test: personas are separable in base.
     let v = r
         .checkpoint_views

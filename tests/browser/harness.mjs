@@ -8,12 +8,19 @@ import { chromium } from 'playwright-core';
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm',
   '.css': 'text/css', '.pgb': 'application/octet-stream', '.json': 'application/json' };
 
-/** Serves `root` (plus `extra` = {urlPath: filePath}) on 127.0.0.1 at a free port. */
-export function serve(root, extra = {}) {
+/** Serves `root` (plus `extra` = {urlPath: filePath}) on 127.0.0.1 at a free port; with
+ * `prefix` (e.g. '/site') only under that sub-path, as a static host publishing there would;
+ * `missing` lists files answered 404. */
+export function serve(root, extra = {}, { prefix = '', missing = [] } = {}) {
   root = path.resolve(root);
   return new Promise((resolve) => {
     const server = http.createServer((req, res) => {
-      const u = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+      let u = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+      if (prefix) {
+        if (!u.startsWith(prefix + '/')) { res.writeHead(404); res.end('outside the site'); return; }
+        u = u.slice(prefix.length);
+      }
+      if (missing.includes(u)) { res.writeHead(404); res.end('not found'); return; }
       const file = extra[u] || path.join(root, u === '/' ? 'index.html' : path.normalize(u));
       if (!extra[u] && !file.startsWith(root + path.sep)) { res.writeHead(403); res.end(); return; }
       fs.stat(file, (err, st) => {

@@ -7,6 +7,7 @@
 use crate::bundle::{Bundle, Method, Role};
 use crate::coords::{bundle_coords, CoordsError, CoordsMode, MethodLayerCoords};
 use crate::geometry::{bootstrap_cell, bootstrap_weights, PairGeometry, PairGeometryResult, Stats};
+use crate::lda::logistic::evaluate_logistic_probe;
 use crate::lda::per_class::evaluate_per_class_lda;
 use crate::lda::{per_question_scores, Lda, PairedScores, Samples};
 use crate::stats::{basic_bootstrap_interval, permutation_p_less, permutation_p_two_sided};
@@ -66,6 +67,9 @@ pub struct AnalysisConfig {
     /// bundles always use their stored components.
     #[serde(default)]
     pub m3_features: M3Features,
+    /// Also fit the logistic probe (M3's robustness rows, on the residual components).
+    #[serde(default)]
+    pub logistic_probe: bool,
 }
 
 /// What M3's LDA is fitted on (full bundles).
@@ -97,6 +101,7 @@ impl Default for AnalysisConfig {
             equivalence_delta: defaults::EQUIVALENCE_DELTA,
             axis_persona: defaults::AXIS_PERSONA.into(),
             m3_features: M3Features::FullActivations,
+            logistic_probe: false,
         }
     }
 }
@@ -139,6 +144,8 @@ pub const FAMILY_METRICS: [&str; 5] = [
 ];
 /// M3's metrics, in the order of `M3Paired`'s arrays.
 pub const M3_METRICS: [&str; 2] = ["M3_accuracy", "M3_log_posterior"];
+/// The logistic probe's rows (`--logistic-probe`), outside the families.
+pub const PROBE_METRICS: [&str; 2] = ["M3_probe_accuracy", "M3_probe_log_posterior"];
 pub const ALL_METRICS: [&str; 7] = [
     "M1_raw",
     "M1_centred",
@@ -244,6 +251,8 @@ pub enum TaskOutput {
     LdaObserved {
         m3: crate::lda::Evaluation,
         pooled: [f64; 2],
+        /// The logistic probe (when configured).
+        probe: Option<crate::lda::Evaluation>,
     },
     LdaLabelNull(Vec<[f64; 2]>),
 }
@@ -264,6 +273,10 @@ pub struct CellResult {
     pub lda_null: Vec<Vec<[f64; 2]>>,
     /// Per comparison: the paired M3 test (computed once here, not per report).
     pub m3: Vec<M3Paired>,
+    /// Per checkpoint and per comparison: the logistic probe and its paired test (empty unless
+    /// `logistic_probe`).
+    pub probe: Vec<crate::lda::Evaluation>,
+    pub probe_m3: Vec<M3Paired>,
 }
 
 /// The analysis of one bundle under one configuration: coordinates, comparisons and the task
@@ -458,6 +471,12 @@ impl Plan {
                 TaskOutput::LdaObserved {
                     m3: evaluate_per_class_lda(&self.m3_samples(ml, checkpoint), self.cfg.folds),
                     pooled: [pooled.accuracy, pooled.mean_log_posterior],
+                    probe: self.cfg.logistic_probe.then(|| {
+                        evaluate_logistic_probe(
+                            &Samples::from_coords(&self.coords[ml], checkpoint),
+                            self.cfg.folds,
+                        )
+                    }),
                 }
             }
             Task::LdaLabelNull {
@@ -481,6 +500,7 @@ impl Plan {
         let mut gboot: Vec<(usize, Vec<Vec<Option<Stats>>>)> = vec![];
         let mut lobs: Vec<Option<crate::lda::Evaluation>> = vec![None; nck];
         let mut lpooled = vec![[f64::NAN; 2]; nck];
+        let mut lprobe: Vec<Option<crate::lda::Evaluation>> = vec![None; nck];
         let mut lnull: Vec<Vec<(usize, Vec<[f64; 2]>)>> = vec![vec![]; nck];
         for (task, out) in outputs {
             if task.method_layer() != ml {
@@ -496,9 +516,13 @@ impl Plan {
                 (Task::GeometryBootstrap { start, .. }, TaskOutput::GeometryBootstrap(v)) => {
                     gboot.push((*start, v.clone()))
                 }
-                (Task::LdaObserved { checkpoint, .. }, TaskOutput::LdaObserved { m3, pooled }) => {
+                (
+                    Task::LdaObserved { checkpoint, .. },
+                    TaskOutput::LdaObserved { m3, pooled, probe },
+                ) => {
                     lobs[*checkpoint] = Some(m3.clone());
                     lpooled[*checkpoint] = *pooled;
+                    lprobe[*checkpoint] = probe.clone();
                 }
                 (
                     Task::LdaLabelNull {
@@ -539,8 +563,20 @@ impl Plan {
         let m3 = self
             .comparisons
             .iter()
-            .map(|cmp| self.m3_paired(ml, cmp, &scores, &weights))
+            .map(|cmp| self.m3_paired(ml, cmp, &scores, &weights, "m3-paired"))
             .collect();
+        let probe: Vec<crate::lda::Evaluation> = lprobe.into_iter().flatten().collect();
+        let probe_m3 = if probe.len() == nck {
+            let scores: Vec<Vec<Option<[f64; 2]>>> = (0..nck)
+                .map(|ck| per_question_scores(&Samples::from_coords(c, ck), &probe[ck]))
+                .collect();
+            self.comparisons
+                .iter()
+                .map(|cmp| self.m3_paired(ml, cmp, &scores, &weights, "m3-probe-paired"))
+                .collect()
+        } else {
+            vec![]
+        };
         CellResult {
             geometry,
             geometry_null,
@@ -549,6 +585,8 @@ impl Plan {
             lda_pooled: lpooled,
             lda_null: lnull.into_iter().map(concat).collect(),
             m3,
+            probe,
+            probe_m3,
         }
     }
 
@@ -560,11 +598,12 @@ impl Plan {
         cmp: &Comparison,
         scores: &[Vec<Option<[f64; 2]>>],
         weights: &[Vec<f64>],
+        stream: &str,
     ) -> M3Paired {
         let c = &self.coords[ml];
         let cfg = &self.cfg;
         let label = format!(
-            "m3-paired/{}/L{}/{}->{}",
+            "{stream}/{}/L{}/{}->{}",
             c.method.name(),
             c.layer,
             cmp.pre,

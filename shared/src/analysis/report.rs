@@ -267,6 +267,32 @@ impl Plan {
                         ..template.clone()
                     });
                 }
+                if let Some(pm) = cell.probe_m3.get(ci) {
+                    let (pre_e, post_e) = (&cell.probe[cmp.pre], &cell.probe[cmp.post]);
+                    let levels = [
+                        (pre_e.accuracy, post_e.accuracy),
+                        (pre_e.mean_log_posterior, post_e.mean_log_posterior),
+                    ];
+                    for (s, name) in PROBE_METRICS.iter().enumerate() {
+                        rows.push(Row {
+                            metric: name.to_string(),
+                            pre_value: levels[s].0,
+                            post_value: levels[s].1,
+                            delta: pm.delta[s],
+                            ci95: pm.ci95[s],
+                            p: pm.p[s],
+                            p_two_sided: pm.p_two_sided[s],
+                            n_permutations: pm.n_permutations,
+                            p_floor: p_floor(pm.n_permutations),
+                            n_questions: pm.n_questions,
+                            n_bootstrap: pm.n_bootstrap,
+                            test: format!("robustness row: multinomial L2 logistic probe (scikit-learn LogisticRegression(C=1) objective) on the top {} residual PCs, held out over the same folds; paired sign-flip permutation of per-question scores (one-sided: separability loss; two-sided also reported); not in the corrected families", c.lda_k),
+                            // The probe sees the residual components on every path.
+                            exact: c.exact,
+                            ..template.clone()
+                        });
+                    }
+                }
                 pair_views.push(PairView {
                     family: cmp.family,
                     pre: ckname(cmp.pre),

@@ -32,6 +32,7 @@ use crate::rng::Rng;
 use nalgebra::DMatrix;
 use std::ops::Range;
 
+pub mod logistic;
 pub mod per_class;
 
 /// ln of the smallest normal f64: scikit-learn's floor for `predict_log_proba`.
