@@ -241,54 +241,43 @@ impl Plan {
                         ..template.clone()
                     });
                 }
-                let m3 = &cell.m3[ci];
-                let (pre_e, post_e) = (&cell.lda[cmp.pre], &cell.lda[cmp.post]);
-                let levels = [
-                    (pre_e.accuracy, post_e.accuracy),
-                    (pre_e.mean_log_posterior, post_e.mean_log_posterior),
-                ];
-                for (s, name) in M3_METRICS.iter().enumerate() {
-                    rows.push(Row {
-                        metric: name.to_string(),
-                        pre_value: levels[s].0,
-                        post_value: levels[s].1,
-                        delta: m3.delta[s],
-                        ci95: m3.ci95[s],
-                        p: m3.p[s],
-                        p_two_sided: m3.p_two_sided[s],
-                        n_permutations: m3.n_permutations,
-                        p_floor: p_floor(m3.n_permutations),
-                        n_questions: m3.n_questions,
-                        n_bootstrap: m3.n_bootstrap,
-                        test: "paired sign-flip permutation of per-question held-out scores (one-sided: separability loss; two-sided also reported); basic question-bootstrap CI".into(),
+                // M3 and (when fitted) the logistic probe: the same paired rows.
+                let probe_test = format!("robustness row: multinomial L2 logistic probe (scikit-learn LogisticRegression(C=1) objective) on the top {} residual PCs, held out over the same folds; paired sign-flip permutation of per-question scores (one-sided: separability loss; two-sided also reported); not in the corrected families", c.lda_k);
+                let m3_kinds = [
+                    (
+                        &M3_METRICS,
+                        Some(&cell.m3[ci]),
+                        &cell.lda,
+                        "paired sign-flip permutation of per-question held-out scores (one-sided: separability loss; two-sided also reported); basic question-bootstrap CI".to_string(),
                         // Exact = scikit-learn's estimator on the full activations (the CLI's
                         // default); on residual components it approximates that value.
-                        exact: self.m3_on_full_activations(ml),
-                        ..template.clone()
-                    });
-                }
-                if let Some(pm) = cell.probe_m3.get(ci) {
-                    let (pre_e, post_e) = (&cell.probe[cmp.pre], &cell.probe[cmp.post]);
+                        self.m3_on_full_activations(ml),
+                    ),
+                    // The probe sees the residual components on every path.
+                    (&PROBE_METRICS, cell.probe_m3.get(ci), &cell.probe, probe_test, c.exact),
+                ];
+                for (names, paired, evals, test, exact) in m3_kinds {
+                    let Some(m3) = paired else { continue };
+                    let (pre_e, post_e) = (&evals[cmp.pre], &evals[cmp.post]);
                     let levels = [
                         (pre_e.accuracy, post_e.accuracy),
                         (pre_e.mean_log_posterior, post_e.mean_log_posterior),
                     ];
-                    for (s, name) in PROBE_METRICS.iter().enumerate() {
+                    for (s, name) in names.iter().enumerate() {
                         rows.push(Row {
                             metric: name.to_string(),
                             pre_value: levels[s].0,
                             post_value: levels[s].1,
-                            delta: pm.delta[s],
-                            ci95: pm.ci95[s],
-                            p: pm.p[s],
-                            p_two_sided: pm.p_two_sided[s],
-                            n_permutations: pm.n_permutations,
-                            p_floor: p_floor(pm.n_permutations),
-                            n_questions: pm.n_questions,
-                            n_bootstrap: pm.n_bootstrap,
-                            test: format!("robustness row: multinomial L2 logistic probe (scikit-learn LogisticRegression(C=1) objective) on the top {} residual PCs, held out over the same folds; paired sign-flip permutation of per-question scores (one-sided: separability loss; two-sided also reported); not in the corrected families", c.lda_k),
-                            // The probe sees the residual components on every path.
-                            exact: c.exact,
+                            delta: m3.delta[s],
+                            ci95: m3.ci95[s],
+                            p: m3.p[s],
+                            p_two_sided: m3.p_two_sided[s],
+                            n_permutations: m3.n_permutations,
+                            p_floor: p_floor(m3.n_permutations),
+                            n_questions: m3.n_questions,
+                            n_bootstrap: m3.n_bootstrap,
+                            test: test.clone(),
+                            exact,
                             ..template.clone()
                         });
                     }

@@ -9,7 +9,7 @@
 //! Hessian-vector products, Jacobi-preconditioned conjugate gradients, Armijo backtracking),
 //! which reaches the optimum to ~1e-10 where first-order methods stall on near-separable data.
 
-use super::{question_fold, Evaluation, Samples, LOG_FLOOR};
+use super::{heldout_by_folds, Evaluation, Samples, LOG_FLOOR};
 use nalgebra::DMatrix;
 
 pub const PROBE_C: f64 = 1.0;
@@ -191,17 +191,7 @@ fn fit(x: &DMatrix<f64>, y: &[usize], classes: usize) -> Vec<f64> {
 /// Held-out evaluation of the logistic probe with the samples' own labels, folds by question.
 pub fn evaluate_logistic_probe(s: &Samples, n_folds: usize) -> Evaluation {
     let k = s.k;
-    let n_all = s.len();
-    let mut correct = vec![false; n_all];
-    let mut logp = vec![0.0; n_all];
-    let (mut n_tested, mut n_correct, mut sum_logp) = (0usize, 0usize, 0.0);
-    for f in 0..n_folds {
-        let in_fold = |i: &usize| question_fold(s.question[*i], n_folds) == f;
-        let train: Vec<usize> = (0..n_all).filter(|i| !in_fold(i)).collect();
-        let test: Vec<usize> = (0..n_all).filter(in_fold).collect();
-        if train.is_empty() || test.is_empty() {
-            continue;
-        }
+    heldout_by_folds(s, n_folds, |train, test| {
         // Classes as scikit-learn sees them: those present in the training fold.
         let mut present: Vec<usize> = train.iter().map(|&i| s.persona[i]).collect();
         present.sort_unstable();
@@ -217,32 +207,23 @@ pub fn evaluate_logistic_probe(s: &Samples, n_folds: usize) -> Evaluation {
         } else {
             vec![0.0; nc * k + nc]
         };
-        for &i in &test {
-            let row = &s.x[i * k..(i + 1) * k];
-            let z: Vec<f64> = (0..nc)
-                .map(|j| dot(&theta[j * k..(j + 1) * k], row) + theta[nc * k + j])
-                .collect();
-            let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
-            let best = (0..nc).fold(0, |b, j| if z[j] > z[b] { j } else { b });
-            let ok = present[best] == s.persona[i];
-            let lp = match present.binary_search(&s.persona[i]) {
-                Ok(j) => (z[j] - lse).max(LOG_FLOOR),
-                Err(_) => LOG_FLOOR,
-            };
-            correct[i] = ok;
-            logp[i] = lp;
-            n_tested += 1;
-            n_correct += ok as usize;
-            sum_logp += lp;
-        }
-    }
-    let total = n_tested.max(1) as f64;
-    Evaluation {
-        accuracy: n_correct as f64 / total,
-        mean_log_posterior: sum_logp / total,
-        correct,
-        log_posterior: logp,
-        shrinkage: vec![],
-    }
+        let scored = test
+            .iter()
+            .map(|&i| {
+                let row = &s.x[i * k..(i + 1) * k];
+                let z: Vec<f64> = (0..nc)
+                    .map(|j| dot(&theta[j * k..(j + 1) * k], row) + theta[nc * k + j])
+                    .collect();
+                let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+                let best = (0..nc).fold(0, |b, j| if z[j] > z[b] { j } else { b });
+                let lp = match present.binary_search(&s.persona[i]) {
+                    Ok(j) => (z[j] - lse).max(LOG_FLOOR),
+                    Err(_) => LOG_FLOOR,
+                };
+                (present[best] == s.persona[i], lp)
+            })
+            .collect();
+        (scored, None)
+    })
 }

@@ -55,25 +55,9 @@ pub struct Samples {
 
 impl Samples {
     pub fn from_coords(c: &MethodLayerCoords, ck: usize) -> Samples {
-        let (p, q, k) = (c.n_personas, c.n_questions, c.lda_k);
-        let mut s = Samples {
-            k,
-            x: vec![],
-            persona: vec![],
-            question: vec![],
-            n_classes: p,
-            n_questions: q,
-        };
-        for qi in 0..q {
-            for pi in 0..p {
-                if c.is_valid(ck, pi, qi) {
-                    s.x.extend(c.lda_row(ck, pi, qi).iter().map(|&v| v as f64));
-                    s.persona.push(pi);
-                    s.question.push(qi);
-                }
-            }
-        }
-        s
+        Samples::collect(c, ck, c.lda_k, |pi, qi, out| {
+            out.extend(c.lda_row(ck, pi, qi).iter().map(|&v| v as f64))
+        })
     }
     /// The same samples with every feature of the activations (centroid + residual at full
     /// width); only for exact coordinates, whose residuals are full-width.
@@ -81,37 +65,90 @@ impl Samples {
         if !c.exact || c.k != c.dim {
             return None;
         }
-        let (p, q, d) = (c.n_personas, c.n_questions, c.dim);
+        Some(Samples::collect(c, ck, c.dim, |pi, qi, out| {
+            let cen = c.centroid(ck, pi);
+            out.extend(
+                c.residual(ck, pi, qi)
+                    .iter()
+                    .zip(cen)
+                    .map(|(&r, &m)| m + r as f64),
+            )
+        }))
+    }
+    /// The valid (persona, question) cells of a checkpoint, question-major, with `k` features
+    /// each written by `features`.
+    fn collect(
+        c: &MethodLayerCoords,
+        ck: usize,
+        k: usize,
+        mut features: impl FnMut(usize, usize, &mut Vec<f64>),
+    ) -> Samples {
+        let (p, q) = (c.n_personas, c.n_questions);
+        let n = c.valid[ck].iter().filter(|&&v| v).count();
         let mut s = Samples {
-            k: d,
-            x: Vec::with_capacity(c.valid[ck].iter().filter(|&&v| v).count() * d),
-            persona: vec![],
-            question: vec![],
+            k,
+            x: Vec::with_capacity(n * k),
+            persona: Vec::with_capacity(n),
+            question: Vec::with_capacity(n),
             n_classes: p,
             n_questions: q,
         };
         for qi in 0..q {
             for pi in 0..p {
                 if c.is_valid(ck, pi, qi) {
-                    let cen = c.centroid(ck, pi);
-                    s.x.extend(
-                        c.residual(ck, pi, qi)
-                            .iter()
-                            .zip(cen)
-                            .map(|(&r, &m)| m + r as f64),
-                    );
+                    features(pi, qi, &mut s.x);
                     s.persona.push(pi);
                     s.question.push(qi);
                 }
             }
         }
-        Some(s)
+        s
     }
     pub fn len(&self) -> usize {
         self.persona.len()
     }
     pub fn is_empty(&self) -> bool {
         self.persona.is_empty()
+    }
+}
+
+/// Held-out evaluation over question folds for an estimator given as `fit_fold(train, test)`,
+/// which returns, per test sample (in `test` order), (correct, log posterior of its label),
+/// and a per-fold summary (the shrinkage, where the estimator has one).
+pub fn heldout_by_folds(
+    s: &Samples,
+    n_folds: usize,
+    mut fit_fold: impl FnMut(&[usize], &[usize]) -> (Vec<(bool, f64)>, Option<f64>),
+) -> Evaluation {
+    let n_all = s.len();
+    let mut correct = vec![false; n_all];
+    let mut logp = vec![0.0; n_all];
+    let mut shrinkage = Vec::new();
+    let (mut n_tested, mut n_correct, mut sum_logp) = (0usize, 0usize, 0.0);
+    for f in 0..n_folds {
+        let in_fold = |i: &usize| question_fold(s.question[*i], n_folds) == f;
+        let train: Vec<usize> = (0..n_all).filter(|i| !in_fold(i)).collect();
+        let test: Vec<usize> = (0..n_all).filter(in_fold).collect();
+        if train.is_empty() || test.is_empty() {
+            continue;
+        }
+        let (scored, fold_shrinkage) = fit_fold(&train, &test);
+        shrinkage.extend(fold_shrinkage);
+        for (&i, (ok, lp)) in test.iter().zip(scored) {
+            correct[i] = ok;
+            logp[i] = lp;
+            n_tested += 1;
+            n_correct += ok as usize;
+            sum_logp += lp;
+        }
+    }
+    let total = n_tested.max(1) as f64;
+    Evaluation {
+        accuracy: n_correct as f64 / total,
+        mean_log_posterior: sum_logp / total,
+        correct,
+        log_posterior: logp,
+        shrinkage,
     }
 }
 

@@ -20,7 +20,7 @@
 //! and shrinkage, so there is no cheap permutation path: M3's tests use the paired per-question
 //! sign flip of these held-out scores, which needs only the observed fit.
 
-use super::{question_fold, Evaluation, FoldModel, Samples};
+use super::{heldout_by_folds, Evaluation, FoldModel, Samples};
 use crate::linalg::{cholesky_lower, gram_of_columns};
 use nalgebra::DMatrix;
 
@@ -195,43 +195,20 @@ fn solve_low_rank_plus_diagonal(
 /// question. Sample order and fields as in `super::Lda::evaluate`.
 pub fn evaluate_per_class_lda(s: &Samples, n_folds: usize) -> Evaluation {
     let k = s.k;
-    let n_all = s.len();
-    let mut correct = vec![false; n_all];
-    let mut logp = vec![0.0; n_all];
-    let mut shrinkage = Vec::with_capacity(n_folds);
-    let (mut n_tested, mut n_correct, mut sum_logp) = (0usize, 0usize, 0.0);
-    for f in 0..n_folds {
-        let in_fold = |i: &usize| question_fold(s.question[*i], n_folds) == f;
-        let train: Vec<usize> = (0..n_all).filter(|i| !in_fold(i)).collect();
-        let test: Vec<usize> = (0..n_all).filter(in_fold).collect();
-        if train.is_empty() || test.is_empty() {
-            continue;
-        }
+    heldout_by_folds(s, n_folds, |train, test| {
         let mut cols = Vec::with_capacity(train.len() * k);
-        for &i in &train {
+        for &i in train {
             cols.extend_from_slice(&s.x[i * k..(i + 1) * k]);
         }
         let x_cols = DMatrix::<f64>::from_vec(k, train.len(), cols);
         let labels: Vec<usize> = train.iter().map(|&i| s.persona[i]).collect();
         let model = fit_fold(x_cols, &labels, s.n_classes);
-        shrinkage.push(model.shrinkage);
-        for &i in &test {
-            let (ok, lp) = model.score(&s.x[i * k..(i + 1) * k], s.persona[i], k);
-            correct[i] = ok;
-            logp[i] = lp;
-            n_tested += 1;
-            n_correct += ok as usize;
-            sum_logp += lp;
-        }
-    }
-    let total = n_tested.max(1) as f64;
-    Evaluation {
-        accuracy: n_correct as f64 / total,
-        mean_log_posterior: sum_logp / total,
-        correct,
-        log_posterior: logp,
-        shrinkage,
-    }
+        let scored = test
+            .iter()
+            .map(|&i| model.score(&s.x[i * k..(i + 1) * k], s.persona[i], k))
+            .collect();
+        (scored, Some(model.shrinkage))
+    })
 }
 
 #[cfg(test)]
