@@ -674,7 +674,7 @@ pub fn analyze(
     progress: Progress,
 ) -> Result<Report, AnalysisError> {
     progress(&format!(
-        "building analysis coordinates (full width for M1/M2; {} residual components for M3)",
+        "building analysis coordinates (full width for M1/M2 and M3; {} residual components for the above-chance test and the logistic probe)",
         cfg.components
     ));
     let plan = Plan::new(bundle, cfg)?;
