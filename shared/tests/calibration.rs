@@ -72,8 +72,8 @@ fn print_rates(what: &str, rates: &[f64]) {
     }
 }
 
-/// 300 null studies per K on the CLI path (PG_CAL_N and PG_CAL_SEED0 override the count and
-/// the first seed): every test within [0.02, 0.08].
+/// 300 null studies on the CLI path (PG_CAL_N and PG_CAL_SEED0 override the count and the
+/// first seed): every test within [0.02, 0.08], and independent of the truncation K.
 #[test]
 fn cli_null_is_calibrated_at_any_truncation() {
     let env = |k: &str, d: usize| {
@@ -83,22 +83,37 @@ fn cli_null_is_calibrated_at_any_truncation() {
             .unwrap_or(d)
     };
     let (n_studies, seed0) = (env("PG_CAL_N", 300), env("PG_CAL_SEED0", 20_000));
-    for k in [16usize, 64] {
-        let rej = shared::parallel::par_map(n_studies, |s| {
-            let b = null_study((seed0 + s) as u64);
-            rejections(&analyze(&b, &cfg(k, s as u64), &quiet).unwrap())
-        });
-        let rates = rates(&rej);
-        print_rates(&format!("CLI K={k}"), &rates);
-        for (i, r) in rates.iter().enumerate() {
-            // M3 is fitted on the full activations (256 dims) at every K. Its per-question
-            // sign flip is slightly liberal (1,000 studies, PG_CAL_N=1000 PG_CAL_SEED0=50000:
-            // 0.063-0.075; see PairedScores), inside the band but above 0.05.
-            assert!(
-                (0.02..=0.08).contains(r),
-                "K={k} {} ({}): rejection rate {r}",
-                METRICS[i / 2],
-                if i % 2 == 0 { "p" } else { "two-sided" }
+    let k = 16;
+    let rej = shared::parallel::par_map(n_studies, |s| {
+        let b = null_study((seed0 + s) as u64);
+        rejections(&analyze(&b, &cfg(k, s as u64), &quiet).unwrap())
+    });
+    let rates = rates(&rej);
+    print_rates(&format!("CLI K={k}"), &rates);
+    for (i, r) in rates.iter().enumerate() {
+        // M3 is fitted on the full activations (256 dims) at every K. Its per-question
+        // sign flip is slightly liberal (1,000 studies, PG_CAL_N=1000 PG_CAL_SEED0=50000:
+        // 0.063-0.075; see PairedScores), inside the band but above 0.05.
+        assert!(
+            (0.02..=0.08).contains(r),
+            "K={k} {} ({}): rejection rate {r}",
+            METRICS[i / 2],
+            if i % 2 == 0 { "p" } else { "two-sided" }
+        );
+    }
+    // No reported test depends on K on this path (M1/M2 draws are full-width, M3 is fitted on
+    // the activations; K only sets the above-chance test's and the probe's features): the
+    // same studies at K = 64 give identical p-values, so the rates above hold at any K.
+    for s in 0..20 {
+        let b = null_study((seed0 + s) as u64);
+        let r16 = analyze(&b, &cfg(16, s as u64), &quiet).unwrap();
+        let r64 = analyze(&b, &cfg(64, s as u64), &quiet).unwrap();
+        for m in METRICS {
+            let (a, c) = (row(&r16, m), row(&r64, m));
+            assert_eq!(
+                (a.delta, a.p, a.p_two_sided),
+                (c.delta, c.p, c.p_two_sided),
+                "{m}"
             );
         }
     }
