@@ -6,12 +6,23 @@ import { launch, serve } from './harness.mjs';
 
 const DIST = process.env.PG_DIST || 'dist';
 let browser;
+const servers = [];
 
 before(async () => { browser = await launch(); });
-after(async () => { await browser?.close(); });
+after(async () => {
+  await browser?.close();
+  // Close every server even when a test failed half-way (an open one keeps node running).
+  for (const s of servers) { s.closeAllConnections?.(); s.close(); }
+});
+
+async function site(options) {
+  const server = await serve(DIST, {}, options);
+  servers.push(server);
+  return server;
+}
 
 test('the site works under a sub-path (every asset URL is relative)', async () => {
-  const server = await serve(DIST, {}, { prefix: '/site' });
+  const server = await site({ prefix: '/site' });
   const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
   const errors = [];
   const failed = [];
@@ -24,11 +35,10 @@ test('the site works under a sub-path (every asset URL is relative)', async () =
   assert.deepEqual(failed.filter((u) => !u.endsWith('/favicon.ico')), []);
   assert.deepEqual(errors, []);
   await page.close();
-  server.close();
 });
 
 test('a missing wasm file gives a readable message, not a blank page', async () => {
-  const server = await serve(DIST, {}, { prefix: '/site', missing: ['/explorer_bg.wasm'] });
+  const server = await site({ prefix: '/site', missing: ['/explorer_bg.wasm'] });
   const page = await browser.newPage();
   await page.goto(`${server.url}/site/`);
   await page.waitForSelector('#load-error', { timeout: 30000 });
@@ -36,5 +46,4 @@ test('a missing wasm file gives a readable message, not a blank page', async () 
   assert.match(text, /could not start/);
   assert.match(text, /every file of dist\//);
   await page.close();
-  server.close();
 });
