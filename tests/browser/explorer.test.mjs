@@ -32,11 +32,17 @@ before(async () => {
   pg('analyze', path.join(WORK, 'test.compact.pgb'), '--out', path.join(WORK, 'report'),
     '--permutations', String(N), '--figures');
   report = JSON.parse(fs.readFileSync(path.join(WORK, 'report', 'report.json'), 'utf8'));
+  // The same study compacted with the full bundle's exact rows embedded (compact --reference).
+  pg('analyze', full, '--out', path.join(WORK, 'report-full'), '--permutations', String(N),
+    '--components', '32');
+  pg('compact', full, '-o', path.join(WORK, 'test-ref.compact.pgb'), '--components', '32',
+    '--reference', path.join(WORK, 'report-full', 'report.json'));
   const compact = fs.readFileSync(path.join(WORK, 'test.compact.pgb'));
   fs.writeFileSync(path.join(WORK, 'truncated.pgb'), compact.subarray(0, compact.length - 1000));
   server = await serve(DIST, {
     '/test.compact.pgb': path.join(WORK, 'test.compact.pgb'),
     '/test.pgb': full,
+    '/test-ref.compact.pgb': path.join(WORK, 'test-ref.compact.pgb'),
     ...(E2E ? { '/e2e.compact.pgb': E2E } : {}),
   });
   browser = await launch();
@@ -143,6 +149,26 @@ test('the e2e default-study bundle (extract -> compact) decodes in the page with
 function familyName(f) {
   return { EmVsBase: 'em_vs_base', BenignVsBase: 'benign_vs_base', EmVsBenign: 'em_vs_benign', OtherVsBase: 'other_vs_base' }[f];
 }
+
+test('approximate rows show the exact values of `analyze` on the full bundle beside them', async () => {
+  const full = JSON.parse(fs.readFileSync(path.join(WORK, 'report-full', 'report.json'), 'utf8'));
+  const page = await open(`?bundle=test-ref.compact.pgb&n=${N}`);
+  const [method, layer] = [full.methods[0], full.layers[0]];
+  await page.selectOption('#method', method);
+  await setLayer(page, full.layers, layer);
+  const shown = await page.$$eval('#rows tbody tr', (trs) => trs.map((tr) => ({
+    ...tr.dataset, ref: tr.querySelector('td.reference').dataset.referenceP,
+    values: tr.querySelector('td.reference').previousElementSibling.textContent })));
+  const want = full.rows.filter((r) => r.method === method && r.layer === layer);
+  assert.equal(shown.length, want.length);
+  for (const r of want) {
+    const s = shown.find((x) => x.family === familyName(r.family) && x.post === r.post && x.metric === r.metric);
+    assert.ok(s, `row ${r.metric}`);
+    assert.equal(s.values, 'approximate', `${r.metric} is labelled approximate`);
+    assert.ok(close(+s.ref, r.p, 1e-12), `${r.metric}: reference p ${s.ref} vs analyze ${r.p}`);
+  }
+  await page.close();
+});
 
 test('moving the layer slider and the threshold changes the figures and the verdict', async () => {
   const page = await open(`?bundle=test.compact.pgb&n=${N}&layer=3`);
