@@ -237,6 +237,16 @@ pub(crate) fn Controls(ctl: Ctl) -> impl IntoView {
                     prop:value=move || ctl.permutations.get().to_string()
                     on:change=set_perms/>
             </label>
+            <label title="seed of every permutation and bootstrap draw (analyze --seed)">"seed "
+                <input type="number" id="seed" min="0" step="1"
+                    prop:value=move || ctl.seed.get().to_string()
+                    on:change=move |ev| {
+                        if let Ok(s) = event_target_value(&ev).parse::<u64>() {
+                            ctl.seed.set(s);
+                            start_analysis(ctl);
+                        }
+                    }/>
+            </label>
             <div class="personas">
                 "personas: "
                 {move || meta.with(|m| m.as_ref().map(|m| m.personas.clone()).unwrap_or_default())

@@ -108,6 +108,8 @@ struct Ctl {
     progress: RwSignal<(usize, usize)>,
     computing: RwSignal<bool>,
     version: RwSignal<u64>,
+    /// Query parameters that were ignored or corrected, in words (shown at the top).
+    url_notices: RwSignal<Vec<String>>,
 }
 
 impl Ctl {
@@ -130,54 +132,74 @@ impl Ctl {
             progress: RwSignal::new((0, 0)),
             computing: RwSignal::new(false),
             version: RwSignal::new(0),
+            url_notices: RwSignal::new(vec![]),
         }
     }
 
-    /// Controls from the query string (the permalink).
+    /// Controls from the query string (the permalink). Every parameter that cannot be used as
+    /// given is named in `url_notices` with what was done instead: never a silent rewrite.
     fn read_query(&self) {
+        let mut notes = Vec::new();
+        let mut ignored = |k: &str, v: &str, why: &str| {
+            notes.push(format!("URL parameter {k}={v} ignored: {why}"));
+        };
         for (k, v) in web::query_pairs() {
             match k.as_str() {
                 "bundle" => self.source.set(Some(v)),
-                "method" => {
-                    if let Some(m) = Method::parse(&v) {
-                        self.method.set(m)
-                    }
-                }
-                "layer" => {
-                    if let Ok(l) = v.parse() {
-                        self.layer.set(l)
-                    }
-                }
+                "method" => match Method::parse(&v) {
+                    Some(m) => self.method.set(m),
+                    None => ignored(&k, &v, "methods are A or B"),
+                },
+                "layer" => match v.parse() {
+                    Ok(l) => self.layer.set(l),
+                    Err(_) => ignored(&k, &v, "not a layer number"),
+                },
                 "treated" => self.treated.set(v),
-                "centre" => self.centred.set(v == "centred"),
+                "centre" => match v.as_str() {
+                    "centred" | "raw" => self.centred.set(v == "centred"),
+                    _ => ignored(&k, &v, "use centred or raw"),
+                },
                 "personas" => self.personas.set(
                     v.split(',')
                         .filter(|s| !s.is_empty())
                         .map(String::from)
                         .collect(),
                 ),
-                "threshold" => self.threshold.set(v.parse().ok()),
-                "alpha" => {
-                    if let Ok(a) = v.parse::<f64>() {
-                        if a > 0.0 && a < 1.0 {
-                            self.alpha.set(a)
-                        }
+                "threshold" => match parse_threshold(&v) {
+                    Some(t) => self.threshold.set(t),
+                    None => ignored(
+                        &k,
+                        &v,
+                        "use a ratio (2, 1.5, 3x) or p for p-only; the 2x criterion is shown",
+                    ),
+                },
+                "alpha" => match v.parse::<f64>() {
+                    Ok(a) if a > 0.0 && a < 1.0 => self.alpha.set(a),
+                    _ => ignored(&k, &v, "alpha must lie strictly between 0 and 1"),
+                },
+                "n" => match v.parse::<usize>() {
+                    Ok(n) if (1..=100_000).contains(&n) => self.permutations.set(n),
+                    Ok(n) => {
+                        let c = n.clamp(1, 100_000);
+                        self.permutations.set(c);
+                        ignored(
+                            &k,
+                            &v,
+                            &format!("N = {c} is used instead (allowed: 1 to 100,000)"),
+                        );
                     }
-                }
-                "n" => {
-                    if let Ok(n) = v.parse::<usize>() {
-                        self.permutations.set(n.clamp(1, 100_000))
-                    }
-                }
-                "seed" => {
-                    if let Ok(s) = v.parse() {
-                        self.seed.set(s)
-                    }
-                }
+                    Err(_) => ignored(&k, &v, "N must be a whole number"),
+                },
+                "seed" => match v.parse() {
+                    Ok(s) => self.seed.set(s),
+                    Err(_) => ignored(&k, &v, "the seed must be a whole number"),
+                },
                 "metric" if ALL_METRICS.contains(&v.as_str()) => self.metric.set(v),
-                _ => {}
+                "metric" => ignored(&k, &v, "not a metric of this page"),
+                _ => ignored(&k, &v, "unknown parameter"),
             }
         }
+        self.url_notices.set(notes);
     }
 
     fn query(&self) -> Vec<(String, String)> {
@@ -359,6 +381,17 @@ async fn load_bytes(ctl: Ctl, source: String, bytes: Vec<u8>) {
     start_analysis(ctl);
 }
 
+/// A threshold from the URL: a ratio ("2", "1.5", "3x") or p-only ("p", "p-only"); Some(None)
+/// is p-only, None is unusable.
+fn parse_threshold(v: &str) -> Option<Option<f64>> {
+    let v = v.trim();
+    if v == "p" || v == "p-only" {
+        return Some(None);
+    }
+    let t: f64 = v.strip_suffix('x').unwrap_or(v).parse().ok()?;
+    (t.is_finite() && t > 0.0).then_some(Some(t))
+}
+
 #[component]
 fn App() -> impl IntoView {
     let ctl = Ctl::new();
@@ -430,6 +463,11 @@ fn App() -> impl IntoView {
                 <h1>"persona-geometry explorer"</h1>
                 <p class="sub">"What does EM finetuning do to the geometry of persona vectors? Every number below is recomputed in this browser from the bundle with the same code as "<code>"persona-geometry analyze"</code>". Layer l = output of decoder block l (0-based, a forward hook on model.layers[l]); the last block is taken before the final norm."</p>
             </header>
+            <Show when=move || ctl.url_notices.with(|n| !n.is_empty())>
+                <ul class="notices" id="url-notices" role="status">
+                    {move || ctl.url_notices.get().into_iter().map(|n| view! { <li>{n}</li> }).collect_view()}
+                </ul>
+            </Show>
             <Loader ctl=ctl/>
             <Show when=move || ctl.meta.with(|m| m.is_some())>
                 <Controls ctl=ctl/>

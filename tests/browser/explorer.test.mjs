@@ -199,6 +199,41 @@ test('moving the layer slider and the threshold changes the figures and the verd
   await page.close();
 });
 
+test('ignored or corrected URL parameters are named at the top, never silently rewritten', async () => {
+  const page = await open('?bundle=test.compact.pgb&threshold=3x&n=0&alpha=2&foo=1&method=Z', { all: false });
+  const notes = await page.locator('#url-notices').innerText();
+  for (const p of ['n=0', 'alpha=2', 'foo=1', 'method=Z']) assert.ok(notes.includes(p), `${p} named: ${notes}`);
+  assert.ok(!notes.includes('threshold'), '3x is understood as the ratio 3');
+  await page.waitForFunction(() => /threshold=3(&|$)/.test(location.search));
+  assert.match(page.url(), /[?&]n=1(&|$)/);
+  await page.close();
+  const clean = await open('?bundle=test.compact.pgb&n=200', { all: false });
+  assert.equal(await clean.locator('#url-notices').count(), 0);
+  await clean.close();
+});
+
+test('the seed: ?seed=7 reproduces analyze --seed 7, and the seed control rewrites the permalink', async () => {
+  pg('analyze', path.join(WORK, 'test.compact.pgb'), '--out', path.join(WORK, 'report-seed7'),
+    '--permutations', String(N), '--seed', '7');
+  const want = JSON.parse(fs.readFileSync(path.join(WORK, 'report-seed7', 'report.json'), 'utf8'));
+  const page = await open(`?bundle=test.compact.pgb&n=${N}&seed=7`);
+  const [method, layer] = [want.methods[0], want.layers[0]];
+  await page.selectOption('#method', method);
+  await setLayer(page, want.layers, layer);
+  const shown = await tableRows(page);
+  const rows = want.rows.filter((r) => r.method === method && r.layer === layer);
+  assert.ok(rows.some((r) => Math.abs(r.p - report.rows.find((x) => x.method === r.method && x.layer === r.layer
+    && x.metric === r.metric && x.post === r.post && x.family === r.family).p) > 0), 'seed 7 differs from seed 0 somewhere');
+  for (const r of rows) {
+    const s = shown.find((x) => x.family === familyName(r.family) && x.post === r.post && x.metric === r.metric);
+    assert.ok(close(+s.p, r.p, 1e-12), `p ${r.metric}: ${s.p} vs ${r.p}`);
+  }
+  await page.locator('#seed').fill('11');
+  await page.locator('#seed').dispatchEvent('change');
+  await page.waitForFunction(() => /[?&]seed=11(&|$)/.test(location.search));
+  await page.close();
+});
+
 test('a permalink restores the view state', async () => {
   const page = await open(`?bundle=test.compact.pgb&n=${N}`);
   await page.selectOption('#method', 'B');
