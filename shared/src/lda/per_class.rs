@@ -31,18 +31,27 @@ fn is_constant_feature(var: f64, mean: f64, n: usize) -> bool {
     var <= nf * eps * var + (nf * mean * eps).powi(2)
 }
 
-/// scikit-learn's `ledoit_wolf_shrinkage` from the Gram matrix G = Z Zᵀ of n centred rows of d
-/// features: returns (shrinkage, μ = trace of the empirical covariance / d).
-fn ledoit_wolf_from_gram(g: &DMatrix<f64>, d: usize) -> (f64, f64) {
-    let n = g.nrows() as f64;
+/// scikit-learn's `ledoit_wolf_shrinkage` of the n centred rows stored as the columns of `z`
+/// (d x n): returns (shrinkage, μ = trace of the empirical covariance / d). Its moments —
+/// tr(ZᵀZ), Σ‖z_i‖⁴ and ‖ZᵀZ‖²_F = ‖ZZᵀ‖²_F — come from the smaller of the two Gram matrices,
+/// never a d x d matrix when d > n.
+fn ledoit_wolf_of_columns(z: &DMatrix<f64>) -> (f64, f64) {
+    let (d, n_rows) = z.shape();
+    let n = n_rows as f64;
     let df = d as f64;
-    let tr: f64 = g.diagonal().sum();
+    let norms2: Vec<f64> = z.column_iter().map(|c| c.norm_squared()).collect();
+    let tr: f64 = norms2.iter().sum();
     let mu = tr / n / df;
     if d == 1 {
         return (0.0, mu);
     }
-    let beta_: f64 = g.diagonal().iter().map(|v| v * v).sum();
-    let delta_: f64 = g.iter().map(|v| v * v).sum::<f64>() / (n * n);
+    let beta_: f64 = norms2.iter().map(|v| v * v).sum();
+    let frob2 = if d < n_rows {
+        gram_of_columns(&z.transpose()).norm_squared()
+    } else {
+        gram_of_columns(z).norm_squared()
+    };
+    let delta_ = frob2 / (n * n);
     let beta = (beta_ / n - delta_) / (df * n);
     let delta = (delta_ - 2.0 * mu * tr / n + df * mu * mu) / df;
     let beta = beta.min(delta);
@@ -110,7 +119,7 @@ fn fit_fold(x_cols: DMatrix<f64>, labels: &[usize], n_classes: usize) -> FoldMod
                 *out = x / sc;
             }
         }
-        let (s, mu) = ledoit_wolf_from_gram(&(z.transpose() * &z), d);
+        let (s, mu) = ledoit_wolf_of_columns(&z);
         shrinkages.push(s);
         let prior = nc / nf;
         for j in 0..d {
@@ -173,7 +182,8 @@ fn solve_low_rank_plus_diagonal(
         let b = mw - &yw * t;
         DMatrix::<f64>::from_fn(d, rhs.ncols(), |j, c| b[(j, c)] * inv_sqrt[j])
     } else {
-        let mut sigma = &y_cols * y_cols.transpose();
+        // Σ = Y Yᵀ + diag(v), the symmetric product computed once per block pair.
+        let mut sigma = gram_of_columns(&y_cols.transpose());
         for j in 0..d {
             sigma[(j, j)] += v[j];
         }
@@ -234,27 +244,29 @@ mod tests {
         assert!(err < 1e-10, "relative error {err}");
     }
 
-    /// Ledoit-Wolf from the Gram equals the textbook formula on the d x d covariance.
+    /// Ledoit-Wolf from the Gram moments equals the textbook formula on the d x d covariance,
+    /// with fewer features than rows (the d x d Gram) and more (the n x n Gram).
     #[test]
-    fn ledoit_wolf_from_gram_matches_covariance_form() {
+    fn ledoit_wolf_matches_covariance_form() {
         let mut rng = Rng::new(4);
-        let (d, n) = (7, 11);
-        let mut z = DMatrix::<f64>::from_fn(d, n, |j, _| rng.normal() * (1.0 + j as f64));
-        for j in 0..d {
-            let m = z.row(j).mean();
-            z.row_mut(j).add_scalar_mut(-m);
+        for (d, n) in [(7usize, 11usize), (15, 6)] {
+            let mut z = DMatrix::<f64>::from_fn(d, n, |j, _| rng.normal() * (1.0 + j as f64));
+            for j in 0..d {
+                let m = z.row(j).mean();
+                z.row_mut(j).add_scalar_mut(-m);
+            }
+            let (s, mu) = ledoit_wolf_of_columns(&z);
+            let emp = &z * z.transpose() / n as f64;
+            let mu2 = emp.trace() / d as f64;
+            let delta = (&emp - DMatrix::<f64>::identity(d, d) * mu2).norm_squared() / d as f64;
+            let mut beta = 0.0;
+            for i in 0..n {
+                let zi = z.column(i);
+                beta += (&zi * zi.transpose() - &emp).norm_squared();
+            }
+            let beta = (beta / (n * n) as f64 / d as f64).min(delta);
+            assert!((mu - mu2).abs() < 1e-12);
+            assert!((s - beta / delta).abs() < 1e-10, "{d}x{n}: {s} vs {}", beta / delta);
         }
-        let (s, mu) = ledoit_wolf_from_gram(&(z.transpose() * &z), d);
-        let emp = &z * z.transpose() / n as f64;
-        let mu2 = emp.trace() / d as f64;
-        let delta = (&emp - DMatrix::<f64>::identity(d, d) * mu2).norm_squared() / d as f64;
-        let mut beta = 0.0;
-        for i in 0..n {
-            let zi = z.column(i);
-            beta += (&zi * zi.transpose() - &emp).norm_squared();
-        }
-        let beta = (beta / (n * n) as f64 / d as f64).min(delta);
-        assert!((mu - mu2).abs() < 1e-12);
-        assert!((s - beta / delta).abs() < 1e-10, "{s} vs {}", beta / delta);
     }
 }
