@@ -13,8 +13,8 @@
 //! with more features than training rows (full activations: 3,584 dims, 2,304 rows) the solve
 //! goes through the n x n system I + ỸỸᵀ (Ỹ = Y diag(v)^-½, Woodbury); otherwise through the
 //! d x d matrix. Both are exact (tested against each other and against scikit-learn).
-//! The Ledoit-Wolf moments of a class come from the Gram of its standardised rows
-//! (tr G, Σ G_ii², ‖G‖²_F), never from a d x d matrix.
+//! The Ledoit-Wolf moments of a class (tr G, Σ‖z_i‖⁴, ‖G‖²_F) come from the smaller Gram of its
+//! standardised rows (n_c x n_c or d x d), never a d x d matrix when d > n_c.
 //!
 //! Unlike the pooled estimator in `super`, a relabelling changes every class's standardisation
 //! and shrinkage, so there is no cheap permutation path: M3's tests use the paired per-question
