@@ -20,9 +20,9 @@
 //! and shrinkage, so there is no cheap permutation path: M3's tests use the paired per-question
 //! sign flip of these held-out scores, which needs only the observed fit.
 
-use super::{heldout_by_folds, Evaluation, FoldModel, Samples};
+use super::{heldout_by_folds, question_fold, Evaluation, FoldModel, Samples};
 use crate::linalg::{cholesky_lower, gram_of_columns};
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, DVector};
 
 /// scikit-learn's `_is_constant_feature` (StandardScaler): variance within rounding of zero.
 fn is_constant_feature(var: f64, mean: f64, n: usize) -> bool {
@@ -37,26 +37,35 @@ fn is_constant_feature(var: f64, mean: f64, n: usize) -> bool {
 /// never a d x d matrix when d > n.
 fn ledoit_wolf_of_columns(z: &DMatrix<f64>) -> (f64, f64) {
     let (d, n_rows) = z.shape();
-    let n = n_rows as f64;
-    let df = d as f64;
     let norms2: Vec<f64> = z.column_iter().map(|c| c.norm_squared()).collect();
     let tr: f64 = norms2.iter().sum();
-    let mu = tr / n / df;
-    if d == 1 {
-        return (0.0, mu);
-    }
+    let mu = tr / n_rows as f64 / d as f64;
     let beta_: f64 = norms2.iter().map(|v| v * v).sum();
     let frob2 = if d < n_rows {
         gram_of_columns(&z.transpose()).norm_squared()
     } else {
         gram_of_columns(z).norm_squared()
     };
+    (ledoit_wolf_from_moments(tr, beta_, frob2, n_rows, d), mu)
+}
+
+/// scikit-learn's shrinkage formula from the moments of n centred standardised rows of d
+/// features: tr = Σ‖z_i‖², beta_ = Σ‖z_i‖⁴, frob2 = ‖ZᵀZ‖²_F.
+fn ledoit_wolf_from_moments(tr: f64, beta_: f64, frob2: f64, n_rows: usize, d: usize) -> f64 {
+    let (n, df) = (n_rows as f64, d as f64);
+    if d == 1 {
+        return 0.0;
+    }
+    let mu = tr / n / df;
     let delta_ = frob2 / (n * n);
     let beta = (beta_ / n - delta_) / (df * n);
     let delta = (delta_ - 2.0 * mu * tr / n + df * mu * mu) / df;
     let beta = beta.min(delta);
-    let s = if beta == 0.0 { 0.0 } else { beta / delta };
-    (s, mu)
+    if beta == 0.0 {
+        0.0
+    } else {
+        beta / delta
+    }
 }
 
 /// One fitted fold. `x_cols` holds the training rows as columns (d x n).
@@ -135,7 +144,19 @@ fn fit_fold(x_cols: DMatrix<f64>, labels: &[usize], n_classes: usize) -> FoldMod
         col *= row_weight[i];
     }
     let coef = solve_low_rank_plus_diagonal(centred, &v, &means);
-    let mut coef_t = Vec::with_capacity(active.len() * d);
+    fold_model(&coef, &means, &counts, active, nf, &shrinkages)
+}
+
+/// The fitted fold from its coefficients B (d x active) and class means.
+fn fold_model(
+    coef: &DMatrix<f64>,
+    means: &DMatrix<f64>,
+    counts: &[usize],
+    active: Vec<usize>,
+    nf: f64,
+    shrinkages: &[f64],
+) -> FoldModel {
+    let mut coef_t = Vec::with_capacity(coef.len());
     for a in 0..active.len() {
         coef_t.extend(coef.column(a).iter());
     }
@@ -187,17 +208,22 @@ fn solve_low_rank_plus_diagonal(
         for j in 0..d {
             sigma[(j, j)] += v[j];
         }
-        match cholesky_lower(sigma.clone()) {
-            Some(l) => {
-                let u = l.solve_lower_triangular(rhs).expect("non-zero diagonal");
-                l.tr_solve_lower_triangular(&u).expect("non-zero diagonal")
-            }
-            // Singular (no shrinkage anywhere): scipy's lstsq gives the minimum-norm solution.
-            None => sigma
-                .svd(true, true)
-                .solve(rhs, 1e-12)
-                .expect("SVD with both factors computed"),
+        solve_symmetric(sigma, rhs)
+    }
+}
+
+/// Σ B = M for a symmetric positive semi-definite Σ: Cholesky, or scipy's `lstsq`
+/// minimum-norm solution where Σ is singular (no shrinkage anywhere).
+fn solve_symmetric(sigma: DMatrix<f64>, rhs: &DMatrix<f64>) -> DMatrix<f64> {
+    match cholesky_lower(sigma.clone()) {
+        Some(l) => {
+            let u = l.solve_lower_triangular(rhs).expect("non-zero diagonal");
+            l.tr_solve_lower_triangular(&u).expect("non-zero diagonal")
         }
+        None => sigma
+            .svd(true, true)
+            .solve(rhs, 1e-12)
+            .expect("SVD with both factors computed"),
     }
 }
 
@@ -205,6 +231,9 @@ fn solve_low_rank_plus_diagonal(
 /// question. Sample order and fields as in `super::Lda::evaluate`.
 pub fn evaluate_per_class_lda(s: &Samples, n_folds: usize) -> Evaluation {
     let k = s.k;
+    if k <= SCATTER_MAX_DIM && k < s.len() / n_folds.max(1) {
+        return evaluate_by_scatter(s, n_folds);
+    }
     heldout_by_folds(s, n_folds, |train, test| {
         let mut cols = Vec::with_capacity(train.len() * k);
         for &i in train {
@@ -221,10 +250,161 @@ pub fn evaluate_per_class_lda(s: &Samples, n_folds: usize) -> Evaluation {
     })
 }
 
+/// Up to this many features (the page's and `--m3-features components`' case) the folds share
+/// work: each (question fold, class) block's raw scatter XᵀX and sum are computed once, and a
+/// training fold's class scatter is the sum over its blocks minus n·m mᵀ, instead of a product
+/// over all its rows per fold (5x less multiply-adds; wasm has no SIMD gemm).
+const SCATTER_MAX_DIM: usize = 1024;
+
+fn evaluate_by_scatter(s: &Samples, n_folds: usize) -> Evaluation {
+    let (k, nc) = (s.k, s.n_classes);
+    // Per (question fold g, class c): raw scatter and sum.
+    let mut raw = vec![DMatrix::<f64>::zeros(k, k); n_folds * nc];
+    let mut sums = vec![DVector::<f64>::zeros(k); n_folds * nc];
+    for g in 0..n_folds {
+        for c in 0..nc {
+            let idx: Vec<usize> = (0..s.len())
+                .filter(|&i| s.persona[i] == c && question_fold(s.question[i], n_folds) == g)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let rows = DMatrix::<f64>::from_fn(idx.len(), k, |r, j| s.x[idx[r] * k + j]);
+            raw[g * nc + c] = gram_of_columns(&rows);
+            sums[g * nc + c] = rows.row_sum().transpose();
+        }
+    }
+    heldout_by_folds(s, n_folds, |train, test| {
+        let f = question_fold(s.question[test[0]], n_folds);
+        let mut counts = vec![0usize; nc];
+        for &i in train {
+            counts[s.persona[i]] += 1;
+        }
+        let nf = train.len() as f64;
+        let active: Vec<usize> = (0..nc).filter(|&c| counts[c] > 0).collect();
+        let mut means = DMatrix::<f64>::zeros(k, active.len());
+        let mut sigma = DMatrix::<f64>::zeros(k, k);
+        let mut v = vec![0.0; k];
+        let mut shrinkages = Vec::with_capacity(active.len());
+        for (a, &c) in active.iter().enumerate() {
+            let n_c = counts[c] as f64;
+            let mut scatter = DMatrix::<f64>::zeros(k, k);
+            let mut sum = DVector::<f64>::zeros(k);
+            for g in (0..n_folds).filter(|&g| g != f) {
+                scatter += &raw[g * nc + c];
+                sum += &sums[g * nc + c];
+            }
+            let m = sum / n_c;
+            // Centred scatter C = Σ x xᵀ − n m mᵀ.
+            scatter -= &m * m.transpose() * n_c;
+            // Variances from the samples themselves (two-pass, as StandardScaler): the
+            // scatter's diagonal loses a constant feature's exact zero to rounding.
+            let members: Vec<usize> = train
+                .iter()
+                .copied()
+                .filter(|&i| s.persona[i] == c)
+                .collect();
+            let mut var = vec![0.0; k];
+            for &i in &members {
+                for (j, acc) in var.iter_mut().enumerate() {
+                    *acc += (s.x[i * k + j] - m[j]).powi(2);
+                }
+            }
+            let scale: Vec<f64> = (0..k)
+                .map(|j| {
+                    let var = var[j] / n_c;
+                    if is_constant_feature(var, m[j], counts[c]) {
+                        1.0
+                    } else {
+                        var.sqrt()
+                    }
+                })
+                .collect();
+            // Ledoit-Wolf moments of the standardised rows: Σ‖z_i‖² and Σ‖z_i‖⁴ per sample,
+            // ‖ZᵀZ‖²_F from the scaled centred scatter.
+            let (mut tr, mut beta_) = (0.0, 0.0);
+            for &i in &members {
+                let z2: f64 = (0..k)
+                    .map(|j| ((s.x[i * k + j] - m[j]) / scale[j]).powi(2))
+                    .sum();
+                tr += z2;
+                beta_ += z2 * z2;
+            }
+            let mut frob2 = 0.0;
+            for j in 0..k {
+                for l in 0..k {
+                    frob2 += (scatter[(j, l)] / (scale[j] * scale[l])).powi(2);
+                }
+            }
+            let sh = ledoit_wolf_from_moments(tr, beta_, frob2, counts[c], k);
+            let mu = tr / n_c / k as f64;
+            shrinkages.push(sh);
+            let prior = n_c / nf;
+            for j in 0..k {
+                v[j] += prior * sh * mu * scale[j] * scale[j];
+            }
+            sigma += scatter * (prior * (1.0 - sh) / n_c);
+            means.set_column(a, &m);
+        }
+        for j in 0..k {
+            sigma[(j, j)] += v[j];
+        }
+        let coef = solve_symmetric(sigma, &means);
+        let model = fold_model(&coef, &means, &counts, active, nf, &shrinkages);
+        let scored = test
+            .iter()
+            .map(|&i| model.score(&s.x[i * k..(i + 1) * k], s.persona[i], k))
+            .collect();
+        (scored, Some(model.shrinkage))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// The shared-scatter path (few features) equals fitting every fold from its rows.
+    #[test]
+    fn scatter_path_equals_row_path() {
+        let mut rng = Rng::new(8);
+        let (p, q, k) = (5usize, 30usize, 12usize);
+        let mut s = Samples {
+            k,
+            x: vec![],
+            persona: vec![],
+            question: vec![],
+            n_classes: p,
+            n_questions: q,
+        };
+        for qi in 0..q {
+            for pi in 0..p {
+                for j in 0..k {
+                    s.x.push(rng.normal() * (1.0 + j as f64) + (pi * (j % 3)) as f64 + 40.0);
+                }
+                s.persona.push(pi);
+                s.question.push(qi);
+            }
+        }
+        let fast = evaluate_by_scatter(&s, 5);
+        let rows = heldout_by_folds(&s, 5, |train, test| {
+            let x = DMatrix::<f64>::from_fn(k, train.len(), |j, r| s.x[train[r] * k + j]);
+            let labels: Vec<usize> = train.iter().map(|&i| s.persona[i]).collect();
+            let model = fit_fold(x, &labels, p);
+            let scored = test
+                .iter()
+                .map(|&i| model.score(&s.x[i * k..(i + 1) * k], s.persona[i], k))
+                .collect();
+            (scored, Some(model.shrinkage))
+        });
+        assert_eq!(fast.correct, rows.correct);
+        for (a, b) in fast.log_posterior.iter().zip(&rows.log_posterior) {
+            assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        for (a, b) in fast.shrinkage.iter().zip(&rows.shrinkage) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+    }
 
     /// The Woodbury (d > n) and direct (d <= n) solves give the same coefficients.
     #[test]
@@ -266,7 +446,11 @@ mod tests {
             }
             let beta = (beta / (n * n) as f64 / d as f64).min(delta);
             assert!((mu - mu2).abs() < 1e-12);
-            assert!((s - beta / delta).abs() < 1e-10, "{d}x{n}: {s} vs {}", beta / delta);
+            assert!(
+                (s - beta / delta).abs() < 1e-10,
+                "{d}x{n}: {s} vs {}",
+                beta / delta
+            );
         }
     }
 }
