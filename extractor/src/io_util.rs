@@ -25,9 +25,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn read_bundle(path: &Path) -> Result<Bundle> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading bundle {}", path.display()))?;
-    Bundle::decode(&bytes).with_context(|| format!("bundle {}", path.display()))
+    let file =
+        std::fs::File::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
+    // SAFETY: the map is read-only and dropped before returning; this tool replaces bundles by
+    // rename (`write_atomic`), never in place, so the mapped bytes do not change under it.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("reading bundle {}", path.display()))?;
+    Bundle::decode(&map).with_context(|| format!("bundle {}", path.display()))
 }
 
 pub fn write_bundle(path: &Path, bundle: &Bundle) -> Result<usize> {

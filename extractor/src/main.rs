@@ -239,6 +239,7 @@ fn main() -> Result<()> {
             thresholds,
             figures,
         } => {
+            extractor::keep_freed_memory();
             let primary = if thresholds.contains(&2.0) {
                 2.0
             } else {

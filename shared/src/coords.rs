@@ -482,19 +482,19 @@ fn full_cell_coords(
         residuals.push(r);
     }
     let n_rows = rows.len() / h;
-    let x = DMatrix::<f32>::from_row_slice(n_rows, h, &rows);
-    drop(rows);
+    // The row-major rows are the columns of xt = Xᵀ (h x n_rows): no transposed copy.
+    let xt = DMatrix::<f32>::from_vec(h, n_rows, rows);
     let components = match mode {
         CoordsMode::Exact { lda_components } => lda_components,
         CoordsMode::Basis { components } => components,
     };
     let label = format!("{seed}/{}/{l}", m.name());
-    let (u_r, _) = top_principal_directions(&x, components, crate::rng::fnv1a(label.as_bytes()));
+    let (u_r, _) = top_principal_directions(&xt, components, crate::rng::fnv1a(label.as_bytes()));
     let k = u_r.ncols();
     let ur32 = u_r.map(|v| v as f32);
-    let proj = &x * &ur32; // n_rows x k
+    let proj = crate::linalg::transpose_times_f32(&xt, &ur32); // n_rows x k
     let retained: f64 = proj.iter().map(|&v| (v as f64).powi(2)).sum();
-    drop(x);
+    drop(xt);
     if exact {
         // Identity coordinates at full width; LDA features = (c_p + r_pq) on the k directions.
         let mut lda_features = Vec::with_capacity(nck);

@@ -88,11 +88,16 @@ pub fn extend_orthonormal(
     }
 }
 
-/// Top-`k` principal directions (uncentred) of the rows of `x` (n x h, f32), as h x k columns,
-/// with the corresponding squared singular values. Exact when the smaller side is small,
-/// randomized subspace iteration (3 power steps, 16 extra columns) otherwise.
-pub fn top_principal_directions(x: &DMatrix<f32>, k: usize, seed: u64) -> (DMatrix<f64>, Vec<f64>) {
-    let (dirs, vals) = top_principal_directions_raw(x, k, seed);
+/// Top-`k` principal directions (uncentred) of the data rows, given as the columns of
+/// `rows_t` (h x n, f32: the row-major data buffer as it is, no transposed copy), as h x k
+/// columns, with the corresponding squared singular values. Exact when the smaller side is
+/// small, randomized subspace iteration (3 power steps, 16 extra columns) otherwise.
+pub fn top_principal_directions(
+    rows_t: &DMatrix<f32>,
+    k: usize,
+    seed: u64,
+) -> (DMatrix<f64>, Vec<f64>) {
+    let (dirs, vals) = top_principal_directions_raw(rows_t, k, seed);
     // Drop directions of (numerically) zero variance: the data has lower rank than k.
     let top = vals.first().copied().unwrap_or(0.0);
     let keep = vals
@@ -102,27 +107,31 @@ pub fn top_principal_directions(x: &DMatrix<f32>, k: usize, seed: u64) -> (DMatr
     (dirs.columns(0, keep).into_owned(), vals[..keep].to_vec())
 }
 
-fn top_principal_directions_raw(x: &DMatrix<f32>, k: usize, seed: u64) -> (DMatrix<f64>, Vec<f64>) {
-    let (n, h) = x.shape();
+fn top_principal_directions_raw(
+    a: &DMatrix<f32>,
+    k: usize,
+    seed: u64,
+) -> (DMatrix<f64>, Vec<f64>) {
+    // a = Xᵀ (h x n) for the data X (n x h).
+    let (h, n) = a.shape();
     let k = k.min(n).min(h);
     if k == 0 {
         return (DMatrix::zeros(h, 0), vec![]);
     }
     let small = n.min(h);
     if small <= 768 || k + 16 >= small {
+        let ad = a.map(|v| v as f64);
         if h <= n {
-            let xt = x.map(|v| v as f64);
-            let g = xt.transpose() * &xt;
+            let g = &ad * ad.transpose(); // XᵀX
             let (vals, vecs) = sym_eigen_desc(g);
             return (vecs.columns(0, k).into_owned(), vals[..k].to_vec());
         }
-        let xd = x.map(|v| v as f64);
-        let g = &xd * xd.transpose();
+        let g = gram_of_columns(&ad); // XXᵀ
         let (vals, vecs) = sym_eigen_desc(g);
         let mut out = DMatrix::zeros(h, k);
         let mut kept = Vec::with_capacity(k);
         for j in 0..k {
-            let u = xd.tr_mul(&vecs.column(j));
+            let u = &ad * vecs.column(j); // Xᵀv
             let nrm = u.norm();
             if nrm > 0.0 {
                 out.set_column(j, &(u / nrm));
@@ -134,17 +143,15 @@ fn top_principal_directions_raw(x: &DMatrix<f32>, k: usize, seed: u64) -> (DMatr
     let l = (k + 16).min(small);
     let mut rng = Rng::stream(seed, "top_principal_directions", 0);
     let omega = DMatrix::<f32>::from_fn(h, l, |_, _| rng.normal() as f32);
-    // An explicit transpose lets both products go through matrixmultiply's blocked sgemm
-    // (nalgebra's `tr_mul` is an unblocked dot-product loop, ~10x slower here).
-    let xt = x.transpose();
-    let mut q = orthonormal_columns(&(&xt * (x * &omega)));
+    // XΩ = aᵀΩ (strided sgemm), XᵀY = a Y (plain sgemm).
+    let mut q = orthonormal_columns(&(a * transpose_times_f32(a, &omega)));
     for _ in 0..2 {
-        let y = &xt * (x * &q);
+        let y = a * transpose_times_f32(a, &q);
         q = orthonormal_columns(&y);
     }
     // Rayleigh-Ritz in the subspace.
-    let xq = (x * &q).map(|v| v as f64);
-    let small_g = xq.transpose() * &xq;
+    let xq = transpose_times_f32(a, &q).map(|v| v as f64);
+    let small_g = gram_of_columns(&xq);
     let (vals, vecs) = sym_eigen_desc(small_g);
     let qd = q.map(|v| v as f64);
     let dirs = &qd * vecs.columns(0, k);
@@ -168,25 +175,142 @@ pub fn solve(a: DMatrix<f64>, b: DMatrix<f64>) -> Option<DMatrix<f64>> {
 }
 
 /// AᵀA for a tall matrix A (the Gram of its columns): only the blocks on and below the
-/// diagonal are multiplied (gemm on column blocks), then mirrored: ~5/8 of a full gemm.
-pub fn gram_of_columns(a: &DMatrix<f64>) -> DMatrix<f64> {
-    let n = a.ncols();
-    let nb = n.div_ceil(4).max(1);
-    let mut g = DMatrix::<f64>::zeros(n, n);
-    for i0 in (0..n).step_by(nb) {
-        let bi = nb.min(n - i0);
-        for j0 in (0..=i0).step_by(nb) {
-            let bj = nb.min(n - j0);
-            // An explicit transpose and `*`: nalgebra's `tr_mul` does not use the blocked gemm
-            // (matrixmultiply) and is ~8x slower here.
-            let block = a.columns(i0, bi).transpose() * a.columns(j0, bj);
-            g.view_mut((i0, j0), (bi, bj)).copy_from(&block);
-            if i0 != j0 {
-                g.view_mut((j0, i0), (bj, bi)).copy_from(&block.transpose());
+/// diagonal are multiplied (8 x 8 column blocks: 36 of 64 block products, straight from A's
+/// buffer with swapped strides), then mirrored.
+macro_rules! gram_of_columns_impl {
+    ($name:ident, $t:ty, $gemm:path) => {
+        pub fn $name(a: &DMatrix<$t>) -> DMatrix<$t> {
+            let (d, n) = a.shape();
+            let nb = n.div_ceil(8).max(1);
+            let mut g = DMatrix::<$t>::zeros(n, n);
+            for i0 in (0..n).step_by(nb) {
+                let bi = nb.min(n - i0);
+                for j0 in (0..=i0).step_by(nb) {
+                    let bj = nb.min(n - j0);
+                    // SAFETY: columns i0..i0+bi and j0..j0+bj of `a` (d rows each) and the
+                    // block (i0, j0) of `g` (n x n, column-major) lie inside their buffers.
+                    unsafe {
+                        $gemm(
+                            bi,
+                            d,
+                            bj,
+                            1.0,
+                            a.as_ptr().add(i0 * d),
+                            d as isize,
+                            1,
+                            a.as_ptr().add(j0 * d),
+                            1,
+                            d as isize,
+                            0.0,
+                            g.as_mut_ptr().add(i0 + j0 * n),
+                            1,
+                            n as isize,
+                        );
+                    }
+                }
+            }
+            mirror_lower(&mut g);
+            g
+        }
+    };
+}
+gram_of_columns_impl!(gram_of_columns, f64, matrixmultiply::dgemm);
+gram_of_columns_impl!(gram_of_columns_f32, f32, matrixmultiply::sgemm);
+
+/// Aᵀ B for column-major A (d x n) and B (d x m), without materialising Aᵀ (a strided
+/// transposed copy costs more than the product's packing at these sizes).
+macro_rules! transpose_times_impl {
+    ($name:ident, $t:ty, $gemm:path) => {
+        pub fn $name(a: &DMatrix<$t>, b: &DMatrix<$t>) -> DMatrix<$t> {
+            let (d, n) = a.shape();
+            assert_eq!(b.nrows(), d, "transpose_times: inner dimensions");
+            let m = b.ncols();
+            let mut c = DMatrix::<$t>::zeros(n, m);
+            if d == 0 || n == 0 || m == 0 {
+                return c;
+            }
+            // SAFETY: the strides describe Aᵀ (n x d), B (d x m) and C (n x m) inside their
+            // column-major buffers.
+            unsafe {
+                $gemm(
+                    n,
+                    d,
+                    m,
+                    1.0,
+                    a.as_ptr(),
+                    d as isize,
+                    1,
+                    b.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                );
+            }
+            c
+        }
+    };
+}
+transpose_times_impl!(transpose_times, f64, matrixmultiply::dgemm);
+transpose_times_impl!(transpose_times_f32, f32, matrixmultiply::sgemm);
+
+/// Copies the strictly lower triangle onto the upper, in tiles (a plain transposed loop walks
+/// memory with a stride of n and is cache-hostile at n in the thousands).
+fn mirror_lower<T: nalgebra::Scalar + Copy>(g: &mut DMatrix<T>) {
+    const T: usize = 64;
+    let n = g.nrows();
+    for j0 in (0..n).step_by(T) {
+        for i0 in (j0..n).step_by(T) {
+            for j in j0..(j0 + T).min(n) {
+                for i in i0.max(j + 1)..(i0 + T).min(n) {
+                    g[(j, i)] = g[(i, j)];
+                }
             }
         }
     }
-    g
+}
+
+/// Solves L Lᵀ X = B for a lower Cholesky factor L (n x n) and B (n x m): blocked forward and
+/// backward substitution with the off-diagonal work as gemm (nalgebra's substitution streams
+/// all of L once per right-hand side). None if L has a zero on its diagonal.
+pub fn cholesky_solve(l: &DMatrix<f64>, b: &DMatrix<f64>) -> Option<DMatrix<f64>> {
+    const NB: usize = 128;
+    let n = l.nrows();
+    assert_eq!(b.nrows(), n, "cholesky_solve: dimensions");
+    let mut x = b.clone();
+    // Forward: L Y = B.
+    for k0 in (0..n).step_by(NB) {
+        let kb = NB.min(n - k0);
+        if k0 > 0 {
+            let (done, mut cur) = x.rows_range_pair_mut(0..k0, k0..k0 + kb);
+            cur.gemm(-1.0, &l.view((k0, 0), (kb, k0)), &done, 1.0);
+        }
+        if !l
+            .view((k0, k0), (kb, kb))
+            .solve_lower_triangular_mut(&mut x.rows_mut(k0, kb))
+        {
+            return None;
+        }
+    }
+    // Backward: Lᵀ X = Y.
+    for k0 in (0..n).step_by(NB).rev() {
+        let kb = NB.min(n - k0);
+        let below = n - k0 - kb;
+        if below > 0 {
+            let panel_t = l.view((k0 + kb, k0), (below, kb)).transpose();
+            let (mut cur, later) = x.rows_range_pair_mut(k0..k0 + kb, k0 + kb..n);
+            cur.gemm(-1.0, &panel_t, &later, 1.0);
+        }
+        if !l
+            .view((k0, k0), (kb, kb))
+            .tr_solve_lower_triangular_mut(&mut x.rows_mut(k0, kb))
+        {
+            return None;
+        }
+    }
+    Some(x)
 }
 
 /// Lower Cholesky factor of a symmetric positive-definite matrix, right-looking and blocked so
@@ -203,13 +327,21 @@ pub fn cholesky_lower(mut a: DMatrix<f64>) -> Option<DMatrix<f64>> {
         if m == 0 {
             continue;
         }
-        // L21 = A21 L11⁻ᵀ, i.e. L11 L21ᵀ = A21ᵀ.
-        let a21t = a.view((k0 + kb, k0), (m, kb)).transpose();
-        let l21t = l11.solve_lower_triangular(&a21t)?;
-        let l21 = l21t.transpose();
+        // L21 = A21 L11⁻ᵀ as one gemm with the inverse of the small diagonal block (its
+        // substitution, column by column over the m rows, was 10% of M3's time).
+        let l11_inv = l11
+            .solve_lower_triangular(&DMatrix::<f64>::identity(kb, kb))
+            .expect("a Cholesky factor has a positive diagonal");
+        let l21 = a.view((k0 + kb, k0), (m, kb)) * l11_inv.transpose();
+        let l21t = l21.transpose();
         a.view_mut((k0 + kb, k0), (m, kb)).copy_from(&l21);
-        let mut a22 = a.view_mut((k0 + kb, k0 + kb), (m, m));
-        a22.gemm(-1.0, &l21, &l21t, 1.0);
+        // Trailing update A22 -= L21 L21ᵀ on the lower block triangle only (half the work of
+        // the full square; the upper triangle is never read).
+        for j0 in (0..m).step_by(NB) {
+            let jb = NB.min(m - j0);
+            let mut col = a.view_mut((k0 + kb + j0, k0 + kb + j0), (m - j0, jb));
+            col.gemm(-1.0, &l21.rows(j0, m - j0), &l21t.columns(j0, jb), 1.0);
+        }
     }
     a.fill_upper_triangle(0.0, 1);
     Some(a)
@@ -220,6 +352,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn blocked_cholesky_and_solve_match_nalgebra() {
+        // n spans several 128-blocks and a ragged last one.
+        let mut rng = Rng::new(11);
+        let n = 300;
+        let y = DMatrix::<f64>::from_fn(n + 20, n, |_, _| rng.normal());
+        let mut a = y.transpose() * &y;
+        for i in 0..n {
+            a[(i, i)] += 1.0;
+        }
+        let b = DMatrix::<f64>::from_fn(n, 5, |_, _| rng.normal());
+        let l = cholesky_lower(a.clone()).expect("positive definite");
+        let l_ref = a.clone().cholesky().expect("positive definite").l();
+        assert!((&l - &l_ref).norm() < 1e-12 * l_ref.norm());
+        let x = cholesky_solve(&l, &b).expect("solvable");
+        let x_ref = a.clone().cholesky().expect("positive definite").solve(&b);
+        assert!((&x - &x_ref).norm() < 1e-10 * x_ref.norm(), "{}", (&x - &x_ref).norm());
+        assert!((&a * &x - &b).norm() < 1e-12 * a.norm() * x.norm());
+    }
+
+    #[test]
     fn randomized_pcs_match_exact_on_low_rank_data() {
         // 1000 x 900 data of rank 40 plus small noise: the randomized route (small side > 768)
         // must find the same top-20 subspace as the exact eigen-decomposition.
@@ -228,7 +380,7 @@ mod tests {
         let a = DMatrix::<f64>::from_fn(n, r, |_, j| rng.normal() * (1.0 + (r - j) as f64));
         let b = DMatrix::<f64>::from_fn(r, h, |_, _| rng.normal());
         let x = (a * b).map(|v| v as f32 + 0.01 * rng.normal() as f32);
-        let (q, vals) = top_principal_directions(&x, 20, 1);
+        let (q, vals) = top_principal_directions(&x.transpose(), 20, 1);
         let xd = x.map(|v| v as f64);
         let (evals, evecs) = sym_eigen_desc(xd.tr_mul(&xd));
         for j in 0..20 {

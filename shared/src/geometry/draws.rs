@@ -169,7 +169,7 @@ impl<'a> PairGeometry<'a> {
             }
         }
         let rows = self.centroid_rows();
-        let dg = DisplacedGram::new(&rows, src, p, q, d, c.exact);
+        let dg = DisplacedGram::new(&rows, src, p, q, d, c.exact, range.len());
         let inv_n: Vec<f64> = (0..p)
             .map(|pi| 1.0 / c.n_valid(self.pre, pi).max(1) as f64)
             .collect();
@@ -314,7 +314,7 @@ pub fn bootstrap_cell(
             }
         }
     }
-    let dg = DisplacedGram::new(&rows, src, m, q, k, c.exact);
+    let dg = DisplacedGram::new(&rows, src, m, q, k, c.exact, range.len());
     let label = format!("{}/L{}", c.method.name(), c.layer);
     let terms = dg.terms(range, |i| bootstrap_weights(seed, &label, q, i));
     let src_of: Vec<usize> = (0..m).collect();
