@@ -25,8 +25,10 @@ use wasm_bindgen::JsValue;
 
 mod components;
 mod run;
+mod summary;
 use components::*;
 use run::*;
+use summary::*;
 
 const DEFAULT_BUNDLE: &str = "default.compact.pgb";
 /// The analysis defaults live in `shared::analysis::defaults` (the CLI reads the same).
@@ -86,6 +88,8 @@ struct Meta {
     questions: Vec<(u32, String)>,
     provenance: shared::bundle::Provenance,
     components: u32,
+    /// The verdict and rows the bundle was published with (`compact --reference`), if any.
+    published: Option<shared::analysis::Published>,
 }
 
 #[derive(Clone, Copy)]
@@ -333,6 +337,7 @@ async fn load_bytes(ctl: Ctl, source: String, bytes: Vec<u8>) {
             .collect(),
         provenance: bundle.provenance.clone(),
         components: bundle.compact.as_ref().map(|c| c.components).unwrap_or(0),
+        published: shared::analysis::bundle_published(&bundle),
     };
     // Keep URL-given controls that fit this bundle; otherwise defaults.
     if !meta.methods.contains(&ctl.method.get_untracked()) {
@@ -470,6 +475,7 @@ fn App() -> impl IntoView {
             </Show>
             <Loader ctl=ctl/>
             <Show when=move || ctl.meta.with(|m| m.is_some())>
+                <StudySummary ctl=ctl/>
                 <Controls ctl=ctl/>
                 <section id="hero">
                     <h2>"Hero figure"</h2>
@@ -496,7 +502,7 @@ fn App() -> impl IntoView {
                 </section>
                 <section id="tests">
                     <h2>"Tests of this view (all comparisons)"</h2>
-                    <p class="note" id="approx-note">"M1/M2 p-values and intervals computed from a compact bundle are approximate (\"draws\" column): its k stored residual components miss the within-persona variation outside them. Run persona-geometry analyze on the full bundle for the exact values; M3 and every point estimate are the same."</p>
+                    <p class="note" id="approx-note">"M1/M2 p-values and intervals computed from a compact bundle are approximate (\"draws\" column): its k stored residual components miss the within-persona variation outside them. Run persona-geometry analyze on the full bundle for the exact values. Point estimates of M1_raw, M1_centred and M2 are exact (functions of the stored centroids); M1_separation (its within-persona spread from the f16 residuals) and M3 (fitted on the stored components, on full activations in analyze) are approximate too."</p>
                     <RowsTable ctl=ctl/>
                 </section>
                 <section id="lda-section">

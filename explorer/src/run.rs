@@ -233,6 +233,17 @@ pub(crate) fn view_report(ctl: Ctl) -> Option<(Arc<Report>, bool)> {
     })
 }
 
+/// Every (method, layer) cell of the analysis on screen is computed (the report is final).
+pub(crate) fn every_view_computed(ctl: Ctl) -> bool {
+    ctl.version.get();
+    STATE.with(|s| {
+        s.borrow()
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.cells.iter().all(|c| c.is_some()))
+    })
+}
+
 pub(crate) fn full_report(ctl: Ctl) -> Option<Arc<Report>> {
     ctl.version.get();
     STATE.with(|s| s.borrow().analysis.as_ref().and_then(|a| a.report.clone()))

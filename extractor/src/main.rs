@@ -98,9 +98,11 @@ enum Cmd {
         keep_texts: bool,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// report.json of `analyze` on this full bundle: its exact rows travel inside the
-        /// compact bundle, and the page shows them beside its own approximate values.
-        #[arg(long)]
+        /// report.json of `analyze` on this full bundle (the published analysis): its exact
+        /// rows, verdicts, settings and tool version travel inside the compact bundle; the page
+        /// shows that verdict at once, re-verifies it, and shows the exact rows beside its own
+        /// approximate values.
+        #[arg(long, alias = "with-report")]
         reference: Option<PathBuf>,
     },
     /// Write a synthetic bundle with planted effects (for tests and demos).

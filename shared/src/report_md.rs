@@ -126,6 +126,21 @@ pub fn render(r: &Report) -> String {
         );
     }
     let _ = writeln!(s);
+    // The rules in words (the page's summary shows the same sentences).
+    let n_layers = r.layers.len();
+    let [p_only, kill] = crate::analysis::rule_sentences("p-only", c, n_layers);
+    let [ratio, _] = crate::analysis::rule_sentences(
+        &crate::analysis::criterion_name(c.primary_threshold),
+        c,
+        n_layers,
+    );
+    let _ = writeln!(s, "- p-only: {p_only}");
+    let _ = writeln!(
+        s,
+        "- {} (and every ratio criterion, with its own factor): {ratio}",
+        crate::analysis::criterion_name(c.primary_threshold)
+    );
+    let _ = writeln!(s, "- {kill}\n");
 
     for fam in [
         Family::EmVsBase,

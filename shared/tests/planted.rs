@@ -229,6 +229,40 @@ fn compact_form_agrees_with_full_bundle() {
         );
     }
     assert!(rc.rows.iter().all(|x| x.reference.is_none()));
+    // The published claim travels too: verdicts, settings and tool version, as analyze wrote
+    // them; a compact bundle without a reference carries none.
+    let published = shared::analysis::bundle_published(&with_ref).expect("published claim");
+    assert_eq!(published.verdicts, rfull.verdicts);
+    assert!(!published.verdicts.is_empty());
+    assert_eq!(published.tool_version, rfull.tool_version);
+    assert_eq!(published.permutations, Some(cf.permutations));
+    assert_eq!(published.seed, Some(cf.seed));
+    assert_eq!(published.alpha, Some(cf.alpha));
+    assert_eq!(published.rows.len(), rfull.rows.len());
+    assert!(shared::analysis::bundle_published(&c).is_none());
+    // Re-verification on the compact bundle: M1/M2 point estimates are exact there, so every
+    // published M1_raw row whose decision the truncated draws keep is marked reproduced.
+    let reproduced = rfull
+        .rows
+        .iter()
+        .zip(&rc.rows)
+        .filter(|(a, _)| a.metric == "M1_raw")
+        .filter(|(a, b)| {
+            shared::analysis::row_reproduction(
+                &published.rows.iter().find(|r| r.metric == a.metric && r.layer == a.layer && r.method == a.method && r.pre == a.pre && r.post == a.post).unwrap().clone(),
+                Some(b),
+                cf.alpha,
+            ) == shared::analysis::RowReproduction::Reproduced
+        })
+        .count();
+    let same_decision = rfull
+        .rows
+        .iter()
+        .zip(&rc.rows)
+        .filter(|(a, b)| a.metric == "M1_raw" && (a.p_bh.unwrap_or(1.0) < cf.alpha) == (b.p_bh.unwrap_or(1.0) < cf.alpha))
+        .count();
+    assert_eq!(reproduced, same_decision);
+    assert!(reproduced > 0);
     // A report of another bundle, or of a compact bundle, is refused.
     let other = synth_bundle(&SynthSpec {
         seed: 99,

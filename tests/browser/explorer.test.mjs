@@ -170,6 +170,55 @@ test('approximate rows show the exact values of `analyze` on the full bundle bes
   await page.close();
 });
 
+test('the published verdict shows before any test finishes, then is re-verified with progress', async () => {
+  const full = JSON.parse(fs.readFileSync(path.join(WORK, 'report-full', 'report.json'), 'utf8'));
+  const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${server.url}/?bundle=test-ref.compact.pgb&n=${N}`);
+  await page.waitForSelector('#published li[data-verdict]', { timeout: 60000 });
+  // At first sight the claim is there, labelled with its version and settings, and the page is
+  // still re-verifying it (no worker result yet decides anything).
+  const first = await page.evaluate(() => ({
+    status: document.querySelector('#reverify-status').textContent,
+    head: document.querySelector('#published h3').textContent,
+    marks: [...document.querySelectorAll('#published li[data-verdict]')].map((e) => e.dataset.reproduced),
+  }));
+  assert.match(first.status, /^Re-verifying/);
+  assert.match(first.head, new RegExp(`persona-geometry ${full.tool_version.replace(/\./g, '\\.')} .*N = ${N}, seed = 0`));
+  assert.ok(first.marks.every((m) => m === 'pending'), first.marks.join());
+  const shown = await page.$$eval('#published li[data-verdict]', (els) => els.map((e) => [e.dataset.em, e.dataset.criterion, e.dataset.verdict]));
+  assert.deepEqual(shown, full.verdicts.map((v) => [v.em, v.criterion, v.verdict]));
+  // The study summary names the checkpoints' roles.
+  const roles = await page.$$eval('#summary-checkpoints li', (els) => els.map((e) => e.dataset.role));
+  assert.deepEqual(roles, full.checkpoints.map((c) => c[1]));
+  // Then every test reruns in the workers; each published verdict is marked against the page's.
+  await page.waitForFunction(() => document.querySelector('#reverify-status').textContent.startsWith('Re-verified'), null, { timeout: 300000 });
+  const pageVerdicts = await page.$$eval('#page-verdict li[data-verdict]', (els) => els.map((e) => ({ ...e.dataset })));
+  assert.ok(pageVerdicts.every((v) => v.final === 'true'));
+  const marks = await page.$$eval('#published li[data-verdict]', (els) => els.map((e) => ({ ...e.dataset })));
+  for (const m of marks) {
+    const mine = pageVerdicts.find((v) => v.em === m.em && v.criterion === m.criterion);
+    assert.equal(m.reproduced, mine.verdict === m.verdict ? 'reproduced' : 'differs', `${m.em} ${m.criterion}`);
+  }
+  // Row marks: M1_raw and M2 are functions of the centroids, exact on the compact bundle, so no
+  // published row of theirs can be marked "same decision, value approximate" (M1_separation's
+  // within-persona spread and M3 come from the stored components: approximate).
+  const rowMarks = await page.$$eval('#published-table tbody tr', (trs) => trs.map((tr) => [tr.children[1].textContent, tr.dataset.reproduced]));
+  assert.ok(rowMarks.length > 0);
+  assert.ok(rowMarks.every(([, m]) => m !== 'pending'));
+  assert.ok(rowMarks.filter(([metric]) => /^(M1_raw|M2)/.test(metric)).every(([, m]) => m !== 'same-decision'), JSON.stringify(rowMarks));
+  assert.ok(rowMarks.some(([, m]) => m === 'reproduced'));
+  // Other settings: the published numbers are said not to apply.
+  await page.fill('#seed', '7');
+  await page.locator('#seed').dispatchEvent('change');
+  await page.waitForFunction(() => /not re-verified/.test(document.querySelector('#reverify-status').textContent));
+  const after = await page.$$eval('#published li[data-verdict]', (els) => els.map((e) => e.dataset.reproduced));
+  assert.ok(after.every((m) => m === 'settings'));
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test('moving the layer slider and the threshold changes the figures and the verdict', async () => {
   const page = await open(`?bundle=test.compact.pgb&n=${N}&layer=3`);
   const delta = page.locator('#heatmaps figure').nth(2);

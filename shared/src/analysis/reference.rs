@@ -3,12 +3,15 @@
 //! `REFERENCE_KEY`, JSON), and every report of that compact bundle (the page's included) carries,
 //! for each of its rows, the full bundle's Δ, CI and p-values of the same row.
 
-use super::Report;
+use super::{Report, Row, Verdict};
 use crate::bundle::{Bundle, Method, Provenance};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub const REFERENCE_KEY: &str = "reference.analyze_rows";
 pub const REFERENCE_CONFIG_KEY: &str = "reference.analyze_config";
+/// The verdicts of that report and the tool version that made it (the published claim).
+pub const REFERENCE_VERDICTS_KEY: &str = "reference.analyze_verdicts";
+pub const REFERENCE_TOOL_KEY: &str = "reference.analyze_tool_version";
 
 /// JSON writes a NaN as null; read it back as NaN (an undefined statistic of a degenerate cell).
 fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -58,6 +61,10 @@ pub struct ReferenceSource {
     pub bases: Vec<BasisExactness>,
     pub rows: Vec<ReferenceRow>,
     pub config: serde_json::Value,
+    #[serde(default)]
+    pub verdicts: Vec<Verdict>,
+    #[serde(default)]
+    pub tool_version: String,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -109,7 +116,15 @@ pub fn embed_reference(
     }
     let rows = &report.rows;
     let extra = &mut compact.provenance.extra;
-    extra.retain(|(k, _)| k != REFERENCE_KEY && k != REFERENCE_CONFIG_KEY);
+    extra.retain(|(k, _)| {
+        ![
+            REFERENCE_KEY,
+            REFERENCE_CONFIG_KEY,
+            REFERENCE_VERDICTS_KEY,
+            REFERENCE_TOOL_KEY,
+        ]
+        .contains(&k.as_str())
+    });
     extra.push((
         REFERENCE_KEY.into(),
         serde_json::to_string(rows).expect("rows serialise"),
@@ -118,6 +133,11 @@ pub fn embed_reference(
         REFERENCE_CONFIG_KEY.into(),
         serde_json::to_string(&report.config).expect("config serialises"),
     ));
+    extra.push((
+        REFERENCE_VERDICTS_KEY.into(),
+        serde_json::to_string(&report.verdicts).expect("verdicts serialise"),
+    ));
+    extra.push((REFERENCE_TOOL_KEY.into(), report.tool_version.clone()));
     Ok(())
 }
 
@@ -125,4 +145,151 @@ pub fn embed_reference(
 /// parse: a report without them is still correct, only without the exact values beside).
 pub fn bundle_reference(bundle: &Bundle) -> Option<Vec<ReferenceRow>> {
     serde_json::from_str(bundle.provenance.get(REFERENCE_KEY)?).ok()
+}
+
+/// What a compact bundle says it was published with: the verdicts and rows of `analyze` on its
+/// full bundle, with that run's tool version and settings. The page shows it at once and then
+/// re-verifies it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    pub tool_version: String,
+    pub permutations: Option<usize>,
+    pub seed: Option<u64>,
+    pub alpha: Option<f64>,
+    pub verdicts: Vec<Verdict>,
+    pub rows: Vec<ReferenceRow>,
+}
+
+/// The published claim a compact bundle carries (None without `compact --reference`, or
+/// when it was made before verdicts travelled with the rows).
+pub fn bundle_published(bundle: &Bundle) -> Option<Published> {
+    let rows = bundle_reference(bundle)?;
+    let verdicts: Vec<Verdict> =
+        serde_json::from_str(bundle.provenance.get(REFERENCE_VERDICTS_KEY)?).ok()?;
+    let config: serde_json::Value = bundle
+        .provenance
+        .get(REFERENCE_CONFIG_KEY)
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_default();
+    Some(Published {
+        tool_version: bundle
+            .provenance
+            .get(REFERENCE_TOOL_KEY)
+            .unwrap_or("unknown")
+            .to_string(),
+        permutations: config["permutations"].as_u64().map(|n| n as usize),
+        seed: config["seed"].as_u64(),
+        alpha: config["alpha"].as_f64(),
+        verdicts,
+        rows,
+    })
+}
+
+/// Published value and this run's value agree within this fraction of the statistic's scale
+/// (the larger |level|): the compact form's f16 residuals move exact statistics by ~1e-6 of it.
+pub const REPRODUCED_REL_TOL: f64 = 1e-5;
+
+/// How one published row compares with the same row recomputed (the page on the compact
+/// bundle): the decision is BH p < α within the row's family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowReproduction {
+    /// Δ within `REPRODUCED_REL_TOL` of its scale and the same decision.
+    Reproduced,
+    /// Δ differs beyond the tolerance (an approximate metric: M3 on the stored components, or
+    /// draws truncated to them), with the same sign and the same decision.
+    SameDecision,
+    /// A different decision or sign.
+    Differs,
+    /// Not computed yet.
+    Pending,
+}
+
+pub fn row_reproduction(published: &ReferenceRow, recomputed: Option<&Row>, alpha: f64) -> RowReproduction {
+    let Some(r) = recomputed else {
+        return RowReproduction::Pending;
+    };
+    let decision = |p: Option<f64>| p.is_some_and(|p| p < alpha);
+    let same_decision = decision(published.p_bh) == decision(r.p_bh);
+    let scale = published
+        .pre_value
+        .abs()
+        .max(published.post_value.abs())
+        .max(published.delta.abs())
+        .max(1e-300);
+    let equal = (published.delta - r.delta).abs() <= REPRODUCED_REL_TOL * scale
+        || (published.delta.is_nan() && r.delta.is_nan());
+    if equal && same_decision {
+        RowReproduction::Reproduced
+    } else if same_decision && published.delta.signum() == r.delta.signum() {
+        RowReproduction::SameDecision
+    } else {
+        RowReproduction::Differs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::Family;
+
+    fn published(delta: f64, p_bh: Option<f64>) -> ReferenceRow {
+        ReferenceRow {
+            pre: "base".into(),
+            post: "em".into(),
+            method: Method::A,
+            layer: 3,
+            metric: "M1_raw".into(),
+            pre_value: 0.5,
+            post_value: 0.5 + delta,
+            delta,
+            ci95: None,
+            p: 0.01,
+            p_two_sided: 0.01,
+            p_bh,
+            n_permutations: 1000,
+            exact: true,
+        }
+    }
+
+    fn row(delta: f64, p_bh: Option<f64>) -> Row {
+        Row {
+            family: Family::EmVsBase,
+            pre: "base".into(),
+            post: "em".into(),
+            method: Method::A,
+            layer: 3,
+            metric: "M1_raw".into(),
+            pre_value: 0.5,
+            post_value: 0.5 + delta,
+            delta,
+            ci95: None,
+            p: 0.01,
+            p_two_sided: 0.01,
+            p_bh,
+            p_holm: p_bh,
+            n_permutations: 1000,
+            p_floor: 1.0 / 1001.0,
+            n_questions: 40,
+            n_bootstrap: 100,
+            seed: 0,
+            test: String::new(),
+            exact: false,
+            reference: None,
+        }
+    }
+
+    #[test]
+    fn rows_are_marked_by_value_and_decision() {
+        let p = published(0.02, Some(0.01));
+        let a = 0.05;
+        assert_eq!(row_reproduction(&p, None, a), RowReproduction::Pending);
+        // Within 1e-5 of the scale (0.52): reproduced; the same decision is needed too.
+        assert_eq!(row_reproduction(&p, Some(&row(0.020004, Some(0.02))), a), RowReproduction::Reproduced);
+        assert_eq!(row_reproduction(&p, Some(&row(0.020004, Some(0.2))), a), RowReproduction::Differs);
+        // Beyond the tolerance, same sign and decision: the same decision only.
+        assert_eq!(row_reproduction(&p, Some(&row(0.03, Some(0.001))), a), RowReproduction::SameDecision);
+        // Opposite sign: differs even with the same (non-significant) decision.
+        let ns = published(0.02, Some(0.5));
+        assert_eq!(row_reproduction(&ns, Some(&row(-0.01, Some(0.6))), a), RowReproduction::Differs);
+    }
 }

@@ -214,6 +214,28 @@ pub fn criterion_name(t: f64) -> String {
     format!("{t}x")
 }
 
+/// The verdict rules in one sentence each, as `sensitivity_and_verdicts` applies them:
+/// (success under `criterion`, kill). For the page's summary and report.md.
+pub fn rule_sentences(criterion: &str, cfg: &AnalysisConfig, n_layers: usize) -> [String; 2] {
+    let min_layers = cfg.min_layers.unwrap_or(n_layers / 2 + 1).max(1);
+    let base = format!(
+        "Success: for at least one metric (M1_raw, M1_separation, M2_em_axis, M3), the EM-vs-base Δ has BH-adjusted p < {} and points in the hypothesised direction (M1_raw up, M1_separation down, M2 up, M3 down) under every method at >= {min_layers} of {n_layers} layers",
+        cfg.alpha
+    );
+    let success = if criterion == "p-only" {
+        format!("{base}.")
+    } else {
+        format!(
+            "{base}, and at each of those, against every benign checkpoint, the paired-bootstrap 95% CI of dir·Δ_EM − {criterion}·|Δ_benign| lies above 0 and the direct EM-vs-benign test is significant."
+        )
+    };
+    let kill = format!(
+        "Kill (when success fails): every EM-vs-base family p-value > {} (the plan's rule), or every family 95% CI inside ±{} (equivalence form). Otherwise inconclusive.",
+        cfg.kill_p, cfg.equivalence_delta
+    );
+    [success, kill]
+}
+
 /// One benign checkpoint's side of a sensitivity cell.
 struct BenignCell<'a> {
     name: String,

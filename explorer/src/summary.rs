@@ -1,0 +1,270 @@
+//! The top of the page: what the study is (model, checkpoints and their roles, personas,
+//! questions, layers, methods), the verdict this bundle was published with (shown as soon as the
+//! bundle is decoded, then re-verified here as the workers finish), and this page's own verdict
+//! under every criterion with its rule in one sentence.
+
+use super::*;
+use shared::analysis::{row_reproduction, rule_sentences, Published, RowReproduction, FAMILY_METRICS};
+
+/// Whether the page's settings are those of the published run; if not, in words.
+fn settings_differ(ctl: Ctl, p: &Published, n_personas: usize) -> Option<String> {
+    let mut why = Vec::new();
+    if let Some(n) = p.permutations {
+        if n != ctl.permutations.get() {
+            why.push(format!("N = {n}"));
+        }
+    }
+    if let Some(s) = p.seed {
+        if s != ctl.seed.get() {
+            why.push(format!("seed = {s}"));
+        }
+    }
+    if let Some(a) = p.alpha {
+        if (a - ctl.alpha.get()).abs() > 1e-12 {
+            why.push(format!("α = {a}"));
+        }
+    }
+    if ctl.personas.with(|s| s.len()) != n_personas {
+        why.push("every persona selected".into());
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "The published numbers are for {}; these settings differ, so they are not re-verified (set them back to compare).",
+            why.join(", ")
+        )
+    })
+}
+
+/// "k of n tasks, about T s left" from the analysis in progress.
+fn progress_line(ctl: Ctl) -> String {
+    let (done, total) = ctl.progress.get();
+    if total == 0 || done >= total {
+        return String::new();
+    }
+    let eta = STATE.with(|s| {
+        let s = s.borrow();
+        let a = s.analysis.as_ref()?;
+        let elapsed = (web::now_ms() - a.started_ms) / 1000.0;
+        (done > 0).then(|| elapsed / done as f64 * (total - done) as f64)
+    });
+    match eta {
+        Some(t) => format!("{done} of {total} tasks, about {t:.0} s left"),
+        None => format!("{done} of {total} tasks"),
+    }
+}
+
+fn reproduction_label(r: &RowReproduction) -> (&'static str, &'static str) {
+    match r {
+        RowReproduction::Reproduced => ("reproduced", "reproduced"),
+        RowReproduction::SameDecision => ("same-decision", "same decision, value approximate"),
+        RowReproduction::Differs => ("differs", "differs"),
+        RowReproduction::Pending => ("pending", "computing…"),
+    }
+}
+
+#[component]
+pub(crate) fn StudySummary(ctl: Ctl) -> impl IntoView {
+    view! {
+        <section id="summary" aria-labelledby="summary-title">
+            <h2 id="summary-title">"Study"</h2>
+            {move || ctl.meta.get().map(|m| {
+                let role_word = |r: &str| match r {
+                    "base" => "the model before finetuning",
+                    "em" => "EM finetune (the treatment)",
+                    "benign" => "benign-SFT control",
+                    _ => "other",
+                };
+                view! {
+                    <dl class="facts">
+                        <dt>"model"</dt><dd id="summary-model">{m.provenance.model_id.clone()}</dd>
+                        <dt>"checkpoints"</dt>
+                        <dd><ul id="summary-checkpoints">{m.checkpoints.iter().map(|(n, r, l, _)| view! {
+                            <li data-role=r.clone()><strong>{n.clone()}</strong>{format!(" — {} ({r}): {l}", role_word(r))}</li>
+                        }).collect_view()}</ul></dd>
+                        <dt>"personas"</dt><dd>{format!("{}: {}", m.personas.len(), m.personas.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join(", "))}</dd>
+                        <dt>"questions"</dt><dd>{m.questions.len()}</dd>
+                        <dt>"layers"</dt><dd>{format!("{:?} (layer l = output of decoder block l, 0-based; the last block before the final norm)", m.layers)}</dd>
+                        <dt>"methods"</dt><dd>{m.methods.iter().map(|x| match x {
+                            Method::A => "A = last token of the chat-templated prompt",
+                            Method::B => "B = mean over the greedily generated response tokens",
+                        }).collect::<Vec<_>>().join("; ")}</dd>
+                    </dl>
+                    {m.published.clone().map(|p| view! { <PublishedVerdict ctl=ctl published=p n_personas=m.personas.len()/> })}
+                    <PageVerdict ctl=ctl/>
+                }
+            })}
+        </section>
+    }
+}
+
+/// The verdict the bundle was published with, at once, then marked as re-verified or not.
+#[component]
+fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl IntoView {
+    let p = StoredValue::new(published);
+    let head = p.with_value(|p| {
+        format!(
+            "Published verdict: persona-geometry {} `analyze` on the full bundle, N = {}, seed = {}, α = {}",
+            p.tool_version,
+            p.permutations.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+            p.seed.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+            p.alpha.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+        )
+    });
+    // The page's verdicts and rows, once every view is computed (None before).
+    let page = move || {
+        verdicts(ctl).map(|(_, v, _, complete)| (v, complete, full_report(ctl)))
+    };
+    view! {
+        <div id="published" class="published">
+            <h3>{head}</h3>
+            <p id="reverify-status" role="status" aria-live="polite">{move || {
+                let differ = p.with_value(|p| settings_differ(ctl, p, n_personas));
+                if let Some(d) = differ {
+                    return d;
+                }
+                match page() {
+                    Some((v, true, _)) => {
+                        let same = p.with_value(|p| p.verdicts.iter().all(|pv| v.iter().any(|x| x.em == pv.em && x.criterion == pv.criterion && x.verdict == pv.verdict)));
+                        if same {
+                            "Re-verified in this browser: the verdict under every criterion is the published one.".to_string()
+                        } else {
+                            "Re-verified in this browser: the verdict differs under at least one criterion (marked below).".to_string()
+                        }
+                    }
+                    _ => {
+                        let line = progress_line(ctl);
+                        format!("Re-verifying in this browser{}…", if line.is_empty() { String::new() } else { format!(": {line}") })
+                    }
+                }
+            }}</p>
+            <ul class="verdicts">
+            {move || {
+                let differ = p.with_value(|p| settings_differ(ctl, p, n_personas)).is_some();
+                let page = page();
+                p.with_value(|p| p.verdicts.clone()).into_iter().map(|pv| {
+                    let (mark, text) = match (&page, differ) {
+                        (_, true) => ("settings", "not for these settings".to_string()),
+                        (Some((v, true, _)), false) => match v.iter().find(|x| x.em == pv.em && x.criterion == pv.criterion) {
+                            Some(x) if x.verdict == pv.verdict => ("reproduced", "reproduced".to_string()),
+                            Some(x) => ("differs", format!("this page: {}", x.verdict)),
+                            None => ("differs", "not computed by this page".to_string()),
+                        },
+                        _ => ("pending", "re-verifying…".to_string()),
+                    };
+                    let support = pv.supporting.iter().map(|(m, ls)| format!("{m} at layers {ls:?}")).collect::<Vec<_>>().join("; ");
+                    view! {
+                        <li class=format!("verdict-{}", pv.verdict.replace(' ', "-")) data-em=pv.em.clone() data-criterion=pv.criterion.clone() data-verdict=pv.verdict.clone() data-reproduced=mark>
+                            <strong>{format!("{} under {}: {}", pv.em, pv.criterion, pv.verdict)}</strong>
+                            <span class=format!("mark mark-{mark}")>{format!(" [{text}]")}</span>
+                            {(!support.is_empty()).then(|| view! { <div class="support">{format!("supporting: {support}")}</div> })}
+                        </li>
+                    }
+                }).collect_view()
+            }}
+            </ul>
+            <details id="published-rows">
+                <summary>{move || {
+                    let marks = published_marks(ctl, p);
+                    let count = |k: &str| marks.iter().filter(|(_, m)| reproduction_label(m).0 == k).count();
+                    format!("Published EM-vs-base rows ({}): {} reproduced, {} same decision with an approximate value, {} differ, {} computing",
+                        marks.len(), count("reproduced"), count("same-decision"), count("differs"), count("pending"))
+                }}</summary>
+                <p class="note">"Reproduced = this page's Δ within 1e-5 of the statistic's scale and the same decision (BH p < α). M1_raw, M1_centred and M2 are functions of the centroids, exact on the compact bundle; M1_separation (its within-persona spread from the f16 residuals), M3 (fitted on the stored components here, on full activations in analyze) and the p-values of truncated draws are approximate, so they can agree only in their decision."</p>
+                <div class="table-wrap">
+                <table id="published-table">
+                    <thead><tr><th>"EM"</th><th>"metric"</th><th>"method"</th><th>"layer"</th><th>"published Δ"</th><th>"published p (BH)"</th><th>"this page Δ"</th><th>"this page p (BH)"</th><th>"mark"</th></tr></thead>
+                    <tbody>{move || {
+                        let rows = full_report(ctl);
+                        published_marks(ctl, p).into_iter().map(|(r, mark)| {
+                            let mine = rows.as_ref().and_then(|rep| find_row(rep, &r));
+                            let (cls, text) = reproduction_label(&mark);
+                            view! {
+                                <tr data-reproduced=cls>
+                                    <td>{r.post.clone()}</td><td>{r.metric.clone()}</td><td>{r.method.name()}</td><td>{r.layer}</td>
+                                    <td>{fmt(r.delta)}</td><td>{r.p_bh.map(fmt).unwrap_or_default()}</td>
+                                    <td>{mine.map(|x| fmt(x.delta)).unwrap_or_default()}</td><td>{mine.and_then(|x| x.p_bh).map(fmt).unwrap_or_default()}</td>
+                                    <td class=format!("mark mark-{cls}")>{text}</td>
+                                </tr>
+                            }
+                        }).collect_view()
+                    }}</tbody>
+                </table>
+                </div>
+            </details>
+        </div>
+    }
+}
+
+fn find_row<'a>(rep: &'a Report, r: &shared::analysis::ReferenceRow) -> Option<&'a shared::analysis::Row> {
+    rep.rows.iter().find(|x| {
+        x.pre == r.pre && x.post == r.post && x.method == r.method && x.layer == r.layer && x.metric == r.metric
+    })
+}
+
+/// The published EM-vs-base family rows with their marks against this page's rows.
+fn published_marks(
+    ctl: Ctl,
+    p: StoredValue<Published>,
+) -> Vec<(shared::analysis::ReferenceRow, RowReproduction)> {
+    let report = full_report(ctl);
+    let alpha = ctl.alpha.get();
+    let complete = every_view_computed(ctl);
+    let ems: Vec<String> = p.with_value(|p| p.verdicts.iter().map(|v| v.em.clone()).collect());
+    let base: Option<String> = ctl.meta.with(|m| {
+        m.as_ref()
+            .and_then(|m| m.checkpoints.iter().find(|c| c.1 == "base").map(|c| c.0.clone()))
+    });
+    p.with_value(|p| {
+        p.rows
+            .iter()
+            .filter(|r| {
+                Some(&r.pre) == base.as_ref()
+                    && ems.contains(&r.post)
+                    && FAMILY_METRICS.contains(&r.metric.as_str())
+            })
+            .map(|r| {
+                // A cell's rows exist once the cell is computed; BH needs the whole family.
+                let mine = report.as_ref().and_then(|rep| find_row(rep, r)).filter(|_| complete);
+                (r.clone(), row_reproduction(r, mine, alpha))
+            })
+            .collect()
+    })
+}
+
+/// This page's verdict under every criterion, with the rules spelled out.
+#[component]
+fn PageVerdict(ctl: Ctl) -> impl IntoView {
+    view! {
+        <div id="page-verdict" class="page-verdict">
+        {move || {
+            let n_layers = ctl.meta.with(|m| m.as_ref().map(|m| m.layers.len()).unwrap_or(0));
+            let cfg = shared::analysis::AnalysisConfig { alpha: ctl.alpha.get(), ..page_config(ctl.permutations.get(), ctl.seed.get()) };
+            match verdicts(ctl) {
+                None => view! { <p class="pending">{move || format!("This page's verdict: computing ({})…", progress_line(ctl))}</p> }.into_any(),
+                Some((_, v, chosen, complete)) => {
+                    let state = if complete { "final: every (method, layer) view computed".to_string() } else { format!("provisional: not every view is computed yet ({})", progress_line(ctl)) };
+                    let kill_rule = rule_sentences("p-only", &cfg, n_layers)[1].clone();
+                    view! {
+                        <h3>{format!("This page's verdict ({state})")}</h3>
+                        <ul class="verdicts">
+                        {v.into_iter().map(|x| {
+                            let rule = rule_sentences(&x.criterion, &cfg, n_layers)[0].clone();
+                            let support = x.supporting.iter().map(|(m, ls)| format!("{m} at layers {ls:?}")).collect::<Vec<_>>().join("; ");
+                            let chosen_cls = if x.criterion == chosen { " chosen" } else { "" };
+                            view! {
+                                <li class=format!("verdict-{}{chosen_cls}", x.verdict.replace(' ', "-")) data-em=x.em.clone() data-criterion=x.criterion.clone() data-verdict=x.verdict.clone() data-final=complete.to_string()>
+                                    <strong>{format!("{} under {}: {}", x.em, x.criterion, x.verdict)}</strong>
+                                    {(!support.is_empty()).then(|| view! { <div class="support">{format!("supporting: {support}")}</div> })}
+                                    <div class="rule">{rule}</div>
+                                </li>
+                            }
+                        }).collect_view()}
+                        </ul>
+                        <p class="rule">{kill_rule}</p>
+                    }.into_any()
+                }
+            }
+        }}
+        </div>
+    }
+}
