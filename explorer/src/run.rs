@@ -326,7 +326,7 @@ pub(crate) fn null_figures(ctl: Ctl) -> Vec<Figure> {
         for s in [m1, 3] {
             let name = shared::geometry::GEOMETRY_METRICS[s];
             out.push(Figure {
-                title: format!("null of Δ {name} ({treated} − {base}), p = {:.4}", g.p[s]),
+                title: format!("null of Δ {name}, {treated} − {base}, {}/L{l}: p = {:.4}", m.name(), g.p[s]),
                 caption: caption("Paired question-level swap permutations", g.n_permutations, g.n_questions_paired_min),
                 kind: FigureKind::NullHistogram {
                     null: cell.geometry_null[ci].iter().map(|x| x[s]).collect(),
@@ -338,7 +338,7 @@ pub(crate) fn null_figures(ctl: Ctl) -> Vec<Figure> {
         let m3 = &cell.m3[ci];
         for (s, name) in shared::analysis::M3_METRICS.iter().enumerate() {
             out.push(Figure {
-                title: format!("null of Δ {name} ({treated} − {base}), p = {:.4}", m3.p[s]),
+                title: format!("null of Δ {name}, {treated} − {base}, {}/L{l}: p = {:.4}", m.name(), m3.p[s]),
                 caption: caption("Paired sign-flip permutations of per-question held-out scores", m3.n_permutations, m3.n_questions),
                 kind: FigureKind::NullHistogram {
                     null: m3.null.iter().map(|x| x[s]).collect(),
@@ -351,7 +351,7 @@ pub(crate) fn null_figures(ctl: Ctl) -> Vec<Figure> {
         let acc = cell.lda[tck].accuracy;
         let p = shared::stats::permutation_p_greater(acc, &ln.iter().map(|x| x[0]).collect::<Vec<_>>(), shared::geometry::tie_tolerance(false, acc));
         out.push(Figure {
-            title: format!("held-out LDA accuracy of {treated} vs label-permutation null, p = {p:.4}"),
+            title: format!("LDA accuracy of {treated} vs label null, {}/L{l}: p = {p:.4}", m.name()),
             caption: format!(
                 "Within-question persona-label permutations (M3 above chance), one-sided. Method {}, layer {l}. N = {} permutations, seed {}, p floor {:.2e}; chance = 1/{} personas.",
                 m.name(),

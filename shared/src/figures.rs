@@ -186,19 +186,19 @@ impl Figure {
         }
     }
 
-    /// File name stem derived from the title (the page's download name).
+    /// File name stem derived from the title (the page's download name): ASCII only, Δ spelled
+    /// "delta" and α "alpha" (other symbols become separators), so that names survive every
+    /// file system and shell.
     pub fn file_stem(&self) -> String {
-        let s: String = self
-            .title
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let mut s = String::with_capacity(self.title.len());
+        for c in self.title.chars() {
+            match c {
+                'Δ' => s.push_str("-delta-"),
+                'α' => s.push_str("-alpha-"),
+                c if c.is_ascii_alphanumeric() => s.push(c.to_ascii_lowercase()),
+                _ => s.push('-'),
+            }
+        }
         s.split('-')
             .filter(|x| !x.is_empty())
             .collect::<Vec<_>>()
@@ -769,6 +769,27 @@ pub fn persona_figures(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_stems_are_ascii_and_carry_metric_method_and_layer() {
+        let f = |title: &str| Figure {
+            title: title.into(),
+            caption: String::new(),
+            kind: FigureKind::Heatmap {
+                labels: vec![],
+                values: vec![],
+                diverging: false,
+            },
+        };
+        assert_eq!(
+            f("null of Δ M1_raw, em − base, A/L14: p = 0.0010").file_stem(),
+            "null-of-delta-m1-raw-em-base-a-l14-p-0-0010"
+        );
+        assert_eq!(f("α = 0.05 · ratio").file_stem(), "alpha-0-05-ratio");
+        assert!(f("Δ cosines (raw), em − base, method B, layer 7")
+            .file_stem()
+            .is_ascii());
+    }
 
     #[test]
     fn svg_of_a_heatmap_has_one_rect_per_cell_and_hits_cover_cells() {
