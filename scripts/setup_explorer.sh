@@ -3,7 +3,8 @@
 #   - Rust target wasm32-unknown-unknown
 #   - trunk 0.21.14 (0.22 needs a newer rustc; about 10-25 minutes to build once)
 #   - wasm-bindgen-cli 0.2.130 (must equal the `wasm-bindgen` pin in explorer/Cargo.toml)
-#   - npm: binaryen 132 (wasm-opt; Debian's binaryen 108 breaks the page) and playwright-core
+#   - npm: binaryen 132 (wasm-opt; Debian's binaryen 108 breaks the page), playwright-core and
+#     axe-core 4.14.1 (the accessibility test)
 #   - Debian chromium + chromium-driver (headless browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +19,9 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q "0.2.130"; then
   echo "[setup] installing wasm-bindgen-cli 0.2.130"
   cargo install wasm-bindgen-cli --version 0.2.130 --target-dir "$TOOLS_TARGET"
 fi
-if [ ! -x tests/browser/node_modules/.bin/wasm-opt ] || [ ! -d tests/browser/node_modules/playwright-core ]; then
-  echo "[setup] installing npm packages (binaryen 132, playwright-core)"
+if [ ! -x tests/browser/node_modules/.bin/wasm-opt ] || [ ! -d tests/browser/node_modules/playwright-core ] \
+  || [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+  echo "[setup] installing npm packages (binaryen 132, playwright-core, axe-core)"
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

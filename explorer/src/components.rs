@@ -14,6 +14,19 @@ pub(crate) fn FigureView(#[prop(into)] figure: Signal<Option<Figure>>) -> impl I
             return;
         };
         let Some(fig) = fig else {
+            // A view that is not computed says so on the canvas (never an empty box that reads
+            // as "no effect", never the previous view's picture).
+            hits.set_value(vec![]);
+            if let Some(backend) = CanvasBackend::with_canvas_object(canvas.clone()) {
+                let root = backend.into_drawing_area();
+                let _ = root.fill(&plotters::style::WHITE);
+                let _ = root.draw(&plotters::element::Text::new(
+                    "not computed yet (computing…)",
+                    (12, 24),
+                    plotters::style::IntoFont::into_font(("sans-serif", 16)),
+                ));
+                let _ = root.present();
+            }
             return;
         };
         // The figure's own size (the same as `analyze --figures`), set before drawing because
@@ -77,20 +90,70 @@ pub(crate) fn FigureView(#[prop(into)] figure: Signal<Option<Figure>>) -> impl I
             web::download_text(&format!("{}.json", name()), "application/json", &j);
         }
     };
+    let title = move || {
+        figure.with(|f| {
+            f.as_ref()
+                .map(|f| f.title.clone())
+                .unwrap_or_else(|| "figure not computed yet".into())
+        })
+    };
+    let pending = move || figure.with(|f| f.is_none());
+    let label = move |what: &'static str| move || format!("Download {} as {what}", title());
     view! {
-        <figure class="fig" data-figure=name>
-            <canvas node_ref=canvas_ref width="300" height="150"
-                on:mousemove=on_move on:mouseleave=move |_| tip.set(String::new())></canvas>
-            <div class="tip" data-role="tip">{move || tip.get()}</div>
+        <figure class="fig" data-figure=name data-state=move || if pending() { "pending" } else { "drawn" }>
+            // Tap or hover for read-outs; the same numbers are in the data table below.
+            <canvas node_ref=canvas_ref width="300" height="150" role="img" aria-label=title
+                on:mousemove=on_move on:click=on_move on:mouseleave=move |_| tip.set(String::new())></canvas>
+            <div class="tip" data-role="tip" aria-live="polite">{move || tip.get()}</div>
             <figcaption>{move || figure.with(|f| f.as_ref().map(|f| f.caption.clone()))}</figcaption>
             <div class="export">
-                <button data-export="svg" on:click=export_svg>"SVG"</button>
-                <button data-export="png" on:click=export_png>"PNG"</button>
-                <button data-export="csv" on:click=export_csv>"CSV"</button>
-                <button data-export="json" on:click=export_json>"JSON"</button>
+                <button data-export="svg" on:click=export_svg disabled=pending aria-label=label("SVG")>"SVG"</button>
+                <button data-export="png" on:click=export_png disabled=pending aria-label=label("PNG")>"PNG"</button>
+                <button data-export="csv" on:click=export_csv disabled=pending aria-label=label("CSV")>"CSV"</button>
+                <button data-export="json" on:click=export_json disabled=pending aria-label=label("JSON")>"JSON"</button>
             </div>
+            <details class="data">
+                <summary>"data table"</summary>
+                <table class="data">
+                    {move || figure.with(|f| f.as_ref().map(|f| {
+                        let rows = csv_rows(&f.to_csv());
+                        let mut it = rows.into_iter();
+                        let head = it.next().unwrap_or_default();
+                        view! {
+                            <thead><tr>{head.into_iter().map(|h| view! { <th scope="col">{h}</th> }).collect_view()}</tr></thead>
+                            <tbody>{it.map(|r| view! { <tr>{r.into_iter().map(|c| view! { <td>{c}</td> }).collect_view()}</tr> }).collect_view()}</tbody>
+                        }
+                    }))}
+                </table>
+            </details>
         </figure>
     }
+}
+
+/// The rows of a CSV text (fields may be double-quoted, with "" for a quote).
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let mut fields = Vec::new();
+            let mut cur = String::new();
+            let mut quoted = false;
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, quoted) {
+                    ('"', true) if chars.peek() == Some(&'"') => {
+                        cur.push('"');
+                        chars.next();
+                    }
+                    ('"', _) => quoted = !quoted,
+                    (',', false) => fields.push(std::mem::take(&mut cur)),
+                    _ => cur.push(c),
+                }
+            }
+            fields.push(cur);
+            fields
+        })
+        .collect()
 }
 
 pub(crate) fn first_figure_mark() {
@@ -213,6 +276,7 @@ pub(crate) fn Controls(ctl: Ctl) -> impl IntoView {
             <div class="threshold">
                 "benign-vs-EM threshold: "
                 <input type="range" id="threshold" min="1" max="5" step="0.1"
+                    aria-label="benign-vs-EM ratio threshold"
                     prop:value=move || ctl.threshold.get().unwrap_or(2.0).to_string()
                     on:input=move |ev| {
                         if let Ok(t) = event_target_value(&ev).parse::<f64>() { ctl.threshold.set(Some(t)) }
@@ -279,14 +343,14 @@ pub(crate) fn Controls(ctl: Ctl) -> impl IntoView {
                 <span class="note">" (the EM axis is the assistant's shift, so it stays selected)"</span>
             </div>
             <div class="progress" id="progress">
-                {move || {
+                <span role="status" aria-live="polite">{move || {
                     let (d, t) = ctl.progress.get();
                     if t == 0 { String::from("all views computed") }
                     else if ctl.computing.get() { format!("permutation tests in Web Workers: {d} / {t} tasks") }
                     else if d == t { format!("all views computed ({t} tasks)") }
                     else { format!("stopped at {d} / {t} tasks") }
-                }}
-                <progress max=move || ctl.progress.get().1.max(1).to_string() value=move || ctl.progress.get().0.to_string()></progress>
+                }}</span>
+                <progress aria-label="permutation tests done" max=move || ctl.progress.get().1.max(1).to_string() value=move || ctl.progress.get().0.to_string()></progress>
                 <Show when=move || ctl.computing.get()
                     fallback=move || view! { <button id="resume" on:click=move |_| resume(ctl)>"compute"</button> }>
                     <button id="cancel" on:click=move |_| cancel(ctl)>"cancel"</button>
