@@ -73,9 +73,11 @@ pub(crate) fn FigureView(#[prop(into)] figure: Signal<Option<Figure>>) -> impl I
         }
     };
     let export_png = move |_| {
-        if let Some(c) = canvas_ref.get_untracked() {
-            if let Ok(url) = c.to_data_url() {
-                web::download_url(&format!("{}.png", name()), &url);
+        if let Some(f) = figure.get_untracked() {
+            let size = f.size();
+            match f.to_svg(size.0, size.1) {
+                Ok(svg) => web::download_svg_as_png(&format!("{}.png", name()), &svg, size, 2.0),
+                Err(e) => tip.set(e),
             }
         }
     };

@@ -473,6 +473,11 @@ fn App() -> impl IntoView {
                     {move || ctl.url_notices.get().into_iter().map(|n| view! { <li>{n}</li> }).collect_view()}
                 </ul>
             </Show>
+            <Show when=move || ctl.source.with(|s| s.as_deref().is_some_and(|s| s.starts_with("file:")))>
+                <p class="notices" id="permalink-notice" role="status">{move || format!(
+                    "This page's address cannot carry the local file {}: a link copied now keeps the view settings but opens the default study. To share this view, publish the bundle at a URL and open it with ?bundle=URL.",
+                    ctl.source.get().unwrap_or_default().trim_start_matches("file:"))}</p>
+            </Show>
             <Loader ctl=ctl/>
             <Show when=move || ctl.meta.with(|m| m.is_some())>
                 <StudySummary ctl=ctl/>

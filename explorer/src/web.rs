@@ -99,6 +99,47 @@ pub fn download_text(name: &str, mime: &str, data: &str) {
     let _ = web_sys::Url::revoke_object_url(&url);
 }
 
+/// Rasterises an SVG at `scale` times its size (the browser's own SVG renderer, through an
+/// image and a canvas) and downloads it as PNG: the same picture as the SVG export, sharp in
+/// print (the on-screen canvas is 1x).
+pub fn download_svg_as_png(name: &str, svg: &str, (w, h): (u32, u32), scale: f64) {
+    use wasm_bindgen::closure::Closure;
+    let parts = js_sys::Array::of1(&JsValue::from_str(svg));
+    let opts = web_sys::BlobPropertyBag::new();
+    opts.set_type("image/svg+xml");
+    let Ok(blob) = web_sys::Blob::new_with_str_sequence_and_options(&parts, &opts) else {
+        return;
+    };
+    let Ok(url) = web_sys::Url::create_object_url_with_blob(&blob) else {
+        return;
+    };
+    let Ok(img) = web_sys::HtmlImageElement::new() else {
+        return;
+    };
+    let (name, img2, url2) = (name.to_string(), img.clone(), url.clone());
+    let (pw, ph) = ((w as f64 * scale).round(), (h as f64 * scale).round());
+    let onload = Closure::once_into_js(move || {
+        let doc = window().document().expect("document");
+        if let Ok(el) = doc.create_element("canvas") {
+            let canvas: web_sys::HtmlCanvasElement = el.unchecked_into();
+            canvas.set_width(pw as u32);
+            canvas.set_height(ph as u32);
+            if let Ok(Some(ctx)) = canvas.get_context("2d") {
+                let ctx: web_sys::CanvasRenderingContext2d = ctx.unchecked_into();
+                ctx.set_fill_style_str("white");
+                ctx.fill_rect(0.0, 0.0, pw, ph);
+                let _ = ctx.draw_image_with_html_image_element_and_dw_and_dh(&img2, 0.0, 0.0, pw, ph);
+                if let Ok(data) = canvas.to_data_url_with_type("image/png") {
+                    download_url(&name, &data);
+                }
+            }
+        }
+        let _ = web_sys::Url::revoke_object_url(&url2);
+    });
+    img.set_onload(Some(onload.unchecked_ref()));
+    img.set_src(&url);
+}
+
 pub fn download_url(name: &str, url: &str) {
     let doc = window().document().expect("document");
     if let Ok(a) = doc.create_element("a") {

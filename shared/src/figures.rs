@@ -529,6 +529,17 @@ impl Figure {
             let root = SVGBackend::with_string(&mut s, (w, h)).into_drawing_area();
             self.draw(&root)?;
         }
+        // The caption travels inside the file (a figure pasted into a write-up keeps its n, N,
+        // seed and tool version): <title> and <desc> right after the opening tag.
+        if let Some(end) = s.find('>') {
+            let meta = format!(
+                "\n<title>{}</title>\n<desc>{} Made by persona-geometry {}.</desc>",
+                xml_escape(&self.title),
+                xml_escape(&self.caption),
+                crate::TOOL_VERSION
+            );
+            s.insert_str(end + 1, &meta);
+        }
         Ok(s)
     }
 
@@ -766,9 +777,40 @@ pub fn persona_figures(
     ])
 }
 
+fn xml_escape(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn svg_carries_title_and_caption() {
+        let f = Figure {
+            title: "Δ cosines <raw> & more".into(),
+            caption: "n = 240 paired questions, N = 10000 permutations, seed 0.".into(),
+            kind: FigureKind::Heatmap {
+                labels: vec!["a".into(), "b".into()],
+                values: vec![1.0, 0.2, 0.2, 1.0],
+                diverging: false,
+            },
+        };
+        let svg = f.to_svg(300, 200).unwrap();
+        let head: Vec<&str> = svg.lines().take(3).collect();
+        assert!(head[0].starts_with("<svg"));
+        assert_eq!(head[1], "<title>Δ cosines &lt;raw&gt; &amp; more</title>");
+        assert_eq!(
+            head[2],
+            format!(
+                "<desc>n = 240 paired questions, N = 10000 permutations, seed 0. Made by persona-geometry {}.</desc>",
+                crate::TOOL_VERSION
+            )
+        );
+    }
 
     #[test]
     fn file_stems_are_ascii_and_carry_metric_method_and_layer() {

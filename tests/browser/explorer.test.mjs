@@ -335,9 +335,22 @@ test('exports: the SVG equals `analyze --figures`, CSV and JSON carry the number
   const [pngDl] = await Promise.all([page.waitForEvent('download'), hero.locator('[data-export=png]').click()]);
   const png = fs.readFileSync(await pngDl.path());
   assert.deepEqual([...png.subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+  assert.equal(png.readUInt32BE(16), 2 * Number(svg.match(/width="(\d+)"/)[1]), 'the page\'s PNG is 2x too');
+  // The SVG carries its caption (n, N, seed, tool version).
+  assert.match(svg, /<title>[^<]+<\/title>\n<desc>[^<]*N = \d+ permutations[^<]*persona-geometry [0-9.]+\.<\/desc>/);
   const [jsonDl] = await Promise.all([page.waitForEvent('download'), hero.locator('[data-export=json]').click()]);
   const fig = JSON.parse(fs.readFileSync(await jsonDl.path(), 'utf8'));
   assert.equal(fig.kind.Hero.metric, 'M1_centred');
+  await page.close();
+});
+
+test('a view of a local file says its permalink cannot carry the file', async () => {
+  const page = await open('?n=200', { all: false });
+  assert.equal(await page.locator('#permalink-notice').count(), 0);
+  await page.setInputFiles('#file-input', path.join(WORK, 'test.compact.pgb'));
+  await page.waitForFunction(() => document.querySelector('#prov-source')?.textContent.startsWith('test.compact.pgb'), null, { timeout: 60000 });
+  assert.match(await page.locator('#permalink-notice').innerText(), /cannot carry the local file test\.compact\.pgb/);
+  assert.ok(!page.url().includes('bundle='));
   await page.close();
 });
 
