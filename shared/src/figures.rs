@@ -47,6 +47,9 @@ pub enum FigureKind {
         /// [series][persona]
         values: Vec<Vec<f64>>,
         y_label: String,
+        /// Colour index of each series (its checkpoint's, as in the hero); empty = 1, 2, ...
+        #[serde(default)]
+        colours: Vec<usize>,
     },
     /// A permutation null with the observed statistic.
     NullHistogram {
@@ -81,14 +84,37 @@ impl HitBox {
     }
 }
 
+/// One colour per checkpoint in every figure (index = position in `checkpoint_colour_order`):
+/// base grey, then the Okabe–Ito colours (distinguishable with every common colour-vision
+/// deficiency): vermillion, blue, bluish green, orange, reddish purple.
 const SERIES_COLOURS: [RGBColor; 6] = [
-    RGBColor(120, 120, 120),
-    RGBColor(200, 40, 40),
-    RGBColor(40, 90, 200),
-    RGBColor(230, 150, 20),
-    RGBColor(40, 150, 80),
-    RGBColor(140, 60, 170),
+    RGBColor(102, 102, 102),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 114, 178),
+    RGBColor(0, 158, 115),
+    RGBColor(230, 159, 0),
+    RGBColor(204, 121, 167),
 ];
+
+/// The checkpoints in colour order: base first, then the others as the report lists them.
+/// The hero's series follow it, and the persona charts colour each checkpoint by it.
+fn checkpoint_colour_order(report: &Report) -> Vec<String> {
+    let mut order: Vec<String> = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.1 == "base")
+        .map(|c| c.0.clone())
+        .take(1)
+        .collect();
+    order.extend(
+        report
+            .checkpoints
+            .iter()
+            .filter(|c| c.1 != "base")
+            .map(|c| c.0.clone()),
+    );
+    order
+}
 
 fn series_colour(i: usize) -> RGBColor {
     SERIES_COLOURS[i % SERIES_COLOURS.len()]
@@ -151,18 +177,18 @@ pub fn fmt(v: f64) -> String {
 
 type DrawResult<T> = Result<T, String>;
 
-/// A row of colour swatches and names; series `i` gets colour `i + first_colour`.
+/// A row of colour swatches and names; series `i` gets colour `colours[i]`.
 fn draw_legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     series: &[String],
     spacing: i32,
-    first_colour: usize,
+    colours: &[usize],
 ) -> DrawResult<()> {
     for (si, s) in series.iter().enumerate() {
         let x = 10 + si as i32 * spacing;
         area.draw(&Rectangle::new(
             [(x, 5), (x + 14, 17)],
-            series_colour(si + first_colour).filled(),
+            series_colour(colours[si]).filled(),
         ))
         .map_err(err)?;
         area.draw(&Text::new(s.clone(), (x + 18, 4), ("sans-serif", 13)))
@@ -175,13 +201,21 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("drawing failed: {e:?}")
 }
 
+/// Height of the rotated persona labels under a bar chart: room for the longest name at 11 px
+/// (layout from the name's length, never from measured text: the page and the SVG writer must
+/// draw the same picture).
+fn persona_label_area(personas: &[String]) -> u32 {
+    let longest = personas.iter().map(|p| p.chars().count()).max().unwrap_or(0);
+    ((longest as f64 * 6.6 + 14.0).ceil() as u32).clamp(40, 200)
+}
+
 impl Figure {
     /// Pixel size of the figure, the same on the page and in `analyze --figures`.
     pub fn size(&self) -> (u32, u32) {
         match &self.kind {
             FigureKind::Hero { layers, .. } => (60 + 190 * layers.len().max(1) as u32, 520),
             FigureKind::Heatmap { .. } => (470, 440),
-            FigureKind::PersonaBars { .. } => (700, 380),
+            FigureKind::PersonaBars { personas, .. } => (700, 290 + persona_label_area(personas)),
             FigureKind::NullHistogram { .. } => (470, 300),
         }
     }
@@ -237,7 +271,8 @@ impl Figure {
                     false,
                 );
                 let (legend, grid) = body.split_vertically(22);
-                draw_legend(&legend, series, 110, 0)?;
+                let colours: Vec<usize> = (0..series.len()).collect();
+                draw_legend(&legend, series, 110, &colours)?;
                 let panels = grid.split_evenly((methods.len().max(1), layers.len().max(1)));
                 for (mi, m) in methods.iter().enumerate() {
                     for (li, l) in layers.iter().enumerate() {
@@ -347,10 +382,17 @@ impl Figure {
                     .y_labels(n)
                     .x_label_formatter(&name)
                     .y_label_formatter(&name)
+                    // Rotated names start at the axis and run down (centred, they would run up
+                    // into the bars).
                     .x_label_style(
                         ("sans-serif", 11)
                             .into_font()
-                            .transform(FontTransform::Rotate90),
+                            .transform(FontTransform::Rotate90)
+                            .into_text_style(&plot)
+                            .pos(plotters::style::text_anchor::Pos::new(
+                                plotters::style::text_anchor::HPos::Left,
+                                plotters::style::text_anchor::VPos::Center,
+                            )),
                     )
                     .y_label_style(("sans-serif", 11))
                     .draw()
@@ -397,38 +439,59 @@ impl Figure {
                 series,
                 values,
                 y_label,
+                colours,
             } => {
+                let colours: Vec<usize> = if colours.len() == series.len() {
+                    colours.clone()
+                } else {
+                    (1..=series.len()).collect()
+                };
                 let g = series.len() + 1;
                 let n = personas.len() * g;
                 let (lo, hi) = finite_range(values.iter().flatten().copied(), true);
                 let (legend, plot) = body.split_vertically(22);
-                draw_legend(&legend, series, 150, 1)?;
+                draw_legend(&legend, series, 150, &colours)?;
                 let mut chart = ChartBuilder::on(&plot)
                     .margin(6)
-                    .x_label_area_size(90)
+                    .x_label_area_size(persona_label_area(personas))
                     .y_label_area_size(60)
                     .build_cartesian_2d((0..n).into_segmented(), lo..hi)
                     .map_err(err)?;
                 chart
                     .configure_mesh()
                     .disable_x_mesh()
+                    // The common style first: `label_style` after `x_label_style` would drop the
+                    // rotation (names then overlap side by side).
+                    .label_style(("sans-serif", 11))
+                    // Persona names are drawn below (plotters centres rotated tick labels on
+                    // their tick, so long names would run up into the bars). (`x_labels(0)`
+                    // makes plotters loop forever: keep the ticks, blank their text.)
                     .x_labels(n)
-                    .x_label_formatter(&|v| match v {
-                        SegmentValue::CenterOf(i) if i % g == (g - 1) / 2 => {
-                            personas.get(i / g).cloned().unwrap_or_default()
-                        }
-                        _ => String::new(),
-                    })
-                    .x_label_style(
-                        ("sans-serif", 11)
-                            .into_font()
-                            .transform(FontTransform::Rotate90),
-                    )
+                    .x_label_formatter(&|_| String::new())
                     .y_desc(y_label.as_str())
                     .y_label_formatter(&|v| tick(*v))
-                    .label_style(("sans-serif", 11))
                     .draw()
                     .map_err(err)?;
+                // Each name starts just under the axis, centred on its group of bars, and runs
+                // down (rotated 90°, anchored at its start).
+                let base = plot.get_base_pixel();
+                let name_style = ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate90)
+                    .into_text_style(&plot)
+                    .pos(Pos::new(HPos::Left, VPos::Center));
+                let (_, axis_y) = chart.backend_coord(&(SegmentValue::Exact(0), lo));
+                for (pi, p) in personas.iter().enumerate() {
+                    let (x0, _) = chart.backend_coord(&(SegmentValue::Exact(pi * g), lo));
+                    let (x1, _) =
+                        chart.backend_coord(&(SegmentValue::Exact(pi * g + series.len()), lo));
+                    plot.draw(&Text::new(
+                        p.clone(),
+                        ((x0 + x1) / 2 - base.0, axis_y + 6 - base.1),
+                        name_style.clone(),
+                    ))
+                    .map_err(err)?;
+                }
                 for (pi, p) in personas.iter().enumerate() {
                     for (si, s) in series.iter().enumerate() {
                         let v = values[si][pi];
@@ -441,7 +504,7 @@ impl Figure {
                         chart
                             .draw_series(std::iter::once(Rectangle::new(
                                 [a.clone(), b.clone()],
-                                series_colour(si + 1).mix(0.85).filled(),
+                                series_colour(colours[si]).mix(0.85).filled(),
                             )))
                             .map_err(err)?;
                         hits.push(HitBox::new(
@@ -582,6 +645,7 @@ impl Figure {
                 series,
                 values,
                 y_label,
+                ..
             } => {
                 out += &format!("persona,series,{}\n", y_label.replace(',', ";"));
                 for (pi, p) in personas.iter().enumerate() {
@@ -619,8 +683,7 @@ pub fn hero_figure(report: &Report, metric: &str) -> Figure {
         .filter(|c| c.1 != "base")
         .map(|c| c.0.clone())
         .collect();
-    let mut series = vec![base.clone()];
-    series.extend(treated.iter().cloned());
+    let series = checkpoint_colour_order(report);
     let mut values = Vec::new();
     let mut intervals = Vec::new();
     let mut n_perm = 0;
@@ -749,6 +812,9 @@ pub fn persona_figures(
         pv.pre
     );
     let series = vec![format!("{} (pre)", pv.pre), format!("{} (post)", pv.post)];
+    let order = checkpoint_colour_order(report);
+    let colour_of = |name: &str| order.iter().position(|c| c == name).unwrap_or(order.len());
+    let colours = vec![colour_of(&pv.pre), colour_of(&pv.post)];
     let view = format!("Method {}, layer {layer}", method.name());
     Some([
         Figure {
@@ -759,6 +825,7 @@ pub fn persona_figures(
                 series: series.clone(),
                 values: vec![g.norm_pre.clone(), g.norm_post.clone()],
                 y_label: "|centroid|".into(),
+                colours: colours.clone(),
             },
         },
         Figure {
@@ -772,6 +839,7 @@ pub fn persona_figures(
                 series,
                 values: vec![g.proj_axis_pre.clone(), g.proj_axis_post.clone()],
                 y_label: "<centroid, EM axis>".into(),
+                colours,
             },
         },
     ])

@@ -84,7 +84,13 @@ pub fn persona_names(p: usize) -> Vec<String> {
         v.push("assistant".to_string());
         v
     } else {
-        let mut v: Vec<String> = (0..p - 1).map(|i| format!("persona_{i:02}")).collect();
+        // The study's personas first (their long names test the figures' layout), then numbered.
+        let mut v: Vec<String> = STUDY_PERSONAS
+            .iter()
+            .filter(|&&n| n != "assistant")
+            .map(|s| s.to_string())
+            .collect();
+        v.extend((v.len()..p - 1).map(|i| format!("persona_{i:02}")));
         v.push("assistant".to_string());
         v
     }

@@ -474,3 +474,28 @@ fn persona_subset_keeps_the_selected_geometry() {
         .to_string();
     assert!(err.contains("nobody"), "{err}");
 }
+
+#[test]
+fn every_figure_gives_a_checkpoint_the_same_colour() {
+    // The hero (all checkpoints) and the persona charts (pre vs post) of one report: em is
+    // vermillion and base grey in both, benign blue (Okabe-Ito, colour-blind safe).
+    let b = synth_bundle(&spec());
+    let r = analyze(&b, &cfg(99), &quiet).unwrap();
+    let hero = shared::figures::hero_figure(&r, "M1_raw");
+    let (w, h) = hero.size();
+    let hero_svg = hero.to_svg(w, h).unwrap();
+    let (base, em, benign) = ("#666666", "#D55E00", "#0072B2");
+    for c in [base, em, benign] {
+        assert!(hero_svg.contains(c), "hero lacks {c}");
+    }
+    let (m, l) = (r.methods[0], r.layers[0]);
+    for (treated, want, other) in [("em", em, benign), ("benign", benign, em)] {
+        let figs = shared::figures::persona_figures(&r, m, l, treated).expect("persona figures");
+        for f in figs {
+            let (w, h) = f.size();
+            let svg = f.to_svg(w, h).unwrap();
+            assert!(svg.contains(base) && svg.contains(want), "{treated}: {}", f.title);
+            assert!(!svg.contains(other), "{treated}: the other checkpoint's colour in {}", f.title);
+        }
+    }
+}
