@@ -214,7 +214,10 @@ impl Figure {
     pub fn size(&self) -> (u32, u32) {
         match &self.kind {
             FigureKind::Hero { layers, .. } => (60 + 190 * layers.len().max(1) as u32, 520),
-            FigureKind::Heatmap { .. } => (470, 440),
+            FigureKind::Heatmap { labels, .. } => {
+                let la = persona_label_area(labels);
+                (400 + la, 360 + la)
+            }
             FigureKind::PersonaBars { personas, .. } => (700, 290 + persona_label_area(personas)),
             FigureKind::NullHistogram { .. } => (470, 300),
         }
@@ -356,69 +359,78 @@ impl Figure {
                 diverging,
             } => {
                 let n = labels.len();
-                let scale = if *diverging {
-                    values
+                // Colour scale fit to the data and stated on the bar: Δ symmetric around 0
+                // (±max|Δ|); cosines from the smallest to the largest off-diagonal value (a
+                // fixed ±1 scale paints every raw-cosine matrix solid red).
+                let (lo, hi) = if *diverging {
+                    let m = values
                         .iter()
                         .filter(|v| v.is_finite())
-                        .fold(1e-12f64, |a, v| a.max(v.abs()))
+                        .fold(1e-12f64, |a, v| a.max(v.abs()));
+                    (-m, m)
                 } else {
-                    1.0
+                    let off = (0..n * n)
+                        .filter(|k| k / n != k % n)
+                        .map(|k| values[k])
+                        .filter(|v| v.is_finite());
+                    let (a, b) = off.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                        (a.min(v), b.max(v))
+                    });
+                    if a.is_finite() && b > a {
+                        (a, b)
+                    } else {
+                        (-1.0, 1.0)
+                    }
                 };
-                let (plot, bar) = body.split_horizontally(body.dim_in_pixel().0.saturating_sub(70));
-                let mut chart = ChartBuilder::on(&plot)
-                    .margin(6)
-                    .x_label_area_size(90)
-                    .y_label_area_size(90)
-                    .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())
-                    .map_err(err)?;
-                let name = |v: &SegmentValue<usize>| match v {
-                    SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-                    _ => String::new(),
-                };
-                chart
-                    .configure_mesh()
-                    .disable_mesh()
-                    .x_labels(n)
-                    .y_labels(n)
-                    .x_label_formatter(&name)
-                    .y_label_formatter(&name)
-                    // Rotated names start at the axis and run down (centred, they would run up
-                    // into the bars).
-                    .x_label_style(
-                        ("sans-serif", 11)
-                            .into_font()
-                            .transform(FontTransform::Rotate90)
-                            .into_text_style(&plot)
-                            .pos(plotters::style::text_anchor::Pos::new(
-                                plotters::style::text_anchor::HPos::Left,
-                                plotters::style::text_anchor::VPos::Center,
-                            )),
-                    )
-                    .y_label_style(("sans-serif", 11))
-                    .draw()
-                    .map_err(err)?;
+                let t_of = |v: f64| 2.0 * (v - lo) / (hi - lo) - 1.0;
+                let la = persona_label_area(labels) as i32;
+                let (plot, bar) = body.split_horizontally(body.dim_in_pixel().0.saturating_sub(80));
+                let (pw, ph) = plot.dim_in_pixel();
+                // The cell grid: square cells, names left of the rows and under the columns.
+                let side = ((pw as i32 - la - 8).min(ph as i32 - la - 8)).max(n as i32);
+                let cell = side / n.max(1) as i32;
+                let (gx, gy) = (la, 6);
                 for i in 0..n {
                     for j in 0..n {
                         let v = values[i * n + j];
-                        // Row i at the top: y counts downwards from n.
-                        let (y0, y1) = (SegmentValue::Exact(n - 1 - i), SegmentValue::Exact(n - i));
-                        let (x0, x1) = (SegmentValue::Exact(j), SegmentValue::Exact(j + 1));
-                        chart
-                            .draw_series(std::iter::once(Rectangle::new(
-                                [(x0.clone(), y0.clone()), (x1.clone(), y1.clone())],
-                                diverging_colour(v / scale).filled(),
-                            )))
-                            .map_err(err)?;
+                        let (x0, y0) = (gx + j as i32 * cell, gy + i as i32 * cell);
+                        let (x1, y1) = (x0 + cell, y0 + cell);
+                        plot.draw(&Rectangle::new(
+                            [(x0, y0), (x1, y1)],
+                            diverging_colour(t_of(v)).filled(),
+                        ))
+                        .map_err(err)?;
+                        let base = plot.get_base_pixel();
                         hits.push(HitBox::new(
-                            chart.backend_coord(&(x0, y0)),
-                            chart.backend_coord(&(x1, y1)),
+                            (x0 + base.0, y0 + base.1),
+                            (x1 + base.0, y1 + base.1),
                             format!("{} x {}: {}", labels[i], labels[j], fmt(v)),
                         ));
                     }
                 }
-                // Colour bar.
-                let (w, h) = bar.dim_in_pixel();
-                let (top, bottom) = (20i32, h as i32 - 100);
+                let right = ("sans-serif", 11)
+                    .into_font()
+                    .into_text_style(&plot)
+                    .pos(Pos::new(HPos::Right, VPos::Center));
+                let down = ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate90)
+                    .into_text_style(&plot)
+                    .pos(Pos::new(HPos::Left, VPos::Center));
+                for (k, name) in labels.iter().enumerate() {
+                    let mid = k as i32 * cell + cell / 2;
+                    plot.draw(&Text::new(name.clone(), (gx - 4, gy + mid), right.clone()))
+                        .map_err(err)?;
+                    plot.draw(&Text::new(
+                        name.clone(),
+                        (gx + mid, gy + n as i32 * cell + 4),
+                        down.clone(),
+                    ))
+                    .map_err(err)?;
+                }
+                // Colour bar with the scale's ends and middle.
+                let (_, h) = bar.dim_in_pixel();
+                let (top, bottom) = (20i32, (h as i32 - la).max(60));
                 for k in 0..=40 {
                     let t = 1.0 - 2.0 * k as f64 / 40.0;
                     let y = top + (bottom - top) * k / 40;
@@ -428,9 +440,8 @@ impl Figure {
                     ))
                     .map_err(err)?;
                 }
-                let _ = w;
-                for (t, y) in [(1.0, top), (0.0, (top + bottom) / 2), (-1.0, bottom)] {
-                    bar.draw(&Text::new(fmt(t * scale), (30, y - 6), ("sans-serif", 11)))
+                for (v, y) in [(hi, top), ((lo + hi) / 2.0, (top + bottom) / 2), (lo, bottom)] {
+                    bar.draw(&Text::new(fmt(v), (30, y - 6), ("sans-serif", 11)))
                         .map_err(err)?;
                 }
             }
@@ -855,6 +866,35 @@ fn xml_escape(t: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cosine_heatmap_scale_fits_the_off_diagonal_values() {
+        // Raw cosines between 0.90 and 0.95 (diagonal 1): the scale runs 0.90 to 0.95, stated
+        // on the bar, so the smallest cell is the bar's bottom colour, not a near-white red.
+        let v = [1.0, 0.90, 0.93, 0.90, 1.0, 0.95, 0.93, 0.95, 1.0];
+        let f = Figure {
+            title: "t".into(),
+            caption: "c".into(),
+            kind: FigureKind::Heatmap {
+                labels: vec!["a".into(), "b".into(), "c".into()],
+                values: v.to_vec(),
+                diverging: false,
+            },
+        };
+        let (w, h) = f.size();
+        let svg = f.to_svg(w, h).unwrap();
+        let hex = |c: RGBColor| format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
+        let cells: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<rect"))
+            .take(10)
+            .collect();
+        // cells[0] is the background; then row by row: (0,1) = 0.90 the smallest, (1,2) =
+        // 0.95 the largest.
+        assert!(cells[2].contains(&hex(diverging_colour(-1.0))), "{}", cells[2]);
+        assert!(cells[6].contains(&hex(diverging_colour(1.0))), "{}", cells[6]);
+        assert!(svg.contains("\n0.9000\n") && svg.contains("\n0.9500\n"));
+    }
 
     #[test]
     fn svg_carries_title_and_caption() {
