@@ -315,6 +315,19 @@ impl Figure {
                             .draw()
                             .map_err(err)?;
                         let base_y = if lo <= 0.0 && hi >= 0.0 { 0.0 } else { lo };
+                        // A (method, layer) whose tests have not finished says so: an empty
+                        // panel would read as "no effect".
+                        if values[mi][li].iter().all(|v| !v.is_finite()) {
+                            let (w, h) = area.dim_in_pixel();
+                            area.draw(&Text::new(
+                                "not computed yet",
+                                (w as i32 / 2, h as i32 / 2),
+                                TextStyle::from(("sans-serif", 12).into_font())
+                                    .color(&RGBColor(90, 90, 90))
+                                    .pos(Pos::new(HPos::Center, VPos::Center)),
+                            ))
+                            .map_err(err)?;
+                        }
                         for si in 0..series.len() {
                             let v = values[mi][li][si];
                             if !v.is_finite() {
@@ -894,6 +907,28 @@ mod tests {
         assert!(cells[2].contains(&hex(diverging_colour(-1.0))), "{}", cells[2]);
         assert!(cells[6].contains(&hex(diverging_colour(1.0))), "{}", cells[6]);
         assert!(svg.contains("\n0.9000\n") && svg.contains("\n0.9500\n"));
+    }
+
+    #[test]
+    fn hero_panels_not_computed_say_so() {
+        let f = |second: f64| Figure {
+            title: "hero".into(),
+            caption: String::new(),
+            kind: FigureKind::Hero {
+                metric: "M1_raw".into(),
+                methods: vec!["A".into()],
+                layers: vec![3, 5],
+                series: vec!["base".into(), "em".into()],
+                values: vec![vec![vec![0.5, 0.6], vec![second, second]]],
+                intervals: vec![vec![vec![None, None], vec![None, None]]],
+            },
+        };
+        let svg = |fig: Figure| {
+            let (w, h) = fig.size();
+            fig.to_svg(w, h).unwrap()
+        };
+        assert_eq!(svg(f(f64::NAN)).matches("not computed yet").count(), 1);
+        assert!(!svg(f(0.7)).contains("not computed yet"));
     }
 
     #[test]
