@@ -17,6 +17,7 @@ pub mod npy;
 pub mod study;
 pub mod template;
 pub mod tokenize;
+pub mod train_data;
 pub mod weights;
 pub mod workload;
 

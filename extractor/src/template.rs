@@ -91,6 +91,16 @@ impl ChatTemplate {
         if let Some(a) = assistant {
             messages.push(serde_json::json!({"role": "assistant", "content": a}));
         }
+        self.render_messages(&messages, add_generation_prompt)
+    }
+
+    /// Any conversation (`[{"role": ..., "content": ...}, ...]`), as the model's template
+    /// renders it (training data has several turns).
+    pub fn render_messages(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tpl = self.env.get_template("chat").expect("added in new");
         tpl.render(minijinja::context! {
             messages => Value::from_serialize(&messages),
