@@ -825,6 +825,37 @@ impl Model {
         })
     }
 
+    /// Summed next-token cross-entropy (f64) of `tokens[from..]` given everything before them,
+    /// for one unpadded sequence: the training loss's numerator for one example (its label
+    /// tokens are `tokens[from..]`). Forward only (no gradients).
+    pub fn label_cross_entropy(&self, tokens: &[u32], from: usize) -> Result<f64> {
+        anyhow::ensure!(
+            from >= 1 && from < tokens.len(),
+            "labels must start after the first token and before the end"
+        );
+        let mut cache = self.new_cache(1, tokens.len())?;
+        let (h, _) = self.forward_blocks(
+            &[tokens.to_vec()],
+            &[vec![true; tokens.len()]],
+            &mut cache,
+            &[],
+            true,
+        )?;
+        // Positions from−1 .. len−2 predict tokens from .. len−1.
+        let n = tokens.len() - from;
+        let h = h.squeeze(0)?.narrow(0, from - 1, n)?;
+        let h = self.rms_norm(&h, &self.norm)?;
+        let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let mut total = 0.0f64;
+        for (row, &target) in rows.iter().zip(&tokens[from..]) {
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+            let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            total += lse - row[target as usize] as f64;
+        }
+        Ok(total)
+    }
+
     /// Hidden states of every position at `capture` layers for one unpadded sequence
     /// ([layer][position][hidden]); used for the `templated` Method-B span.
     pub fn all_positions(&self, tokens: &[u32], capture: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {

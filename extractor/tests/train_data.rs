@@ -93,3 +93,53 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The loss of every optimizer step's batch under a fixed adapter, forward only: with
+/// `adapter_init` it must equal the trainer's step-1 loss (before any update), and with
+/// `adapter_final` it must be below it. (The trainer's later losses need the updates: not
+/// built yet.)
+#[test]
+fn step_one_loss_equals_the_trainers() {
+    use candle_core::{DType, Device};
+    let data = fixtures().join("lora-train/train.jsonl");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let loaded = extractor::weights::load_hf_dir(&fixtures().join("hf-tiny-qwen2/model")).unwrap();
+    let tpl = loaded.chat_template().unwrap();
+    let examples = read_examples(&data, None).unwrap();
+    let step1 = &expected["steps"][0];
+    let idx: Vec<usize> = step1["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as usize)
+        .collect();
+    let loss_with = |adapter: &str| -> f64 {
+        let mut w = loaded.weights.clone();
+        extractor::lora::merge_adapter(
+            &fixtures().join("lora-train").join(adapter),
+            &mut w,
+            extractor::fixture_check::FIXTURE_ID,
+            false,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let model =
+            extractor::model::Model::new(loaded.cfg.clone(), w, &Device::Cpu, DType::F32).unwrap();
+        let (mut sum, mut n) = (0.0, 0usize);
+        for &i in &idx {
+            let t = tokenize_example(&tpl, &loaded.tokenizer, &examples[i], 2048, &data).unwrap();
+            sum += model.label_cross_entropy(&t.ids, t.labels_from).unwrap();
+            n += t.label_tokens();
+        }
+        assert_eq!(n as u64, step1["label_tokens"].as_u64().unwrap());
+        sum / n as f64
+    };
+    let want = step1["loss"].as_f64().unwrap();
+    let got = loss_with("adapter_init");
+    eprintln!("step-1 loss: ours {got}, trainer {want}, relative difference {:e}", (got - want) / want);
+    assert!(((got - want) / want).abs() < 1e-5, "step-1 loss {got} vs trainer {want}");
+    assert!(loss_with("adapter_final") < want);
+}
