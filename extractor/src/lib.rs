@@ -18,6 +18,7 @@ pub mod study;
 pub mod template;
 pub mod tokenize;
 pub mod train_data;
+pub mod train_schedule;
 pub mod weights;
 pub mod workload;
 

@@ -143,3 +143,22 @@ fn step_one_loss_equals_the_trainers() {
     assert!(((got - want) / want).abs() < 1e-5, "step-1 loss {got} vs trainer {want}");
     assert!(loss_with("adapter_final") < want);
 }
+
+#[test]
+fn learning_rate_per_step_equals_the_trainers() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let r = &expected["recipe"];
+    let (lr, total, warmup) = (
+        r["lr"].as_f64().unwrap(),
+        r["optimizer_steps"].as_u64().unwrap() as usize,
+        r["warmup_steps"].as_u64().unwrap() as usize,
+    );
+    for (s, step) in expected["steps"].as_array().unwrap().iter().enumerate() {
+        let want = step["lr"].as_f64().unwrap();
+        let got = extractor::train_schedule::linear_warmup_lr(lr, s, warmup, total);
+        assert!((got - want).abs() <= 1e-15 * lr, "step {s}: {got} vs {want}");
+    }
+}
