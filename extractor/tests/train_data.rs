@@ -8,13 +8,18 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
 }
 
+/// The training oracle's record (recipe and per-step loss, lr, label tokens, examples).
+fn oracle() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn label_tokens_per_step_match_the_trainer() {
     let data = fixtures().join("lora-train/train.jsonl");
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
-    )
-    .unwrap();
+    let expected = oracle();
     let model = extractor::weights::load_hf_dir(&fixtures().join("hf-tiny-qwen2/model")).unwrap();
     let tpl = model.chat_template().unwrap();
     let examples = read_examples(&data, None).unwrap();
@@ -102,10 +107,7 @@ fn tempdir() -> PathBuf {
 fn step_one_loss_equals_the_trainers() {
     use candle_core::{DType, Device};
     let data = fixtures().join("lora-train/train.jsonl");
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
-    )
-    .unwrap();
+    let expected = oracle();
     let loaded = extractor::weights::load_hf_dir(&fixtures().join("hf-tiny-qwen2/model")).unwrap();
     let tpl = loaded.chat_template().unwrap();
     let examples = read_examples(&data, None).unwrap();
@@ -146,10 +148,7 @@ fn step_one_loss_equals_the_trainers() {
 
 #[test]
 fn learning_rate_per_step_equals_the_trainers() {
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
-    )
-    .unwrap();
+    let expected = oracle();
     let r = &expected["recipe"];
     let (lr, total, warmup) = (
         r["lr"].as_f64().unwrap(),
