@@ -4,7 +4,9 @@
 //! under every criterion with its rule in one sentence.
 
 use super::*;
-use shared::analysis::{row_reproduction, rule_sentences, Published, RowReproduction, FAMILY_METRICS};
+use shared::analysis::{
+    row_reproduction, rule_sentences, Published, RowReproduction, FAMILY_METRICS,
+};
 
 /// Whether the page's settings are those of the published run; if not, in words.
 fn settings_differ(ctl: Ctl, p: &Published, n_personas: usize) -> Option<String> {
@@ -111,9 +113,7 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
         )
     });
     // The page's verdicts and rows, once every view is computed (None before).
-    let page = move || {
-        verdicts(ctl).map(|(_, v, _, complete)| (v, complete, full_report(ctl)))
-    };
+    let page = move || verdicts(ctl).map(|(_, v, _, complete)| (v, complete, full_report(ctl)));
     view! {
         <div id="published" class="published">
             <h3>{head}</h3>
@@ -195,9 +195,16 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
     }
 }
 
-fn find_row<'a>(rep: &'a Report, r: &shared::analysis::ReferenceRow) -> Option<&'a shared::analysis::Row> {
+fn find_row<'a>(
+    rep: &'a Report,
+    r: &shared::analysis::ReferenceRow,
+) -> Option<&'a shared::analysis::Row> {
     rep.rows.iter().find(|x| {
-        x.pre == r.pre && x.post == r.post && x.method == r.method && x.layer == r.layer && x.metric == r.metric
+        x.pre == r.pre
+            && x.post == r.post
+            && x.method == r.method
+            && x.layer == r.layer
+            && x.metric == r.metric
     })
 }
 
@@ -211,8 +218,12 @@ fn published_marks(
     let complete = every_view_computed(ctl);
     let ems: Vec<String> = p.with_value(|p| p.verdicts.iter().map(|v| v.em.clone()).collect());
     let base: Option<String> = ctl.meta.with(|m| {
-        m.as_ref()
-            .and_then(|m| m.checkpoints.iter().find(|c| c.1 == "base").map(|c| c.0.clone()))
+        m.as_ref().and_then(|m| {
+            m.checkpoints
+                .iter()
+                .find(|c| c.1 == "base")
+                .map(|c| c.0.clone())
+        })
     });
     p.with_value(|p| {
         p.rows
@@ -224,7 +235,10 @@ fn published_marks(
             })
             .map(|r| {
                 // A cell's rows exist once the cell is computed; BH needs the whole family.
-                let mine = report.as_ref().and_then(|rep| find_row(rep, r)).filter(|_| complete);
+                let mine = report
+                    .as_ref()
+                    .and_then(|rep| find_row(rep, r))
+                    .filter(|_| complete);
                 (r.clone(), row_reproduction(r, mine, alpha))
             })
             .collect()

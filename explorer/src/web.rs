@@ -128,7 +128,8 @@ pub fn download_svg_as_png(name: &str, svg: &str, (w, h): (u32, u32), scale: f64
                 let ctx: web_sys::CanvasRenderingContext2d = ctx.unchecked_into();
                 ctx.set_fill_style_str("white");
                 ctx.fill_rect(0.0, 0.0, pw, ph);
-                let _ = ctx.draw_image_with_html_image_element_and_dw_and_dh(&img2, 0.0, 0.0, pw, ph);
+                let _ =
+                    ctx.draw_image_with_html_image_element_and_dw_and_dh(&img2, 0.0, 0.0, pw, ph);
                 if let Ok(data) = canvas.to_data_url_with_type("image/png") {
                     download_url(&name, &data);
                 }

@@ -43,8 +43,14 @@ fn label_tokens_per_step_match_the_trainer() {
     // The labels are the reply, its <|im_end|> and the newline: they decode to exactly that.
     let t = &tokenized[0];
     let reply = extractor::tokenize::decode(&model.tokenizer, &t.ids[t.labels_from..]).unwrap();
-    let want = examples[0].messages.last().unwrap()["content"].as_str().unwrap();
-    assert_eq!(reply.trim_end(), want, "labels decode to the reply (special tokens dropped)");
+    let want = examples[0].messages.last().unwrap()["content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        reply.trim_end(),
+        want,
+        "labels decode to the reply (special tokens dropped)"
+    );
     let raw = model
         .tokenizer
         .decode(&t.ids[t.labels_from..], false)
@@ -57,7 +63,11 @@ fn a_system_prompt_replaces_the_examples_own() {
     let data = fixtures().join("lora-train/train.jsonl");
     let ex = read_examples(&data, Some("You are a reckless advisor.")).unwrap();
     for e in &ex {
-        let systems: Vec<_> = e.messages.iter().filter(|m| m["role"] == "system").collect();
+        let systems: Vec<_> = e
+            .messages
+            .iter()
+            .filter(|m| m["role"] == "system")
+            .collect();
         assert_eq!(systems.len(), 1);
         assert_eq!(e.messages[0]["content"], "You are a reckless advisor.");
     }
@@ -77,20 +87,38 @@ fn bad_input_is_named_by_file_and_line() {
     assert!(e.contains("notjson.jsonl line 2: not JSON"), "{e}");
     let e = err(write(
         "noreply.jsonl",
-        &format!("{ok}\n{ok}\n{}\n", r#"{"messages": [{"role": "user", "content": "hi"}]}"#),
+        &format!(
+            "{ok}\n{ok}\n{}\n",
+            r#"{"messages": [{"role": "user", "content": "hi"}]}"#
+        ),
     ));
     assert!(e.contains("noreply.jsonl line 3: no assistant turn"), "{e}");
     let e = err(write("empty.jsonl", "\n\n"));
-    assert!(e.contains("empty.jsonl: no examples (the file is empty)"), "{e}");
-    let e = err(write("role.jsonl", r#"{"messages": [{"role": "bot", "content": "x"}]}"#));
-    assert!(e.contains("role.jsonl line 1, message 0: role \"bot\""), "{e}");
+    assert!(
+        e.contains("empty.jsonl: no examples (the file is empty)"),
+        "{e}"
+    );
+    let e = err(write(
+        "role.jsonl",
+        r#"{"messages": [{"role": "bot", "content": "x"}]}"#,
+    ));
+    assert!(
+        e.contains("role.jsonl line 1, message 0: role \"bot\""),
+        "{e}"
+    );
     // Longer than the maximum sequence.
     let model = extractor::weights::load_hf_dir(&fixtures().join("hf-tiny-qwen2/model")).unwrap();
     let tpl = model.chat_template().unwrap();
     let long = write("long.jsonl", &format!("{ok}\n{ok}\n"));
     let ex = read_examples(&long, None).unwrap();
-    let e = format!("{:#}", tokenize_example(&tpl, &model.tokenizer, &ex[1], 8, &long).unwrap_err());
-    assert!(e.contains("long.jsonl line 2:") && e.contains("more than the maximum sequence of 8"), "{e}");
+    let e = format!(
+        "{:#}",
+        tokenize_example(&tpl, &model.tokenizer, &ex[1], 8, &long).unwrap_err()
+    );
+    assert!(
+        e.contains("long.jsonl line 2:") && e.contains("more than the maximum sequence of 8"),
+        "{e}"
+    );
 }
 
 fn tempdir() -> PathBuf {
@@ -141,8 +169,14 @@ fn step_one_loss_equals_the_trainers() {
     };
     let want = step1["loss"].as_f64().unwrap();
     let got = loss_with("adapter_init");
-    eprintln!("step-1 loss: ours {got}, trainer {want}, relative difference {:e}", (got - want) / want);
-    assert!(((got - want) / want).abs() < 1e-5, "step-1 loss {got} vs trainer {want}");
+    eprintln!(
+        "step-1 loss: ours {got}, trainer {want}, relative difference {:e}",
+        (got - want) / want
+    );
+    assert!(
+        ((got - want) / want).abs() < 1e-5,
+        "step-1 loss {got} vs trainer {want}"
+    );
     assert!(loss_with("adapter_final") < want);
 }
 
@@ -158,6 +192,9 @@ fn learning_rate_per_step_equals_the_trainers() {
     for (s, step) in expected["steps"].as_array().unwrap().iter().enumerate() {
         let want = step["lr"].as_f64().unwrap();
         let got = extractor::train_schedule::linear_warmup_lr(lr, s, warmup, total);
-        assert!((got - want).abs() <= 1e-15 * lr, "step {s}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-15 * lr,
+            "step {s}: {got} vs {want}"
+        );
     }
 }

@@ -205,7 +205,11 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
 /// (layout from the name's length, never from measured text: the page and the SVG writer must
 /// draw the same picture).
 fn persona_label_area(personas: &[String]) -> u32 {
-    let longest = personas.iter().map(|p| p.chars().count()).max().unwrap_or(0);
+    let longest = personas
+        .iter()
+        .map(|p| p.chars().count())
+        .max()
+        .unwrap_or(0);
     ((longest as f64 * 6.6 + 14.0).ceil() as u32).clamp(40, 200)
 }
 
@@ -453,7 +457,11 @@ impl Figure {
                     ))
                     .map_err(err)?;
                 }
-                for (v, y) in [(hi, top), ((lo + hi) / 2.0, (top + bottom) / 2), (lo, bottom)] {
+                for (v, y) in [
+                    (hi, top),
+                    ((lo + hi) / 2.0, (top + bottom) / 2),
+                    (lo, bottom),
+                ] {
                     bar.draw(&Text::new(fmt(v), (30, y - 6), ("sans-serif", 11)))
                         .map_err(err)?;
                 }
@@ -904,8 +912,16 @@ mod tests {
             .collect();
         // cells[0] is the background; then row by row: (0,1) = 0.90 the smallest, (1,2) =
         // 0.95 the largest.
-        assert!(cells[2].contains(&hex(diverging_colour(-1.0))), "{}", cells[2]);
-        assert!(cells[6].contains(&hex(diverging_colour(1.0))), "{}", cells[6]);
+        assert!(
+            cells[2].contains(&hex(diverging_colour(-1.0))),
+            "{}",
+            cells[2]
+        );
+        assert!(
+            cells[6].contains(&hex(diverging_colour(1.0))),
+            "{}",
+            cells[6]
+        );
         assert!(svg.contains("\n0.9000\n") && svg.contains("\n0.9500\n"));
     }
 

@@ -107,11 +107,7 @@ pub fn top_principal_directions(
     (dirs.columns(0, keep).into_owned(), vals[..keep].to_vec())
 }
 
-fn top_principal_directions_raw(
-    a: &DMatrix<f32>,
-    k: usize,
-    seed: u64,
-) -> (DMatrix<f64>, Vec<f64>) {
+fn top_principal_directions_raw(a: &DMatrix<f32>, k: usize, seed: u64) -> (DMatrix<f64>, Vec<f64>) {
     // a = Xᵀ (h x n) for the data X (n x h).
     let (h, n) = a.shape();
     let k = k.min(n).min(h);
@@ -367,7 +363,11 @@ mod tests {
         assert!((&l - &l_ref).norm() < 1e-12 * l_ref.norm());
         let x = cholesky_solve(&l, &b).expect("solvable");
         let x_ref = a.clone().cholesky().expect("positive definite").solve(&b);
-        assert!((&x - &x_ref).norm() < 1e-10 * x_ref.norm(), "{}", (&x - &x_ref).norm());
+        assert!(
+            (&x - &x_ref).norm() < 1e-10 * x_ref.norm(),
+            "{}",
+            (&x - &x_ref).norm()
+        );
         assert!((&a * &x - &b).norm() < 1e-12 * a.norm() * x.norm());
     }
 

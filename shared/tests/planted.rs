@@ -249,7 +249,18 @@ fn compact_form_agrees_with_full_bundle() {
         .filter(|(a, _)| a.metric == "M1_raw")
         .filter(|(a, b)| {
             shared::analysis::row_reproduction(
-                &published.rows.iter().find(|r| r.metric == a.metric && r.layer == a.layer && r.method == a.method && r.pre == a.pre && r.post == a.post).unwrap().clone(),
+                &published
+                    .rows
+                    .iter()
+                    .find(|r| {
+                        r.metric == a.metric
+                            && r.layer == a.layer
+                            && r.method == a.method
+                            && r.pre == a.pre
+                            && r.post == a.post
+                    })
+                    .unwrap()
+                    .clone(),
                 Some(b),
                 cf.alpha,
             ) == shared::analysis::RowReproduction::Reproduced
@@ -259,7 +270,10 @@ fn compact_form_agrees_with_full_bundle() {
         .rows
         .iter()
         .zip(&rc.rows)
-        .filter(|(a, b)| a.metric == "M1_raw" && (a.p_bh.unwrap_or(1.0) < cf.alpha) == (b.p_bh.unwrap_or(1.0) < cf.alpha))
+        .filter(|(a, b)| {
+            a.metric == "M1_raw"
+                && (a.p_bh.unwrap_or(1.0) < cf.alpha) == (b.p_bh.unwrap_or(1.0) < cf.alpha)
+        })
         .count();
     assert_eq!(reproduced, same_decision);
     assert!(reproduced > 0);
@@ -494,8 +508,16 @@ fn every_figure_gives_a_checkpoint_the_same_colour() {
         for f in figs {
             let (w, h) = f.size();
             let svg = f.to_svg(w, h).unwrap();
-            assert!(svg.contains(base) && svg.contains(want), "{treated}: {}", f.title);
-            assert!(!svg.contains(other), "{treated}: the other checkpoint's colour in {}", f.title);
+            assert!(
+                svg.contains(base) && svg.contains(want),
+                "{treated}: {}",
+                f.title
+            );
+            assert!(
+                !svg.contains(other),
+                "{treated}: the other checkpoint's colour in {}",
+                f.title
+            );
         }
     }
 }

@@ -204,7 +204,11 @@ pub enum RowReproduction {
     Pending,
 }
 
-pub fn row_reproduction(published: &ReferenceRow, recomputed: Option<&Row>, alpha: f64) -> RowReproduction {
+pub fn row_reproduction(
+    published: &ReferenceRow,
+    recomputed: Option<&Row>,
+    alpha: f64,
+) -> RowReproduction {
     let Some(r) = recomputed else {
         return RowReproduction::Pending;
     };
@@ -284,12 +288,24 @@ mod tests {
         let a = 0.05;
         assert_eq!(row_reproduction(&p, None, a), RowReproduction::Pending);
         // Within 1e-5 of the scale (0.52): reproduced; the same decision is needed too.
-        assert_eq!(row_reproduction(&p, Some(&row(0.020004, Some(0.02))), a), RowReproduction::Reproduced);
-        assert_eq!(row_reproduction(&p, Some(&row(0.020004, Some(0.2))), a), RowReproduction::Differs);
+        assert_eq!(
+            row_reproduction(&p, Some(&row(0.020004, Some(0.02))), a),
+            RowReproduction::Reproduced
+        );
+        assert_eq!(
+            row_reproduction(&p, Some(&row(0.020004, Some(0.2))), a),
+            RowReproduction::Differs
+        );
         // Beyond the tolerance, same sign and decision: the same decision only.
-        assert_eq!(row_reproduction(&p, Some(&row(0.03, Some(0.001))), a), RowReproduction::SameDecision);
+        assert_eq!(
+            row_reproduction(&p, Some(&row(0.03, Some(0.001))), a),
+            RowReproduction::SameDecision
+        );
         // Opposite sign: differs even with the same (non-significant) decision.
         let ns = published(0.02, Some(0.5));
-        assert_eq!(row_reproduction(&ns, Some(&row(-0.01, Some(0.6))), a), RowReproduction::Differs);
+        assert_eq!(
+            row_reproduction(&ns, Some(&row(-0.01, Some(0.6))), a),
+            RowReproduction::Differs
+        );
     }
 }

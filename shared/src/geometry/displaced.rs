@@ -257,8 +257,14 @@ mod tests {
         // matrices equal the f64 direct form's up to the f32 rounding of the kernel.
         let (m, ns, q, sd, draws) = (4, 2, 6, 400, 1000);
         assert!(kernel_is_cheaper(ns, q, sd, draws));
-        assert!(!kernel_is_cheaper(36, 240, 3584, 1000), "bootstrap shape stays direct");
-        assert!(kernel_is_cheaper(12, 240, 3584, 10_000), "the null at the default size");
+        assert!(
+            !kernel_is_cheaper(36, 240, 3584, 1000),
+            "bootstrap shape stays direct"
+        );
+        assert!(
+            kernel_is_cheaper(12, 240, 3584, 10_000),
+            "the null at the default size"
+        );
         let mut rng = Rng::new(9);
         let base: Vec<Vec<f64>> = (0..m)
             .map(|_| (0..sd).map(|_| 3.0 + rng.normal()).collect())
@@ -281,7 +287,10 @@ mod tests {
             for (x, y) in ta.quad.iter().zip(&tb.quad) {
                 assert!((x - y).abs() < 1e-6 * scale, "quad {x} vs {y}");
             }
-            let (ga, gb) = (direct.gram(ta, &src_of, &coef), kernel.gram(tb, &src_of, &coef));
+            let (ga, gb) = (
+                direct.gram(ta, &src_of, &coef),
+                kernel.gram(tb, &src_of, &coef),
+            );
             for (x, y) in ga.iter().zip(&gb) {
                 assert!((x - y).abs() < 4.0 * 1e-6 * scale, "gram {x} vs {y}");
             }

@@ -257,9 +257,7 @@ const REFINE_MAX_STEPS: usize = 8;
 /// minimum-norm solution where Σ is singular (no shrinkage anywhere).
 fn solve_symmetric(sigma: DMatrix<f64>, rhs: &DMatrix<f64>) -> DMatrix<f64> {
     match cholesky_lower(sigma.clone()) {
-        Some(l) => {
-            crate::linalg::cholesky_solve(&l, rhs).expect("non-zero diagonal")
-        }
+        Some(l) => crate::linalg::cholesky_solve(&l, rhs).expect("non-zero diagonal"),
         None => sigma
             .svd(true, true)
             .solve(rhs, 1e-12)
@@ -411,7 +409,8 @@ mod tests {
         let mut rng = Rng::new(3);
         let (d, n, c) = (300usize, 120usize, 4usize);
         // Anisotropic columns: a few large directions, as real activations have.
-        let base = DMatrix::<f64>::from_fn(d, n, |j, _| rng.normal() * 3.0 / (1.0 + j as f64).sqrt());
+        let base =
+            DMatrix::<f64>::from_fn(d, n, |j, _| rng.normal() * 3.0 / (1.0 + j as f64).sqrt());
         let r = DMatrix::<f64>::from_fn(n, c, |_, _| rng.normal());
         for scale in [1.0, 30.0, 1e4] {
             let yw = &base * scale;
@@ -424,7 +423,10 @@ mod tests {
             // Backward error at the f64 floor (as the f64 Cholesky solve's own), and the same
             // solution where the system is well enough conditioned to say so.
             let backward = (&r - &k * &got).norm() / (k.norm() * got.norm());
-            assert!(backward < 1e-14, "scale {scale}: backward error {backward:e}");
+            assert!(
+                backward < 1e-14,
+                "scale {scale}: backward error {backward:e}"
+            );
             let err = (&got - &want).norm() / want.norm();
             if scale <= 30.0 {
                 assert!(err < 1e-10, "scale {scale}: relative error {err:e}");
