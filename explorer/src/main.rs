@@ -65,6 +65,13 @@ struct Analysis {
     done: usize,
 }
 
+impl Analysis {
+    /// Every (method, layer) cell is computed: the report and its verdicts are final.
+    fn every_cell_computed(&self) -> bool {
+        self.cells.iter().all(|c| c.is_some())
+    }
+}
+
 #[derive(Default)]
 struct State {
     loaded: Option<Loaded>,

@@ -240,7 +240,7 @@ pub(crate) fn every_view_computed(ctl: Ctl) -> bool {
         s.borrow()
             .analysis
             .as_ref()
-            .is_some_and(|a| a.cells.iter().all(|c| c.is_some()))
+            .is_some_and(|a| a.every_cell_computed())
     })
 }
 
@@ -273,8 +273,7 @@ pub(crate) fn verdicts(ctl: Ctl) -> Option<(Vec<SensitivityRow>, Vec<Verdict>, S
         let chosen = thr
             .map(shared::analysis::criterion_name)
             .unwrap_or_else(|| "p-only".into());
-        let complete = a.cells.iter().all(|c| c.is_some());
-        Some((sens, v, chosen, complete))
+        Some((sens, v, chosen, a.every_cell_computed()))
     })
 }
 

@@ -112,18 +112,19 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
             p.alpha.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
         )
     });
-    // The page's verdicts and rows, once every view is computed (None before).
-    let page = move || verdicts(ctl).map(|(_, v, _, complete)| (v, complete, full_report(ctl)));
+    // Computed once per change and shared by the status line, the list and the table.
+    let page = Memo::new(move |_| verdicts(ctl).map(|(_, v, _, complete)| (v, complete)));
+    let differ = Memo::new(move |_| p.with_value(|p| settings_differ(ctl, p, n_personas)));
+    let marks = Memo::new(move |_| published_marks(ctl, p));
     view! {
         <div id="published" class="published">
             <h3>{head}</h3>
             <p id="reverify-status" role="status" aria-live="polite">{move || {
-                let differ = p.with_value(|p| settings_differ(ctl, p, n_personas));
-                if let Some(d) = differ {
+                if let Some(d) = differ.get() {
                     return d;
                 }
-                match page() {
-                    Some((v, true, _)) => {
+                match page.get() {
+                    Some((v, true)) => {
                         let same = p.with_value(|p| p.verdicts.iter().all(|pv| v.iter().any(|x| x.em == pv.em && x.criterion == pv.criterion && x.verdict == pv.verdict)));
                         if same {
                             "Re-verified in this browser: the verdict under every criterion is the published one.".to_string()
@@ -139,12 +140,12 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
             }}</p>
             <ul class="verdicts">
             {move || {
-                let differ = p.with_value(|p| settings_differ(ctl, p, n_personas)).is_some();
-                let page = page();
+                let differ = differ.with(|d| d.is_some());
+                let page = page.get();
                 p.with_value(|p| p.verdicts.clone()).into_iter().map(|pv| {
                     let (mark, text) = match (&page, differ) {
                         (_, true) => ("settings", "not for these settings".to_string()),
-                        (Some((v, true, _)), false) => match v.iter().find(|x| x.em == pv.em && x.criterion == pv.criterion) {
+                        (Some((v, true)), false) => match v.iter().find(|x| x.em == pv.em && x.criterion == pv.criterion) {
                             Some(x) if x.verdict == pv.verdict => ("reproduced", "reproduced".to_string()),
                             Some(x) => ("differs", format!("this page: {}", x.verdict)),
                             None => ("differs", "not computed by this page".to_string()),
@@ -164,25 +165,24 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
             </ul>
             <details id="published-rows">
                 <summary>{move || {
-                    let marks = published_marks(ctl, p);
-                    let count = |k: &str| marks.iter().filter(|(_, m)| reproduction_label(m).0 == k).count();
-                    format!("Published EM-vs-base rows ({}): {} reproduced, {} same decision with an approximate value, {} differ, {} computing",
-                        marks.len(), count("reproduced"), count("same-decision"), count("differs"), count("pending"))
+                    marks.with(|marks| {
+                        let count = |k: &str| marks.iter().filter(|(_, _, m)| reproduction_label(m).0 == k).count();
+                        format!("Published EM-vs-base rows ({}): {} reproduced, {} same decision with an approximate value, {} differ, {} computing",
+                            marks.len(), count("reproduced"), count("same-decision"), count("differs"), count("pending"))
+                    })
                 }}</summary>
                 <p class="note">"Reproduced = this page's Δ within 1e-5 of the statistic's scale and the same decision (BH p < α). M1_raw, M1_centred and M2 are functions of the centroids, exact on the compact bundle; M1_separation (its within-persona spread from the f16 residuals), M3 (fitted on the stored components here, on full activations in analyze) and the p-values of truncated draws are approximate, so they can agree only in their decision."</p>
                 <div class="table-wrap">
                 <table id="published-table">
                     <thead><tr><th>"EM"</th><th>"metric"</th><th>"method"</th><th>"layer"</th><th>"published Δ"</th><th>"published p (BH)"</th><th>"this page Δ"</th><th>"this page p (BH)"</th><th>"mark"</th></tr></thead>
                     <tbody>{move || {
-                        let rows = full_report(ctl);
-                        published_marks(ctl, p).into_iter().map(|(r, mark)| {
-                            let mine = rows.as_ref().and_then(|rep| find_row(rep, &r));
+                        marks.get().into_iter().map(|(r, mine, mark)| {
                             let (cls, text) = reproduction_label(&mark);
                             view! {
                                 <tr data-reproduced=cls>
                                     <td>{r.post.clone()}</td><td>{r.metric.clone()}</td><td>{r.method.name()}</td><td>{r.layer}</td>
                                     <td>{fmt(r.delta)}</td><td>{r.p_bh.map(fmt).unwrap_or_default()}</td>
-                                    <td>{mine.map(|x| fmt(x.delta)).unwrap_or_default()}</td><td>{mine.and_then(|x| x.p_bh).map(fmt).unwrap_or_default()}</td>
+                                    <td>{mine.map(|x| fmt(x.0)).unwrap_or_default()}</td><td>{mine.and_then(|x| x.1).map(fmt).unwrap_or_default()}</td>
                                     <td class=format!("mark mark-{cls}")>{text}</td>
                                 </tr>
                             }
@@ -195,24 +195,15 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
     }
 }
 
-fn find_row<'a>(
-    rep: &'a Report,
-    r: &shared::analysis::ReferenceRow,
-) -> Option<&'a shared::analysis::Row> {
-    rep.rows.iter().find(|x| {
-        x.pre == r.pre
-            && x.post == r.post
-            && x.method == r.method
-            && x.layer == r.layer
-            && x.metric == r.metric
-    })
-}
+/// The published EM-vs-base family rows, this page's (Δ, BH p) of each where computed, and
+/// their marks.
+type PublishedMark = (
+    shared::analysis::ReferenceRow,
+    Option<(f64, Option<f64>)>,
+    RowReproduction,
+);
 
-/// The published EM-vs-base family rows with their marks against this page's rows.
-fn published_marks(
-    ctl: Ctl,
-    p: StoredValue<Published>,
-) -> Vec<(shared::analysis::ReferenceRow, RowReproduction)> {
+fn published_marks(ctl: Ctl, p: StoredValue<Published>) -> Vec<PublishedMark> {
     let report = full_report(ctl);
     let alpha = ctl.alpha.get();
     let complete = every_view_computed(ctl);
@@ -237,9 +228,13 @@ fn published_marks(
                 // A cell's rows exist once the cell is computed; BH needs the whole family.
                 let mine = report
                     .as_ref()
-                    .and_then(|rep| find_row(rep, r))
+                    .and_then(|rep| rep.rows.iter().find(|x| r.is_row(x)))
                     .filter(|_| complete);
-                (r.clone(), row_reproduction(r, mine, alpha))
+                (
+                    r.clone(),
+                    mine.map(|x| (x.delta, x.p_bh)),
+                    row_reproduction(r, mine, alpha),
+                )
             })
             .collect()
     })

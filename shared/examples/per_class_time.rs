@@ -5,23 +5,9 @@ use shared::lda::Samples;
 fn main() {
     let (p, q, d) = (12usize, 240usize, 3584usize);
     let mut rng = shared::rng::Rng::new(1);
-    let mut s = Samples {
-        k: d,
-        x: Vec::with_capacity(p * q * d),
-        persona: vec![],
-        question: vec![],
-        n_classes: p,
-        n_questions: q,
-    };
-    for qi in 0..q {
-        for pi in 0..p {
-            for j in 0..d {
-                s.x.push(rng.normal() * 10.0 / ((j + 1) as f64).sqrt() + (pi * j % 7) as f64);
-            }
-            s.persona.push(pi);
-            s.question.push(qi);
-        }
-    }
+    let s = Samples::from_fn(p, q, d, |pi, _, j| {
+        rng.normal() * 10.0 / ((j + 1) as f64).sqrt() + (pi * j % 7) as f64
+    });
     let t = std::time::Instant::now();
     let e = evaluate_per_class_lda(&s, 5);
     println!(

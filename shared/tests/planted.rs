@@ -249,18 +249,7 @@ fn compact_form_agrees_with_full_bundle() {
         .filter(|(a, _)| a.metric == "M1_raw")
         .filter(|(a, b)| {
             shared::analysis::row_reproduction(
-                &published
-                    .rows
-                    .iter()
-                    .find(|r| {
-                        r.metric == a.metric
-                            && r.layer == a.layer
-                            && r.method == a.method
-                            && r.pre == a.pre
-                            && r.post == a.post
-                    })
-                    .unwrap()
-                    .clone(),
+                published.rows.iter().find(|r| r.is_row(a)).unwrap(),
                 Some(b),
                 cf.alpha,
             ) == shared::analysis::RowReproduction::Reproduced

@@ -183,8 +183,11 @@ test('the published verdict shows before any test finishes, then is re-verified 
     status: document.querySelector('#reverify-status').textContent,
     head: document.querySelector('#published h3').textContent,
     marks: [...document.querySelectorAll('#published li[data-verdict]')].map((e) => e.dataset.reproduced),
+    pending: [...document.querySelectorAll('figure[data-state="pending"] .export button')].map((b) => b.disabled),
   }));
   assert.match(first.status, /^Re-verifying/);
+  // Figures whose tests have not finished (the null histograms) say so and export nothing.
+  assert.ok(first.pending.length >= 4 && first.pending.every((d) => d), JSON.stringify(first.pending));
   assert.match(first.head, new RegExp(`persona-geometry ${full.tool_version.replace(/\./g, '\\.')} .*N = ${N}, seed = 0`));
   assert.ok(first.marks.every((m) => m === 'pending'), first.marks.join());
   const shown = await page.$$eval('#published li[data-verdict]', (els) => els.map((e) => [e.dataset.em, e.dataset.criterion, e.dataset.verdict]));

@@ -49,6 +49,17 @@ pub struct ReferenceRow {
     pub exact: bool,
 }
 
+impl ReferenceRow {
+    /// Whether `row` is this row recomputed: the same comparison, method, layer and metric.
+    pub fn is_row(&self, row: &Row) -> bool {
+        self.pre == row.pre
+            && self.post == row.post
+            && self.method == row.method
+            && self.layer == row.layer
+            && self.metric == row.metric
+    }
+}
+
 /// What `embed_reference` reads from a report.json: only these fields, so that the rest of the
 /// report (NaN ratios written as null, later additions) never stops it.
 #[derive(Deserialize, Clone, Debug)]
@@ -236,23 +247,9 @@ mod tests {
     use super::*;
     use crate::analysis::Family;
 
+    /// The published side: a report's row, read back as `compact --reference` reads it.
     fn published(delta: f64, p_bh: Option<f64>) -> ReferenceRow {
-        ReferenceRow {
-            pre: "base".into(),
-            post: "em".into(),
-            method: Method::A,
-            layer: 3,
-            metric: "M1_raw".into(),
-            pre_value: 0.5,
-            post_value: 0.5 + delta,
-            delta,
-            ci95: None,
-            p: 0.01,
-            p_two_sided: 0.01,
-            p_bh,
-            n_permutations: 1000,
-            exact: true,
-        }
+        serde_json::from_value(serde_json::to_value(row(delta, p_bh)).unwrap()).unwrap()
     }
 
     fn row(delta: f64, p_bh: Option<f64>) -> Row {

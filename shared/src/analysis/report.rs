@@ -385,16 +385,7 @@ impl Plan {
         }
         if let Some(refs) = bundle_reference(bundle) {
             for r in rows.iter_mut() {
-                r.reference = refs
-                    .iter()
-                    .find(|x| {
-                        x.pre == r.pre
-                            && x.post == r.post
-                            && x.method == r.method
-                            && x.layer == r.layer
-                            && x.metric == r.metric
-                    })
-                    .cloned();
+                r.reference = refs.iter().find(|x| x.is_row(r)).cloned();
             }
         } else if !approximate.is_empty() {
             warnings.push("this compact bundle carries no exact reference values (make it with `compact --reference report.json` from `analyze` of the full bundle to show them beside the approximate ones)".into());

@@ -75,6 +75,33 @@ impl Samples {
             )
         }))
     }
+    /// Every (persona, question) cell, question-major, feature j of a cell = `value(p, q, j)`
+    /// (synthetic data for tests and benchmarks).
+    pub fn from_fn(
+        n_classes: usize,
+        n_questions: usize,
+        k: usize,
+        mut value: impl FnMut(usize, usize, usize) -> f64,
+    ) -> Samples {
+        let n = n_classes * n_questions;
+        let mut s = Samples {
+            k,
+            x: Vec::with_capacity(n * k),
+            persona: Vec::with_capacity(n),
+            question: Vec::with_capacity(n),
+            n_classes,
+            n_questions,
+        };
+        for qi in 0..n_questions {
+            for pi in 0..n_classes {
+                s.x.extend((0..k).map(|j| value(pi, qi, j)));
+                s.persona.push(pi);
+                s.question.push(qi);
+            }
+        }
+        s
+    }
+
     /// The valid (persona, question) cells of a checkpoint, question-major, with `k` features
     /// each written by `features`.
     fn collect(

@@ -439,23 +439,9 @@ mod tests {
     fn scatter_path_equals_row_path() {
         let mut rng = Rng::new(8);
         let (p, q, k) = (5usize, 30usize, 12usize);
-        let mut s = Samples {
-            k,
-            x: vec![],
-            persona: vec![],
-            question: vec![],
-            n_classes: p,
-            n_questions: q,
-        };
-        for qi in 0..q {
-            for pi in 0..p {
-                for j in 0..k {
-                    s.x.push(rng.normal() * (1.0 + j as f64) + (pi * (j % 3)) as f64 + 40.0);
-                }
-                s.persona.push(pi);
-                s.question.push(qi);
-            }
-        }
+        let s = Samples::from_fn(p, q, k, |pi, _, j| {
+            rng.normal() * (1.0 + j as f64) + (pi * (j % 3)) as f64 + 40.0
+        });
         let fast = evaluate_by_scatter(&s, 5);
         let rows = heldout_by_folds(&s, 5, |train, test| {
             let x = DMatrix::<f64>::from_fn(k, train.len(), |j, r| s.x[train[r] * k + j]);
