@@ -17,8 +17,7 @@ pub mod npy;
 pub mod study;
 pub mod template;
 pub mod tokenize;
-pub mod train_data;
-pub mod train_schedule;
+pub mod train;
 pub mod weights;
 pub mod workload;
 

@@ -123,20 +123,20 @@ impl Config {
     }
 }
 
-struct Layer {
+pub(crate) struct Layer {
     /// q, k and v projections stacked: one matmul per block instead of three.
-    qkv: Tensor,
-    qkv_b: Option<Tensor>,
-    o: Tensor,
+    pub(crate) qkv: Tensor,
+    pub(crate) qkv_b: Option<Tensor>,
+    pub(crate) o: Tensor,
     /// gate and up stay separate: stacked, their halves are strided views, and candle's strided
     /// SiLU/mul kernels on the prefill's [tokens, intermediate] tensors cost more than the
     /// second matmul launch saves.
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    pub(crate) gate: Tensor,
+    pub(crate) up: Tensor,
+    pub(crate) down: Tensor,
     /// Norm weights in f32: the norms run on the f32 residual stream (fused kernel).
-    ln1: Tensor,
-    ln2: Tensor,
+    pub(crate) ln1: Tensor,
+    pub(crate) ln2: Tensor,
 }
 
 /// A residual-stream intervention: add `vector` (hidden) to the output of block `layer`.
@@ -150,11 +150,11 @@ pub struct Model {
     pub cfg: Config,
     pub device: Device,
     pub dtype: DType,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Tensor,
-    inv_freq: Vec<f32>,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Tensor,
+    pub(crate) inv_freq: Vec<f32>,
     steering: Option<(usize, Tensor)>,
 }
 

@@ -1,7 +1,7 @@
 //! Training data (issue #14): the labels against the training oracle
 //! (../shared/fixtures/lora-train: Hugging Face `Trainer` + PEFT, label tokens per optimizer
 //! step), and bad input named by file and line.
-use extractor::train_data::{read_examples, tokenize_example};
+use extractor::train::data::{read_examples, tokenize_example};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -191,7 +191,7 @@ fn learning_rate_per_step_equals_the_trainers() {
     );
     for (s, step) in expected["steps"].as_array().unwrap().iter().enumerate() {
         let want = step["lr"].as_f64().unwrap();
-        let got = extractor::train_schedule::linear_warmup_lr(lr, s, warmup, total);
+        let got = extractor::train::schedule::linear_warmup_lr(lr, s, warmup, total);
         assert!(
             (got - want).abs() <= 1e-15 * lr,
             "step {s}: {got} vs {want}"

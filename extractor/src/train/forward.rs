@@ -1,0 +1,288 @@
+//! The training forward pass: the model of `crate::model` with LoRA on its projections, written
+//! with candle ops that all have a backward pass.
+//!
+//! candle's fused RmsNorm, RoPE and softmax kernels (and this project's CUDA kernels) have no
+//! backward: a gradient through them stops silently (candle issues #2168, #3568, #3569). So
+//! this pass composes them from differentiable primitives (square, mean, sqrt, narrow, cat,
+//! exp, sum, gather), operation for operation as Hugging Face's eager Qwen2 does, and the
+//! tests check its gradients against the training oracle and against finite differences.
+//!
+//! Frozen weights are plain tensors (no gradient is kept for them); the LoRA A and B are
+//! `Var`s. Sequences are right-padded (as the Trainer's collator does): with a causal mask,
+//! no real token attends to a padding token, so padding changes nothing a label sees.
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+use super::adapter::{module_path, TrainableLora, PROJECTIONS};
+use super::data::Tokenized;
+use crate::model::Model;
+
+/// LoRA dropout on the adapter's input: the mask of each (micro-batch, module) comes from a
+/// stream keyed by the seed, the micro-batch's global index and the module's name, so a run
+/// resumed from a checkpoint draws the same masks as one that never stopped. Inverted dropout
+/// (kept values scaled by 1/(1 − p)) as torch's `nn.Dropout`, with other random numbers.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    pub p: f64,
+    pub seed: u64,
+    /// The micro-batch's index in the whole run.
+    pub micro_batch: u64,
+}
+
+impl Dropout {
+    fn mask(
+        &self,
+        module: &str,
+        shape: (usize, usize),
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let n = shape.0 * shape.1;
+        let keep = 1.0 - self.p;
+        let mut rng =
+            shared::rng::Rng::stream(self.seed, &format!("dropout/{module}"), self.micro_batch);
+        let scale = (1.0 / keep) as f32;
+        let v: Vec<f32> = (0..n)
+            .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
+            .collect();
+        Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
+    }
+}
+
+/// A micro-batch ready for the forward pass.
+pub struct MicroBatch {
+    /// [b, t] token ids, right-padded with `pad_id` to a multiple of `pad_multiple`.
+    ids: Tensor,
+    b: usize,
+    t: usize,
+    /// Flat row indices (i·t + position) of the positions whose next token is a label, and the
+    /// label tokens themselves.
+    label_rows: Tensor,
+    targets: Tensor,
+    pub label_tokens: usize,
+    /// Real (non-padding) tokens, for tokens/s.
+    pub tokens: usize,
+}
+
+impl MicroBatch {
+    pub fn new(
+        examples: &[&Tokenized],
+        pad_id: u32,
+        pad_multiple: usize,
+        device: &Device,
+    ) -> Result<MicroBatch> {
+        ensure!(!examples.is_empty(), "an empty micro-batch");
+        let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let t = longest.div_ceil(pad_multiple.max(1)) * pad_multiple.max(1);
+        let b = examples.len();
+        let mut ids = Vec::with_capacity(b * t);
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for (i, e) in examples.iter().enumerate() {
+            ids.extend_from_slice(&e.ids);
+            ids.resize((i + 1) * t, pad_id);
+            // Position p predicts token p + 1: the labels ids[from..] come from from−1 .. len−2.
+            for p in e.labels_from - 1..e.ids.len() - 1 {
+                rows.push((i * t + p) as u32);
+                targets.push(e.ids[p + 1]);
+            }
+        }
+        let label_tokens = rows.len();
+        Ok(MicroBatch {
+            ids: Tensor::from_vec(ids, (b * t,), device)?,
+            b,
+            t,
+            label_rows: Tensor::from_vec(rows, (label_tokens,), device)?,
+            targets: Tensor::from_vec(targets, (label_tokens, 1), device)?,
+            label_tokens,
+            tokens: examples.iter().map(|e| e.ids.len()).sum(),
+        })
+    }
+}
+
+/// RMSNorm as HF computes it: x · rsqrt(mean(x²) + eps) · w, in f32.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?
+        .broadcast_mul(&w.to_dtype(x.dtype())?)?)
+}
+
+/// HF's rotary embedding: x·cos + rotate_half(x)·sin with cos/sin [t, hd] (halves repeated)
+/// and rotate_half(x) = cat(−x₂, x₁).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Softmax over the last axis from exp and sum. The row maximum is subtracted as a constant
+/// (detached): softmax does not depend on it, so no gradient needs to flow through it.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// The summed next-token cross-entropy of the label rows of `logits` [n, vocab] (f32).
+fn summed_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&m)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(targets, 1)?;
+    Ok((log_sum - picked)?.sum_all()?)
+}
+
+/// The model with LoRA, in training form.
+pub struct TrainForward<'a> {
+    pub model: &'a Model,
+    pub lora: &'a TrainableLora,
+}
+
+impl TrainForward<'_> {
+    /// Frozen projection plus, when adapted, scale · B·A·dropout(x). `x` [n, in] f32; `w` the
+    /// frozen [out, in] weight in the compute dtype. Returns [n, out] in the LoRA dtype.
+    fn projection(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        layer: usize,
+        proj: usize,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        let dtype = self.model.dtype;
+        let base = x.to_dtype(dtype)?.matmul(&w.t()?)?.to_dtype(x.dtype())?;
+        let Some(pair) = &self.lora.pairs[layer][proj] else {
+            return Ok(base);
+        };
+        let x = match dropout {
+            Some(d) if d.p > 0.0 => {
+                let mask = d.mask(
+                    &module_path(layer, PROJECTIONS[proj]),
+                    x.dims2()?,
+                    x.device(),
+                    x.dtype(),
+                )?;
+                (x * mask)?
+            }
+            _ => x.clone(),
+        };
+        let delta = x
+            .matmul(&pair.a.as_tensor().t()?)?
+            .matmul(&pair.b.as_tensor().t()?)?;
+        Ok((base + (delta * self.lora.shape.scale())?)?)
+    }
+
+    /// cos and sin [t, hd] of positions 0..t (right padding: positions are plain indices).
+    fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
+        let freqs = &self.model.inv_freq;
+        let hd = freqs.len() * 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(t * hd), Vec::with_capacity(t * hd));
+        for p in 0..t {
+            for _half in 0..2 {
+                for &f in freqs {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let (dev, acc) = (&self.model.device, self.lora.dtype());
+        Ok((
+            Tensor::from_vec(cos, (t, hd), dev)?.to_dtype(acc)?,
+            Tensor::from_vec(sin, (t, hd), dev)?.to_dtype(acc)?,
+        ))
+    }
+
+    /// The summed cross-entropy of the micro-batch's label tokens (a scalar f32 tensor whose
+    /// gradient reaches the LoRA variables).
+    pub fn summed_label_loss(&self, mb: &MicroBatch, dropout: Option<&Dropout>) -> Result<Tensor> {
+        let m = self.model;
+        let cfg = &m.cfg;
+        let (b, t) = (mb.b, mb.t);
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let rep = nh / nkv;
+        let (cos, sin) = self.rope_tables(t)?;
+        // Causal mask [t, t]: 0 on and below the diagonal, −∞ above.
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        // The residual stream, attention and loss run in the LoRA dtype (f32; f64 for the
+        // finite-difference test).
+        let acc = self.lora.dtype();
+        let mask = Tensor::from_vec(mask, (t, t), &m.device)?.to_dtype(acc)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut h = m
+            .embed
+            .index_select(&mb.ids, 0)?
+            .to_dtype(acc)?
+            .reshape((b * t, cfg.hidden_size))?;
+        let (q_rows, kv_rows) = (nh * hd, nkv * hd);
+        for (l, layer) in m.layers.iter().enumerate() {
+            let x = rms_norm(&h, &layer.ln1, cfg.rms_eps)?;
+            let bias = |offset: usize, len: usize, y: Tensor| -> Result<Tensor> {
+                Ok(match &layer.qkv_b {
+                    Some(bias) => y.broadcast_add(&bias.narrow(0, offset, len)?.to_dtype(acc)?)?,
+                    None => y,
+                })
+            };
+            let wq = layer.qkv.narrow(0, 0, q_rows)?;
+            let wk = layer.qkv.narrow(0, q_rows, kv_rows)?;
+            let wv = layer.qkv.narrow(0, q_rows + kv_rows, kv_rows)?;
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = heads(
+                bias(0, q_rows, self.projection(&x, &wq, l, 0, dropout)?)?,
+                nh,
+            )?;
+            let k = heads(
+                bias(q_rows, kv_rows, self.projection(&x, &wk, l, 1, dropout)?)?,
+                nkv,
+            )?;
+            let v = heads(
+                bias(
+                    q_rows + kv_rows,
+                    kv_rows,
+                    self.projection(&x, &wv, l, 2, dropout)?,
+                )?,
+                nkv,
+            )?;
+            let q = rope(&q, &cos, &sin)?;
+            let k = rope(&k, &cos, &sin)?;
+            // The `rep` query heads of a KV head (HF repeat_kv order) stacked along the query
+            // axis, so repeated keys and values are never materialised.
+            let q = q.reshape((b, nkv, rep * t, hd))?;
+            let scores = (q.matmul(&k.t()?)? * scale)?
+                .reshape((b, nkv, rep, t, t))?
+                .broadcast_add(&mask)?;
+            let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, t))?;
+            let y = probs
+                .matmul(&v)?
+                .reshape((b, nh, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b * t, nh * hd))?;
+            h = (h + self.projection(&y, &layer.o, l, 3, dropout)?)?;
+            let x2 = rms_norm(&h, &layer.ln2, cfg.rms_eps)?;
+            let g = self.projection(&x2, &layer.gate, l, 4, dropout)?;
+            let u = self.projection(&x2, &layer.up, l, 5, dropout)?;
+            let gu = (g.silu()? * u)?;
+            h = (h + self.projection(&gu, &layer.down, l, 6, dropout)?)?;
+        }
+        // Only the label positions need logits: [labels, hidden] → [labels, vocab].
+        let h = h.index_select(&mb.label_rows, 0)?;
+        let h = rms_norm(&h, &m.norm, cfg.rms_eps)?;
+        let logits = h
+            .to_dtype(m.dtype)?
+            .matmul(&m.lm_head.t()?)?
+            .to_dtype(acc)?;
+        summed_cross_entropy(&logits, &mb.targets)
+    }
+}

@@ -1,0 +1,88 @@
+//! Gradient clipping and AdamW, as torch 2.11 computes them (`clip_grad_norm_`, `AdamW` with
+//! decoupled weight decay, `foreach` semantics), in f32 on the training device.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor, Var};
+
+/// The global L2 norm of all gradients (f32 per tensor, then the norm of the norms, as
+/// `clip_grad_norm_` does), and the gradients scaled by min(1, max_norm / (norm + 1e-6)).
+pub fn clip_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let mut sum = 0.0f64;
+    for g in grads.iter() {
+        let n = g
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        sum += n * n;
+    }
+    let norm = sum.sqrt();
+    anyhow::ensure!(
+        norm.is_finite(),
+        "the gradient norm is {norm}: the loss diverged (lower the learning rate) or the data produce NaN"
+    );
+    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    if coef < 1.0 {
+        for g in grads.iter_mut() {
+            *g = (&*g * coef)?;
+        }
+    }
+    Ok(norm)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// AdamW's state: first and second moments per parameter (same order as the parameters) and
+/// the number of steps taken.
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub steps: u64,
+}
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig, params: &[&Var]) -> Result<AdamW> {
+        let zeros = || -> Result<Vec<Tensor>> {
+            params
+                .iter()
+                .map(|p| Ok(p.as_tensor().zeros_like()?))
+                .collect()
+        };
+        Ok(AdamW {
+            cfg,
+            m: zeros()?,
+            v: zeros()?,
+            steps: 0,
+        })
+    }
+
+    /// One step at learning rate `lr`: p ← p·(1 − lr·wd); m ← β₁m + (1−β₁)g;
+    /// v ← β₂v + (1−β₂)g²; p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + eps).
+    pub fn step(&mut self, params: &[&Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        anyhow::ensure!(params.len() == grads.len() && params.len() == self.m.len());
+        self.steps += 1;
+        let t = self.steps as i32;
+        let c = self.cfg;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let g = g.to_dtype(p.dtype())?;
+            let decayed = (p.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            self.m[i] = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((self.v[i].sqrt()? / bias2_sqrt)? + c.eps)?;
+            let update = ((&self.m[i] / denom)? * (lr / bias1))?;
+            p.set(&(decayed - update)?)
+                .with_context(|| format!("updating parameter {i}"))?;
+        }
+        Ok(())
+    }
+}
