@@ -200,6 +200,12 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Train a LoRA adapter (SFT on chat conversations, Hugging Face Trainer + PEFT semantics):
+    /// writes a PEFT adapter that `extract` merges. See docs/training.md.
+    Train {
+        #[command(flatten)]
+        args: extractor::train::cli::TrainArgs,
+    },
     /// Print a human summary of a bundle (shapes, provenance, sizes, validity counts).
     Inspect { bundle: PathBuf },
     /// Build a bundle from existing activations: an export (.npz, .safetensors, or a directory of
@@ -326,6 +332,10 @@ fn main() -> Result<()> {
             out,
         } => cmd_analysis::run_export(&bundle, &format, &out),
         Cmd::Inspect { bundle } => cmd_analysis::run_inspect(&bundle),
+        Cmd::Train { args } => {
+            let cfg = args.to_config()?;
+            extractor::train::run::run_train(&cfg, args.resume).map(|_| ())
+        }
         Cmd::VerifyFixture { fixture, device } => extractor::fixture_check::verify(
             &fixture,
             &extractor::study::device_from(Some(&device))?,

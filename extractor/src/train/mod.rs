@@ -8,9 +8,12 @@
 //! (`schedule`) → a PEFT adapter (`adapter`), with checkpoints and provenance (`run`).
 
 pub mod adapter;
+pub mod cli;
+pub mod config;
 pub mod data;
 pub mod forward;
 pub mod optim;
 pub mod plan;
+pub mod run;
 pub mod schedule;
 pub mod trainer;

@@ -341,6 +341,50 @@ impl Figure {
                     }
                 }
             }
+            FigureKind::Curve {
+                x,
+                y,
+                x_label,
+                y_label,
+            } => {
+                let (x0, x1) = finite_range(x.iter().copied(), false);
+                let (y0, y1) = finite_range(y.iter().copied(), false);
+                let mut chart = ChartBuilder::on(&body)
+                    .margin(10)
+                    .x_label_area_size(36)
+                    .y_label_area_size(56)
+                    .build_cartesian_2d(x0..x1, y0..y1)
+                    .map_err(err)?;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_label.as_str())
+                    .y_desc(y_label.as_str())
+                    .x_label_formatter(&|v| fmt(*v))
+                    .y_label_formatter(&|v| fmt(*v))
+                    .label_style(("sans-serif", 11))
+                    .draw()
+                    .map_err(err)?;
+                let points: Vec<(f64, f64)> = x
+                    .iter()
+                    .zip(y)
+                    .filter(|(a, b)| a.is_finite() && b.is_finite())
+                    .map(|(&a, &b)| (a, b))
+                    .collect();
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        points.clone(),
+                        series_colour(0).stroke_width(2),
+                    )))
+                    .map_err(err)?;
+                for &(a, b) in &points {
+                    let (px, py) = chart.backend_coord(&(a, b));
+                    hits.push(HitBox::new(
+                        (px - 3, py - 3),
+                        (px + 3, py + 3),
+                        format!("{x_label} {}: {y_label} {}", fmt(a), fmt(b)),
+                    ));
+                }
+            }
             FigureKind::NullHistogram {
                 null,
                 observed,

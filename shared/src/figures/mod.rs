@@ -58,6 +58,13 @@ pub enum FigureKind {
         #[serde(default)]
         colours: Vec<usize>,
     },
+    /// One line of y over x (a training loss per optimizer step).
+    Curve {
+        x: Vec<f64>,
+        y: Vec<f64>,
+        x_label: String,
+        y_label: String,
+    },
     /// A permutation null with the observed statistic.
     NullHistogram {
         null: Vec<f64>,
@@ -175,6 +182,7 @@ impl Figure {
             }
             FigureKind::PersonaBars { personas, .. } => (700, 290 + persona_label_area(personas)),
             FigureKind::NullHistogram { .. } => (470, 300),
+            FigureKind::Curve { .. } => (560, 320),
         }
     }
 
@@ -264,6 +272,17 @@ impl Figure {
                     for (si, s) in series.iter().enumerate() {
                         out += &format!("{p},{s},{}\n", values[si][pi]);
                     }
+                }
+            }
+            FigureKind::Curve {
+                x,
+                y,
+                x_label,
+                y_label,
+            } => {
+                out += &format!("{x_label},{y_label}\n");
+                for (a, b) in x.iter().zip(y) {
+                    out += &format!("{a},{b}\n");
                 }
             }
             FigureKind::NullHistogram { null, observed, .. } => {
