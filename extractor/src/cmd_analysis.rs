@@ -75,10 +75,19 @@ fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize>
             }
         }
     }
+    let opt = figure_render_options();
+    for f in &figs {
+        write_figure_files(dir, f, &f.file_stem(), &opt)?;
+    }
+    Ok(figs.len())
+}
+
+/// SVG rendering options with a real sans-serif face (the figures ask for `sans-serif`, which
+/// fontdb maps to Arial unless told).
+pub fn figure_render_options() -> resvg::usvg::Options<'static> {
     let mut opt = resvg::usvg::Options::default();
     let db = opt.fontdb_mut();
     db.load_system_fonts();
-    // The figures ask for the generic `sans-serif`; fontdb maps it to Arial unless told.
     let family = [
         "DejaVu Sans",
         "Liberation Sans",
@@ -97,17 +106,23 @@ fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize>
             "warning: no DejaVu/Liberation/Arial font found: PNG figures may have no text (the SVGs do)"
         ),
     }
-    for f in &figs {
-        let (w, h) = f.size();
-        let svg = f.to_svg(w, h).map_err(anyhow::Error::msg)?;
-        let stem = f.file_stem();
-        write_atomic(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
-        write_atomic(
-            &dir.join(format!("{stem}.png")),
-            &svg_to_png(&svg, &opt, 2.0)?,
-        )?;
-    }
-    Ok(figs.len())
+    opt
+}
+
+/// `<stem>.svg` and `<stem>.png` (2x) of a figure in `dir`.
+pub fn write_figure_files(
+    dir: &Path,
+    fig: &shared::figures::Figure,
+    stem: &str,
+    opt: &resvg::usvg::Options,
+) -> Result<()> {
+    let (w, h) = fig.size();
+    let svg = fig.to_svg(w, h).map_err(anyhow::Error::msg)?;
+    write_atomic(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
+    write_atomic(
+        &dir.join(format!("{stem}.png")),
+        &svg_to_png(&svg, opt, 2.0)?,
+    )
 }
 
 fn svg_to_png(svg: &str, opt: &resvg::usvg::Options, scale: f32) -> Result<Vec<u8>> {

@@ -66,12 +66,13 @@ fn run_err(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-const OUTPUTS: [&str; 5] = [
+const OUTPUTS: [&str; 6] = [
     "adapter_config.json",
     "adapter_model.safetensors",
     "training.json",
     "loss.csv",
     "loss.svg",
+    "loss.png",
 ];
 
 #[test]

@@ -286,3 +286,37 @@ impl TrainForward<'_> {
         summed_cross_entropy(&logits, &mb.targets)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_keeps_one_minus_p_scaled_and_is_keyed() {
+        let d = Dropout {
+            p: 0.25,
+            seed: 42,
+            micro_batch: 3,
+        };
+        let mask = |d: &Dropout, module: &str| -> Vec<f32> {
+            d.mask(module, (100, 100), &Device::Cpu, DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let m = mask(&d, "model.layers.0.self_attn.q_proj");
+        let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / m.len() as f64;
+        // 10,000 Bernoulli(0.75) draws: sd 0.0043.
+        assert!((kept - 0.75).abs() < 0.02, "{kept}");
+        assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        assert_eq!(m, mask(&d, "model.layers.0.self_attn.q_proj"));
+        assert_ne!(m, mask(&d, "model.layers.0.self_attn.k_proj"));
+        let next = Dropout {
+            micro_batch: 4,
+            ..d
+        };
+        assert_ne!(m, mask(&next, "model.layers.0.self_attn.q_proj"));
+    }
+}

@@ -297,7 +297,7 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
     );
 
     lora.save_peft(out, &cfg.model.id, recipe.lora_dropout)?;
-    write_loss_outputs(out, &rows, cfg)?;
+    write_loss_outputs(out, &rows, cfg, &lora.shape)?;
     let provenance = serde_json::json!({
         "tool_version": shared::TOOL_VERSION,
         "config_hash": config_hash,
@@ -366,8 +366,14 @@ fn save_checkpoint(
     Ok(())
 }
 
-/// loss.csv (every step's record) and loss.svg (the loss curve with its provenance caption).
-fn write_loss_outputs(out: &Path, rows: &[StepRow], cfg: &TrainConfig) -> Result<()> {
+/// loss.csv (every step's record) and loss.svg/.png (the loss curve with its provenance
+/// caption).
+fn write_loss_outputs(
+    out: &Path,
+    rows: &[StepRow],
+    cfg: &TrainConfig,
+    shape: &LoraShape,
+) -> Result<()> {
     let mut csv = String::from("step,loss,grad_norm_before_clip,lr,label_tokens,tokens\n");
     for r in rows {
         csv += &format!(
@@ -385,7 +391,7 @@ fn write_loss_outputs(out: &Path, rows: &[StepRow], cfg: &TrainConfig) -> Result
         title: format!("Training loss: {data_name}"),
         caption: format!(
             "Summed token cross-entropy of each optimizer step's batch / its label tokens; model {}, LoRA r {} alpha {}, lr {}, seed {}.",
-            cfg.model.id, cfg.recipe.r, cfg.recipe.lora_alpha, cfg.recipe.learning_rate, cfg.recipe.seed
+            cfg.model.id, shape.r, shape.alpha, cfg.recipe.learning_rate, cfg.recipe.seed
         ),
         kind: shared::figures::FigureKind::Curve {
             x: rows.iter().map(|r| r.step as f64).collect(),
@@ -394,7 +400,10 @@ fn write_loss_outputs(out: &Path, rows: &[StepRow], cfg: &TrainConfig) -> Result
             y_label: "loss".into(),
         },
     };
-    let (w, h) = fig.size();
-    let svg = fig.to_svg(w, h).map_err(anyhow::Error::msg)?;
-    write_atomic(&out.join("loss.svg"), svg.as_bytes())
+    crate::cmd_analysis::write_figure_files(
+        out,
+        &fig,
+        "loss",
+        &crate::cmd_analysis::figure_render_options(),
+    )
 }

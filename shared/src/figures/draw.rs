@@ -355,12 +355,21 @@ impl Figure {
                     .y_label_area_size(56)
                     .build_cartesian_2d(x0..x1, y0..y1)
                     .map_err(err)?;
+                // Whole steps print as integers; the loss with three decimals; no minor grid.
+                let x_text = |v: f64| {
+                    if v.fract() == 0.0 {
+                        format!("{v:.0}")
+                    } else {
+                        fmt(v)
+                    }
+                };
                 chart
                     .configure_mesh()
+                    .light_line_style(TRANSPARENT)
                     .x_desc(x_label.as_str())
                     .y_desc(y_label.as_str())
-                    .x_label_formatter(&|v| fmt(*v))
-                    .y_label_formatter(&|v| fmt(*v))
+                    .x_label_formatter(&|v| x_text(*v))
+                    .y_label_formatter(&|v| tick(*v))
                     .label_style(("sans-serif", 11))
                     .draw()
                     .map_err(err)?;
@@ -373,7 +382,7 @@ impl Figure {
                 chart
                     .draw_series(std::iter::once(PathElement::new(
                         points.clone(),
-                        series_colour(0).stroke_width(2),
+                        series_colour(1).stroke_width(2),
                     )))
                     .map_err(err)?;
                 for &(a, b) in &points {
@@ -381,7 +390,7 @@ impl Figure {
                     hits.push(HitBox::new(
                         (px - 3, py - 3),
                         (px + 3, py + 3),
-                        format!("{x_label} {}: {y_label} {}", fmt(a), fmt(b)),
+                        format!("{x_label} {}: {y_label} {}", x_text(a), fmt(b)),
                     ));
                 }
             }

@@ -450,6 +450,33 @@ mod tests {
     }
 
     #[test]
+    fn curve_points_run_left_to_right_and_low_to_high() {
+        let f = Figure {
+            title: "Training loss".into(),
+            caption: "c".into(),
+            kind: FigureKind::Curve {
+                x: vec![1.0, 2.0, 3.0],
+                y: vec![3.0, 1.0, 2.0],
+                x_label: "step".into(),
+                y_label: "loss".into(),
+            },
+        };
+        let mut s = String::new();
+        let hits = {
+            let root = SVGBackend::with_string(&mut s, (560, 320)).into_drawing_area();
+            f.draw(&root).unwrap()
+        };
+        assert_eq!(hits.len(), 3);
+        assert!(hits[0].x0 < hits[1].x0 && hits[1].x0 < hits[2].x0);
+        // Screen y grows downwards: the highest loss (step 1) is drawn highest.
+        assert!(hits[0].y0 < hits[2].y0 && hits[2].y0 < hits[1].y0);
+        assert_eq!(hits[1].text, "step 2: loss 1.0000");
+        assert_eq!(f.to_csv(), "step,loss\n1,3\n2,1\n3,2\n");
+        let svg = f.to_svg(560, 320).unwrap();
+        assert!(svg.contains("<polyline") && svg.contains("<title>Training loss</title>"));
+    }
+
+    #[test]
     fn null_histogram_counts_every_permutation() {
         let null: Vec<f64> = (0..1000).map(|i| (i as f64 / 1000.0) - 0.5).collect();
         let f = Figure {
