@@ -13,6 +13,12 @@
 #   big         Method B at batch 1440 (fused), to see whether larger batches still pay
 #   ncu         Nsight Compute counters of one decoding-attention launch
 #   kernels     every kernel's duration over ~3 decoding steps of a 720-row batch (ncu, CSV)
+#   train       `train` on the training oracle's recipe in f32 and bf16 on the GPU, checked against
+#               the Trainer's record, and the adapter loaded with PEFT (bench/gpu_train.py check);
+#               needs .gpu/fixtures.tar.xz (hf-tiny-qwen2 + lora-train, made by bench/pack_gpu.sh)
+#   trainbench  `train` vs HF Trainer + PEFT (bf16, SDPA, gradient checkpointing) on random
+#               Qwen2.5-7B-shaped weights, upstream recipe, 20 steps of 16 x ~300 tokens:
+#               tokens/s and peak GPU memory (nvidia-smi, both sides)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/pg-out}"
@@ -27,6 +33,29 @@ FIXTURE=.gpu/fixture
 if [ ! -d "$FIXTURE" ] && [ -f .gpu/fixture.tar.xz ]; then
   mkdir -p /tmp/pg-fixture && tar -C /tmp/pg-fixture -xJf .gpu/fixture.tar.xz && FIXTURE=/tmp/pg-fixture/fixture
 fi
+if [ -f .gpu/fixtures.tar.xz ] && [ ! -d /tmp/pg-fixtures ]; then
+  mkdir -p /tmp/pg-fixtures && tar -C /tmp/pg-fixtures -xJf .gpu/fixtures.tar.xz
+fi
+FX=/tmp/pg-fixtures
+# Peak GPU memory of a command as nvidia-smi sees it (MiB), sampled every 100 ms.
+with_peak() {
+  local log="$1"; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$log.mem" &
+  local mon=$!
+  "$@"; local rc=$?
+  kill $mon 2>/dev/null; wait $mon 2>/dev/null
+  echo "peak GPU memory: $(sort -n "$log.mem" | tail -1) MiB" | tee -a "$log.peak"
+  return $rc
+}
+train_toml() { # $1 = output dir, $2 = dtype
+  printf '%s\n' "data = \"$FX/lora-train/train.jsonl\"" "output = \"$1\"" \
+    "init_adapter = \"$FX/lora-train/adapter_init\"" "checkpoint_every = 0" "[model]" \
+    "id = \"persona-fixture/tiny-qwen2\"" "path = \"$FX/hf-tiny-qwen2/model\"" "device = \"cuda\"" \
+    "dtype = \"$2\"" "[recipe]" "r = 4" "lora_alpha = 8" "lora_dropout = 0.0" "learning_rate = 2e-3" \
+    "warmup_steps = 1" "max_grad_norm = 0.5" "micro_batch = 2" "grad_accum = 4" "epochs = 2" \
+    "shuffle = false" > "$1.toml"
+  echo "$1.toml"
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 for what in "$@"; do
   echo "=== $what"
@@ -49,6 +78,19 @@ for what in "$@"; do
                "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 12 \
                > "$OUT/kernels.csv" 2> "$OUT/kernels.err"; tail -3 "$OUT/kernels.err" ;;
     hf) PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py 2>&1 | tee "$OUT/hf.log" ;;
+    train) rm -rf /tmp/tr && mkdir -p /tmp/tr
+           "$PG" train "$(train_toml /tmp/tr/f32 f32)" 2>&1 | tail -3 | tee "$OUT/train.log"
+           "$PG" train "$(train_toml /tmp/tr/bf16 bf16)" 2>&1 | tail -3 | tee -a "$OUT/train.log"
+           python3 bench/gpu_train.py check "$FX" /tmp/tr/f32 /tmp/tr/bf16 2>&1 | tee "$OUT/train_check.json" ;;
+    trainbench) [ -d /tmp/tb/model ] || python3 bench/gpu_train.py make-bench /tmp/tb "$FX"
+           printf '%s\n' 'data = "/tmp/tb/data.jsonl"' 'output = "/tmp/tb/ours"' 'checkpoint_every = 0' \
+             '[model]' 'id = "bench/qwen2.5-7b-shaped-random"' 'path = "/tmp/tb/model"' 'device = "cuda"' \
+             '[recipe]' "max_steps = ${TRAIN_STEPS:-20}" > /tmp/tb/train.toml
+           rm -rf /tmp/tb/ours
+           with_peak "$OUT/trainbench_ours" "$PG" train /tmp/tb/train.toml > "$OUT/trainbench_ours.log" 2>&1
+           tail -4 "$OUT/trainbench_ours.log"
+           with_peak "$OUT/trainbench_hf" python3 bench/gpu_train.py hf /tmp/tb "${TRAIN_STEPS:-20}" > "$OUT/trainbench_hf.log" 2>&1
+           tail -3 "$OUT/trainbench_hf.log" ;;
     *) echo "unknown step $what" ;;
   esac
 done

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Packs what bench/gpu_run.sh needs into .gpu/ (ignored by git; carry it to the device):
+# the CUDA binary (scripts/build_cuda.sh) as pg.xz and the fixtures the GPU checks read.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .gpu
+xz -T2 -6 -c "${CUDA_TARGET_DIR:-$HOME/.cache/persona-geometry/target-cuda}/release/persona-geometry" > .gpu/pg.xz
+tar -C ../shared/fixtures -cJf .gpu/fixtures.tar.xz hf-tiny-qwen2/model lora-train
+ls -la .gpu
