@@ -256,3 +256,45 @@ fn gradients_equal_finite_differences() {
         }
     }
 }
+
+/// Block-by-block recomputation (gradient checkpointing) gives the gradients of one graph of
+/// the whole pass (f64, so only summation order can differ).
+#[test]
+fn checkpointed_gradients_equal_the_whole_graphs() {
+    let s = setup(DType::F64);
+    let lora = TrainableLora::load(
+        &fixtures().join("lora-train/adapter_init"),
+        &s.model.cfg,
+        &Device::Cpu,
+        DType::F64,
+    )
+    .unwrap();
+    let mbs = micro_batches(&s, &[vec![0, 1], vec![2, 3, 4]]);
+    let n: usize = mbs.iter().map(|m| m.label_tokens).sum();
+    let (checkpointed, _) =
+        trainer::accumulated_gradients(&s.model, &lora, &mbs, &[None, None]).unwrap();
+    let fwd = extractor::train::forward::TrainForward {
+        model: &s.model,
+        lora: &lora,
+    };
+    let named = lora.named_vars();
+    let mut whole: Vec<Tensor> = Vec::new();
+    for mb in &mbs {
+        let g = (fwd.summed_label_loss(mb, None).unwrap() / n as f64)
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (i, (_, v)) in named.iter().enumerate() {
+            let gi = g.get(v.as_tensor()).unwrap().clone();
+            if whole.len() <= i {
+                whole.push(gi);
+            } else {
+                whole[i] = (&whole[i] + gi).unwrap();
+            }
+        }
+    }
+    for ((name, _), (a, b)) in named.iter().zip(checkpointed.iter().zip(&whole)) {
+        let r = rel_to_max(a, b);
+        assert!(r < 1e-12, "{name}: {r:e}");
+    }
+}

@@ -152,7 +152,7 @@ impl TrainForward<'_> {
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let dtype = self.model.dtype;
-        let base = x.to_dtype(dtype)?.matmul(&w.t()?)?.to_dtype(x.dtype())?;
+        let base = frozen_linear(&x.to_dtype(dtype)?, w)?.to_dtype(x.dtype())?;
         let Some(pair) = &self.lora.pairs[layer][proj] else {
             return Ok(base);
         };
@@ -195,14 +195,9 @@ impl TrainForward<'_> {
         ))
     }
 
-    /// The summed cross-entropy of the micro-batch's label tokens (a scalar f32 tensor whose
-    /// gradient reaches the LoRA variables).
-    pub fn summed_label_loss(&self, mb: &MicroBatch, dropout: Option<&Dropout>) -> Result<Tensor> {
-        let m = self.model;
-        let cfg = &m.cfg;
-        let (b, t) = (mb.b, mb.t);
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let rep = nh / nkv;
+    /// The per-pass constants of a micro-batch: rotary tables and the causal mask.
+    pub fn prepare(&self, mb: &MicroBatch) -> Result<PassConstants> {
+        let t = mb.t;
         let (cos, sin) = self.rope_tables(t)?;
         // Causal mask [t, t]: 0 on and below the diagonal, −∞ above.
         let mask: Vec<f32> = (0..t * t)
@@ -214,77 +209,197 @@ impl TrainForward<'_> {
                 }
             })
             .collect();
-        // The residual stream, attention and loss run in the LoRA dtype (f32; f64 for the
-        // finite-difference test).
-        let acc = self.lora.dtype();
-        let mask = Tensor::from_vec(mask, (t, t), &m.device)?.to_dtype(acc)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut h = m
+        let mask =
+            Tensor::from_vec(mask, (t, t), &self.model.device)?.to_dtype(self.lora.dtype())?;
+        Ok(PassConstants {
+            cos,
+            sin,
+            mask,
+            b: mb.b,
+            t,
+        })
+    }
+
+    /// The embeddings of the micro-batch's tokens, [b·t, hidden], in the LoRA dtype (the
+    /// residual stream, attention and loss run in it: f32; f64 for the finite-difference test).
+    pub fn embed(&self, mb: &MicroBatch) -> Result<Tensor> {
+        Ok(self
+            .model
             .embed
             .index_select(&mb.ids, 0)?
-            .to_dtype(acc)?
-            .reshape((b * t, cfg.hidden_size))?;
+            .to_dtype(self.lora.dtype())?
+            .reshape((mb.b * mb.t, self.model.cfg.hidden_size))?)
+    }
+
+    /// Decoder block `l` on the residual stream `h` [b·t, hidden].
+    pub fn block(
+        &self,
+        l: usize,
+        h: &Tensor,
+        pass: &PassConstants,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        let m = self.model;
+        let cfg = &m.cfg;
+        let layer = &m.layers[l];
+        let (b, t) = (pass.b, pass.t);
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let rep = nh / nkv;
+        let acc = self.lora.dtype();
+        let scale = 1.0 / (hd as f64).sqrt();
         let (q_rows, kv_rows) = (nh * hd, nkv * hd);
-        for (l, layer) in m.layers.iter().enumerate() {
-            let x = rms_norm(&h, &layer.ln1, cfg.rms_eps)?;
-            let bias = |offset: usize, len: usize, y: Tensor| -> Result<Tensor> {
-                Ok(match &layer.qkv_b {
-                    Some(bias) => y.broadcast_add(&bias.narrow(0, offset, len)?.to_dtype(acc)?)?,
-                    None => y,
-                })
-            };
-            let wq = layer.qkv.narrow(0, 0, q_rows)?;
-            let wk = layer.qkv.narrow(0, q_rows, kv_rows)?;
-            let wv = layer.qkv.narrow(0, q_rows + kv_rows, kv_rows)?;
-            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-                Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-            };
-            let q = heads(
-                bias(0, q_rows, self.projection(&x, &wq, l, 0, dropout)?)?,
-                nh,
-            )?;
-            let k = heads(
-                bias(q_rows, kv_rows, self.projection(&x, &wk, l, 1, dropout)?)?,
-                nkv,
-            )?;
-            let v = heads(
-                bias(
-                    q_rows + kv_rows,
-                    kv_rows,
-                    self.projection(&x, &wv, l, 2, dropout)?,
-                )?,
-                nkv,
-            )?;
-            let q = rope(&q, &cos, &sin)?;
-            let k = rope(&k, &cos, &sin)?;
-            // The `rep` query heads of a KV head (HF repeat_kv order) stacked along the query
-            // axis, so repeated keys and values are never materialised.
-            let q = q.reshape((b, nkv, rep * t, hd))?;
-            let scores = (q.matmul(&k.t()?)? * scale)?
-                .reshape((b, nkv, rep, t, t))?
-                .broadcast_add(&mask)?;
-            let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, t))?;
-            let y = probs
-                .matmul(&v)?
-                .reshape((b, nh, t, hd))?
-                .transpose(1, 2)?
-                .reshape((b * t, nh * hd))?;
-            h = (h + self.projection(&y, &layer.o, l, 3, dropout)?)?;
-            let x2 = rms_norm(&h, &layer.ln2, cfg.rms_eps)?;
-            let g = self.projection(&x2, &layer.gate, l, 4, dropout)?;
-            let u = self.projection(&x2, &layer.up, l, 5, dropout)?;
-            let gu = (g.silu()? * u)?;
-            h = (h + self.projection(&gu, &layer.down, l, 6, dropout)?)?;
-        }
+        let x = rms_norm(h, &layer.ln1, cfg.rms_eps)?;
+        let bias = |offset: usize, len: usize, y: Tensor| -> Result<Tensor> {
+            Ok(match &layer.qkv_b {
+                Some(bias) => y.broadcast_add(&bias.narrow(0, offset, len)?.to_dtype(acc)?)?,
+                None => y,
+            })
+        };
+        let wq = layer.qkv.narrow(0, 0, q_rows)?;
+        let wk = layer.qkv.narrow(0, q_rows, kv_rows)?;
+        let wv = layer.qkv.narrow(0, q_rows + kv_rows, kv_rows)?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(
+            bias(0, q_rows, self.projection(&x, &wq, l, 0, dropout)?)?,
+            nh,
+        )?;
+        let k = heads(
+            bias(q_rows, kv_rows, self.projection(&x, &wk, l, 1, dropout)?)?,
+            nkv,
+        )?;
+        let v = heads(
+            bias(
+                q_rows + kv_rows,
+                kv_rows,
+                self.projection(&x, &wv, l, 2, dropout)?,
+            )?,
+            nkv,
+        )?;
+        let q = rope(&q, &pass.cos, &pass.sin)?;
+        let k = rope(&k, &pass.cos, &pass.sin)?;
+        // The `rep` query heads of a KV head (HF repeat_kv order) stacked along the query
+        // axis, so repeated keys and values are never materialised.
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scores = (q.matmul(&k.t()?)? * scale)?
+            .reshape((b, nkv, rep, t, t))?
+            .broadcast_add(&pass.mask)?;
+        let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, t))?;
+        let y = probs
+            .matmul(&v)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * hd))?;
+        let h = (h + self.projection(&y, &layer.o, l, 3, dropout)?)?;
+        let x2 = rms_norm(&h, &layer.ln2, cfg.rms_eps)?;
+        let g = self.projection(&x2, &layer.gate, l, 4, dropout)?;
+        let u = self.projection(&x2, &layer.up, l, 5, dropout)?;
+        let gu = (g.silu()? * u)?;
+        Ok((h + self.projection(&gu, &layer.down, l, 6, dropout)?)?)
+    }
+
+    /// The summed cross-entropy of the label tokens given the last block's output `h`.
+    pub fn head_loss(&self, h: &Tensor, mb: &MicroBatch) -> Result<Tensor> {
+        let m = self.model;
         // Only the label positions need logits: [labels, hidden] → [labels, vocab].
         let h = h.index_select(&mb.label_rows, 0)?;
-        let h = rms_norm(&h, &m.norm, cfg.rms_eps)?;
-        let logits = h
-            .to_dtype(m.dtype)?
-            .matmul(&m.lm_head.t()?)?
-            .to_dtype(acc)?;
+        let h = rms_norm(&h, &m.norm, m.cfg.rms_eps)?;
+        let logits = frozen_linear(&h.to_dtype(m.dtype)?, &m.lm_head)?.to_dtype(h.dtype())?;
         summed_cross_entropy(&logits, &mb.targets)
     }
+
+    /// The summed cross-entropy of the micro-batch's label tokens with the whole graph kept (a
+    /// scalar whose gradient reaches the LoRA variables). Training recomputes block by block
+    /// instead (`trainer`); this is the same function in one piece.
+    pub fn summed_label_loss(&self, mb: &MicroBatch, dropout: Option<&Dropout>) -> Result<Tensor> {
+        let pass = self.prepare(mb)?;
+        let mut h = self.embed(mb)?;
+        for l in 0..self.model.layers.len() {
+            h = self.block(l, &h, &pass, dropout)?;
+        }
+        self.head_loss(&h, mb)
+    }
+}
+
+/// What every block of one micro-batch's pass shares.
+pub struct PassConstants {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    b: usize,
+    t: usize,
+}
+
+/// y = x·Wᵀ for a frozen W with a backward pass for x alone. candle's matmul backward also
+/// computes (and keeps until the pass ends) the gradient of every frozen weight: for a 7B model
+/// a model-sized tensor per micro-batch and a third more backward work. Here the product is
+/// computed on the detached input, and a custom op hands that result on (one copy of the
+/// output) with backward grad·W.
+struct FrozenLinear {
+    w: Tensor,
+    y: Tensor,
+}
+
+impl FrozenLinear {
+    fn result<S: candle_core::backend::BackendStorage>(
+        &self,
+        pick: impl Fn(&candle_core::Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, candle_core::Shape)> {
+        let (storage, layout) = self.y.storage_and_layout();
+        match pick(&storage) {
+            Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            None => candle_core::bail!("frozen-linear: input and weight on different devices"),
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        self.result(|s| match s {
+            candle_core::Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        self.result(|s| match s {
+            candle_core::Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?))
+    }
+}
+
+/// x [n, in] · Wᵀ ([out, in], frozen), differentiable in x only.
+fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().matmul(&w.t()?)?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    // The copy needs y contiguous from offset 0 (a fresh matmul output is).
+    let y = y.contiguous()?;
+    Ok(x.apply_op1(FrozenLinear { w: w.clone(), y })?)
 }
 
 #[cfg(test)]

@@ -27,6 +27,13 @@ pub struct StepRecord {
 /// LoRA variable (`lora.named_vars()` order), and that loss. Each micro-batch is run forward
 /// and backward alone, its loss divided by the whole batch's label count first (as the
 /// Trainer does with `num_items_in_batch`), and the gradients summed.
+///
+/// Memory: gradient checkpointing per decoder block, as the upstream recipe runs HF's. The
+/// forward keeps only each block's input (the graph of a block is dropped as soon as its
+/// output exists); the backward recomputes one block at a time from its input and
+/// back-propagates the gradient arriving at its output (the surrogate Σ output ⊙ grad), so a
+/// pass holds one block's graph at a time. Same gradients as one graph of the whole pass (the
+/// tests compare both and the oracle), one more forward of compute.
 pub fn accumulated_gradients(
     model: &Model,
     lora: &TrainableLora,
@@ -39,26 +46,78 @@ pub fn accumulated_gradients(
         label_tokens > 0,
         "the accumulated batch has no label tokens"
     );
-    let vars: Vec<&Var> = lora.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let named = lora.named_vars();
+    // The variables of each block, with their index in `named`.
+    let mut per_block: Vec<Vec<(usize, &Var)>> = vec![Vec::new(); model.layers.len()];
+    for (i, (name, v)) in named.iter().enumerate() {
+        let block = name
+            .strip_prefix("base_model.model.model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .context("LoRA variable outside the decoder blocks")?;
+        per_block[block].push((i, *v));
+    }
+    let mut sums: Vec<Option<Tensor>> = vec![None; named.len()];
+    let mut add = |i: usize, g: &Tensor| -> Result<()> {
+        sums[i] = Some(match sums[i].take() {
+            Some(s) => (s + g)?,
+            None => g.clone(),
+        });
+        Ok(())
+    };
     let mut loss = 0.0f64;
     for (mb, d) in micro_batches.iter().zip(dropout) {
-        let summed = fwd.summed_label_loss(mb, d.as_ref())?;
+        let d = d.as_ref();
+        let pass = fwd.prepare(mb)?;
+        let mut inputs = vec![fwd.embed(mb)?];
+        for l in 0..model.layers.len() {
+            let out = fwd.block(l, &inputs[l], &pass, d)?.detach();
+            inputs.push(out);
+        }
+        let top = Var::from_tensor(&inputs[model.layers.len()])?;
+        let summed = fwd.head_loss(top.as_tensor(), mb)?;
         loss += summed.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = (summed / label_tokens as f64)?
             .backward()
-            .context("backward pass")?;
-        for (slot, v) in sums.iter_mut().zip(&vars) {
-            let g = grads
-                .get(v.as_tensor())
-                .context("a LoRA variable received no gradient: the forward does not use it")?;
-            *slot = Some(match slot.take() {
-                Some(s) => (s + g)?,
-                None => g.clone(),
-            });
+            .context("backward pass (head)")?;
+        let mut grad_out = grads
+            .get(top.as_tensor())
+            .context("no gradient reached the last block's output")?
+            .clone();
+        for l in (0..model.layers.len()).rev() {
+            // Block 0's input is the frozen embedding: no gradient needed below it.
+            let input = if l > 0 {
+                Some(Var::from_tensor(&inputs[l])?)
+            } else {
+                None
+            };
+            let x = input.as_ref().map(|v| v.as_tensor()).unwrap_or(&inputs[0]);
+            let out = fwd.block(l, x, &pass, d)?;
+            let grads = (out * &grad_out)?
+                .sum_all()?
+                .backward()
+                .with_context(|| format!("backward pass (block {l})"))?;
+            for &(i, v) in &per_block[l] {
+                let g = grads.get(v.as_tensor()).with_context(|| {
+                    format!(
+                        "{}: received no gradient: the forward does not use it",
+                        named[i].0
+                    )
+                })?;
+                add(i, g)?;
+            }
+            if let Some(input) = &input {
+                grad_out = grads
+                    .get(input.as_tensor())
+                    .with_context(|| format!("no gradient reached block {l}'s input"))?
+                    .clone();
+            }
         }
     }
-    let grads = sums.into_iter().map(|g| g.expect("filled")).collect();
+    let grads = sums
+        .into_iter()
+        .map(|g| g.context("a LoRA variable received no gradient"))
+        .collect::<Result<_>>()?;
     Ok((grads, loss / label_tokens as f64))
 }
 
