@@ -87,10 +87,10 @@ for what in "$@"; do
              '[model]' 'id = "bench/qwen2.5-7b-shaped-random"' 'path = "/tmp/tb/model"' 'device = "cuda"' \
              '[recipe]' "max_steps = ${TRAIN_STEPS:-20}" > /tmp/tb/train.toml
            rm -rf /tmp/tb/ours
-           with_peak "$OUT/trainbench_ours" "$PG" train /tmp/tb/train.toml > "$OUT/trainbench_ours.log" 2>&1
-           tail -4 "$OUT/trainbench_ours.log"
+           with_peak "$OUT/trainbench_ours" timeout "${OURS_TIMEOUT:-400}" "$PG" train /tmp/tb/train.toml > "$OUT/trainbench_ours.log" 2>&1
+           tr '\r' '\n' < "$OUT/trainbench_ours.log" | grep -v "^ *$" | tail -8
            with_peak "$OUT/trainbench_hf" python3 bench/gpu_train.py hf /tmp/tb "${TRAIN_STEPS:-20}" > "$OUT/trainbench_hf.log" 2>&1
-           tail -3 "$OUT/trainbench_hf.log" ;;
+           tail -1 "$OUT/trainbench_hf.log" ;;
     *) echo "unknown step $what" ;;
   esac
 done

@@ -125,7 +125,7 @@ def hf(d, steps):
                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     t_load = time.time() - t_load
     args = TrainingArguments(output_dir="/tmp/hf-train-bench", per_device_train_batch_size=4, gradient_accumulation_steps=4,
-                             max_steps=steps, learning_rate=1e-4, weight_decay=0.01, max_grad_norm=1.0, warmup_ratio=0.03,
+                             max_steps=steps, learning_rate=1e-4, weight_decay=0.01, max_grad_norm=1.0, warmup_steps=math.ceil(0.03 * steps),
                              lr_scheduler_type="linear", bf16=True, gradient_checkpointing=True, logging_steps=1,
                              save_strategy="no", report_to=[], seed=42, remove_unused_columns=False, dataloader_num_workers=0)
     tr = Trainer(model=model, args=args, train_dataset=DS(), data_collator=collate)

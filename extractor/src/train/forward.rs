@@ -20,8 +20,12 @@ use crate::model::Model;
 
 /// LoRA dropout on the adapter's input: the mask of each (micro-batch, module) comes from a
 /// stream keyed by the seed, the micro-batch's global index and the module's name, so a run
-/// resumed from a checkpoint draws the same masks as one that never stopped. Inverted dropout
-/// (kept values scaled by 1/(1 − p)) as torch's `nn.Dropout`, with other random numbers.
+/// resumed from a checkpoint, and the block recomputed in the backward pass, draw the same
+/// masks. Inverted dropout (kept values scaled by 1/(1 − p)) as torch's `nn.Dropout`, with
+/// other random numbers. On the CPU the mask is drawn from this project's xoshiro stream; on
+/// CUDA from the device's generator (cuRAND) seeded with the key, because a 7B model needs over
+/// a billion draws per micro-batch: CUDA runs are reproducible on CUDA, but with dropout > 0 a
+/// CUDA run and a CPU run draw different masks.
 #[derive(Clone, Copy, Debug)]
 pub struct Dropout {
     pub p: f64,
@@ -38,13 +42,26 @@ impl Dropout {
         device: &Device,
         dtype: DType,
     ) -> Result<Tensor> {
-        let n = shape.0 * shape.1;
         let keep = 1.0 - self.p;
         let mut rng =
             shared::rng::Rng::stream(self.seed, &format!("dropout/{module}"), self.micro_batch);
+        if device.is_cuda() {
+            device.set_seed(rng.next_u64())?;
+            let u = Tensor::rand(0f32, 1f32, shape, device)?;
+            return Ok((u.ge(self.p)?.to_dtype(dtype)? * (1.0 / keep))?);
+        }
+        let n = shape.0 * shape.1;
+        // keep with probability `keep`: the top 53 bits below keep · 2^53.
+        let threshold = (keep * (1u64 << 53) as f64) as u64;
         let scale = (1.0 / keep) as f32;
         let v: Vec<f32> = (0..n)
-            .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
+            .map(|_| {
+                if rng.next_u64() >> 11 < threshold {
+                    scale
+                } else {
+                    0.0
+                }
+            })
             .collect();
         Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
     }
@@ -100,11 +117,27 @@ impl MicroBatch {
     }
 }
 
-/// RMSNorm as HF computes it: x · rsqrt(mean(x²) + eps) · w, in f32.
+/// At least f32: where half-precision activations are widened (norms, softmax, loss).
+fn wide(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// RMSNorm as HF computes it: in at least f32, x · rsqrt(mean(x²) + eps), rounded back to the
+/// input's dtype, times w.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv)?
-        .broadcast_mul(&w.to_dtype(x.dtype())?)?)
+    let dtype = x.dtype();
+    let xf = x.to_dtype(wide(dtype))?;
+    let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    Ok(xf
+        .broadcast_mul(&inv)?
+        .to_dtype(dtype)?
+        .broadcast_mul(&w.to_dtype(dtype)?)?)
 }
 
 /// HF's rotary embedding: x·cos + rotate_half(x)·sin with cos/sin [t, hd] (halves repeated)
@@ -119,6 +152,7 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Softmax over the last axis from exp and sum. The row maximum is subtracted as a constant
 /// (detached): softmax does not depend on it, so no gradient needs to flow through it.
+/// `x` in at least f32.
 fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&m)?.exp()?;
@@ -152,7 +186,8 @@ impl TrainForward<'_> {
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let dtype = self.model.dtype;
-        let base = frozen_linear(&x.to_dtype(dtype)?, w)?.to_dtype(x.dtype())?;
+        let act = x.dtype();
+        let base = frozen_linear(&x.to_dtype(dtype)?, w)?.to_dtype(act)?;
         let Some(pair) = &self.lora.pairs[layer][proj] else {
             return Ok(base);
         };
@@ -168,9 +203,10 @@ impl TrainForward<'_> {
             }
             _ => x.clone(),
         };
+        // In the activations' dtype, as PEFT's f32 LoRA weights run under bf16 autocast.
         let delta = x
-            .matmul(&pair.a.as_tensor().t()?)?
-            .matmul(&pair.b.as_tensor().t()?)?;
+            .matmul(&pair.a.as_tensor().to_dtype(act)?.t()?)?
+            .matmul(&pair.b.as_tensor().to_dtype(act)?.t()?)?;
         Ok((base + (delta * self.lora.shape.scale())?)?)
     }
 
@@ -188,11 +224,22 @@ impl TrainForward<'_> {
                 }
             }
         }
-        let (dev, acc) = (&self.model.device, self.lora.dtype());
+        let (dev, act) = (&self.model.device, self.act_dtype());
         Ok((
-            Tensor::from_vec(cos, (t, hd), dev)?.to_dtype(acc)?,
-            Tensor::from_vec(sin, (t, hd), dev)?.to_dtype(acc)?,
+            Tensor::from_vec(cos, (t, hd), dev)?.to_dtype(act)?,
+            Tensor::from_vec(sin, (t, hd), dev)?.to_dtype(act)?,
         ))
+    }
+
+    /// The activations' dtype: the model's when it computes in half precision (bf16 on a GPU:
+    /// HF's bf16 training, where autocast runs the f32 LoRA weights in bf16 too; norms, softmax
+    /// and the loss are widened to f32), else the LoRA dtype (f32; f64 in the finite-difference
+    /// test).
+    fn act_dtype(&self) -> DType {
+        match self.model.dtype {
+            DType::BF16 | DType::F16 => self.model.dtype,
+            _ => self.lora.dtype(),
+        }
     }
 
     /// The per-pass constants of a micro-batch: rotary tables and the causal mask.
@@ -210,7 +257,7 @@ impl TrainForward<'_> {
             })
             .collect();
         let mask =
-            Tensor::from_vec(mask, (t, t), &self.model.device)?.to_dtype(self.lora.dtype())?;
+            Tensor::from_vec(mask, (t, t), &self.model.device)?.to_dtype(wide(self.act_dtype()))?;
         Ok(PassConstants {
             cos,
             sin,
@@ -220,14 +267,13 @@ impl TrainForward<'_> {
         })
     }
 
-    /// The embeddings of the micro-batch's tokens, [b·t, hidden], in the LoRA dtype (the
-    /// residual stream, attention and loss run in it: f32; f64 for the finite-difference test).
+    /// The embeddings of the micro-batch's tokens, [b·t, hidden], in the activations' dtype.
     pub fn embed(&self, mb: &MicroBatch) -> Result<Tensor> {
         Ok(self
             .model
             .embed
             .index_select(&mb.ids, 0)?
-            .to_dtype(self.lora.dtype())?
+            .to_dtype(self.act_dtype())?
             .reshape((mb.b * mb.t, self.model.cfg.hidden_size))?)
     }
 
@@ -245,13 +291,13 @@ impl TrainForward<'_> {
         let (b, t) = (pass.b, pass.t);
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let rep = nh / nkv;
-        let acc = self.lora.dtype();
+        let act = self.act_dtype();
         let scale = 1.0 / (hd as f64).sqrt();
         let (q_rows, kv_rows) = (nh * hd, nkv * hd);
         let x = rms_norm(h, &layer.ln1, cfg.rms_eps)?;
         let bias = |offset: usize, len: usize, y: Tensor| -> Result<Tensor> {
             Ok(match &layer.qkv_b {
-                Some(bias) => y.broadcast_add(&bias.narrow(0, offset, len)?.to_dtype(acc)?)?,
+                Some(bias) => y.broadcast_add(&bias.narrow(0, offset, len)?.to_dtype(act)?)?,
                 None => y,
             })
         };
@@ -283,9 +329,12 @@ impl TrainForward<'_> {
         // axis, so repeated keys and values are never materialised.
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scores = (q.matmul(&k.t()?)? * scale)?
+            .to_dtype(wide(act))?
             .reshape((b, nkv, rep, t, t))?
             .broadcast_add(&pass.mask)?;
-        let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, t))?;
+        let probs = softmax_last(&scores)?
+            .to_dtype(act)?
+            .reshape((b, nkv, rep * t, t))?;
         let y = probs
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
@@ -305,7 +354,8 @@ impl TrainForward<'_> {
         // Only the label positions need logits: [labels, hidden] → [labels, vocab].
         let h = h.index_select(&mb.label_rows, 0)?;
         let h = rms_norm(&h, &m.norm, m.cfg.rms_eps)?;
-        let logits = frozen_linear(&h.to_dtype(m.dtype)?, &m.lm_head)?.to_dtype(h.dtype())?;
+        let logits =
+            frozen_linear(&h.to_dtype(m.dtype)?, &m.lm_head)?.to_dtype(self.lora.dtype())?;
         summed_cross_entropy(&logits, &mb.targets)
     }
 

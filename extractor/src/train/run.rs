@@ -86,6 +86,7 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         cfg.model.revision.as_deref(),
     )?;
     eprintln!("loading {} from {}", cfg.model.id, model_path.display());
+    let load_clock = std::time::Instant::now();
     let loaded = load(&model_path)?;
     let template = loaded.chat_template()?;
     let examples = read_examples(&cfg.data, cfg.system_prompt.as_deref())?;
@@ -223,7 +224,14 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         rows = idx.rows.clone();
         eprintln!("resuming after step {} of {total}", idx.step);
     }
+    eprintln!(
+        "model ready in {:.1} s; {} examples, {total} optimizer steps",
+        load_clock.elapsed().as_secs_f64(),
+        tokenized.len()
+    );
     let start = rows.len();
+    // Logs (SLURM, nohup) get one line per step where no terminal shows the bar.
+    let plain_log = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let micro_before: Vec<usize> = plan
         .iter()
         .scan(0usize, |acc, s| {
@@ -274,12 +282,16 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         rec.step = s + 1;
         trained_tokens += rec.tokens;
         rows.push(StepRow::from(&rec));
-        bar.set_message(format!(
+        let status = format!(
             "loss {:.4} lr {:.2e} {:.0} tok/s",
             rec.loss,
             lr,
             trained_tokens as f64 / clock.elapsed().as_secs_f64().max(1e-9)
-        ));
+        );
+        if plain_log {
+            eprintln!("step {}/{total}: {status}", s + 1);
+        }
+        bar.set_message(status);
         bar.inc(1);
         let done = s + 1;
         if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < total {
