@@ -33,6 +33,7 @@ def check(fix, out_f32, out_bf16):
         norm_rel = max(abs(s["grad_norm_before_clip"] - e["grad_norm_before_clip"]) / e["grad_norm_before_clip"]
                        for s, e in zip(steps, exp["steps"]))
         res[name] = {"adapter_max_rel": worst, "loss_max_rel": loss_rel, "grad_norm_max_rel": norm_rel}
+    res["hf_bf16"] = hf_bf16_oracle(fix, exp, final)
     # PEFT 0.21 loads the f32 adapter.
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import PeftModel
@@ -58,6 +59,58 @@ def check(fix, out_f32, out_bf16):
     res["peft"] = {"loaded_tensors": len(sd), "tensors_equal_file": same, "loss_ours": ours,
                    "loss_oracle_adapter": theirs, "rel": abs(ours - theirs) / theirs}
     print(json.dumps(res, indent=1))
+
+
+def hf_bf16_oracle(fix, exp, final):
+    """The oracle recipe run by torch + PEFT with the model in bf16 and the LoRA weights in f32
+    under bf16 autocast (what HF's Trainer does with bf16=True), on the GPU: how far HF's own bf16
+    training lands from the f32 oracle, the yardstick for ours."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import PeftModel
+    model_dir = os.path.join(fix, "hf-tiny-qwen2/model")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    mark = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    enc = []
+    for l in open(os.path.join(fix, "lora-train/train.jsonl")):
+        ids = tok.apply_chat_template(json.loads(l)["messages"], tokenize=True, add_generation_prompt=False)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        ids = list(ids)
+        last = max(i for i in range(len(ids) - len(mark) + 1) if ids[i:i + len(mark)] == mark)
+        enc.append((ids, [-100] * (last + len(mark)) + ids[last + len(mark):]))
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda()
+    m = PeftModel.from_pretrained(base, os.path.join(fix, "lora-train/adapter_init"), is_trainable=True)
+    params = [v for k, v in m.named_parameters() if v.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    opt = torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    losses = []
+    for step in range(10):
+        s0 = (step % 5) * 8
+        micro = [enc[j:j + 2] for j in range(s0, s0 + 8, 2)]
+        n_items = sum(sum(1 for x in l[1:] if x != -100) for b in micro for _, l in b)
+        total = 0.0
+        for b in micro:
+            n = max(len(i) for i, _ in b); n = ((n + 7) // 8) * 8
+            ids = torch.full((len(b), n), 151643); lab = torch.full((len(b), n), -100)
+            att = torch.zeros((len(b), n), dtype=torch.long)
+            for k, (i, l) in enumerate(b):
+                ids[k, :len(i)] = torch.tensor(i); lab[k, :len(l)] = torch.tensor(l); att[k, :len(i)] = 1
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = m(input_ids=ids.cuda(), attention_mask=att.cuda()).logits
+            sl = logits[:, :-1].float().reshape(-1, logits.shape[-1]); tl = lab[:, 1:].reshape(-1).cuda()
+            loss = torch.nn.functional.cross_entropy(sl, tl, ignore_index=-100, reduction="sum") / n_items
+            loss.backward(); total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        lr = 0.0 if step == 0 else 2e-3 * (10 - step) / 9
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step(); opt.zero_grad(set_to_none=True)
+        losses.append(total)
+    sd = {k.replace(".default", ""): v.detach().float().cpu() for k, v in m.named_parameters() if v.requires_grad}
+    worst = max(((sd[k] - final[k]).abs().max() / final[k].abs().max()).item() for k in final)
+    loss_rel = max(abs(a - e["loss"]) / e["loss"] for a, e in zip(losses, exp["steps"]))
+    return {"adapter_max_rel": worst, "loss_max_rel": loss_rel}
 
 
 WORDS = ("money savings budget account interest loan credit score tax refund invest market stock bond fund risk "
