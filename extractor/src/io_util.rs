@@ -4,6 +4,8 @@ use anyhow::{Context, Result};
 use shared::Bundle;
 use std::path::Path;
 
+pub use runtime::hash::{sha256_file, sha256_hex};
+
 /// Writes via a temporary file in the same directory and a rename, so a crash or Ctrl-C never
 /// leaves a truncated file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -40,28 +42,4 @@ pub fn write_bundle(path: &Path, bundle: &Bundle) -> Result<usize> {
         .with_context(|| format!("encoding bundle for {}", path.display()))?;
     write_atomic(path, &bytes)?;
     Ok(bytes.len())
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -6,19 +6,16 @@
 //! `model.layers[l]`; the last block is taken before the final norm.
 
 pub mod cmd_analysis;
-pub mod cuda_ops;
+// The model runtime lives in its own crate (shared with training); re-exported under the paths
+// the commands and tests have always used.
+pub use runtime::{cuda_ops, lora, model, template, tokenize, weights};
 pub mod extract;
 pub mod fixture_check;
 pub mod import;
 pub mod io_util;
-pub mod lora;
-pub mod model;
 pub mod npy;
 pub mod study;
-pub mod template;
-pub mod tokenize;
 pub mod train;
-pub mod weights;
 pub mod workload;
 
 /// candle allocates a fresh buffer for every op; glibc returns large ones to the OS and pays a

@@ -1,7 +1,7 @@
 //! Loading a model: a local Hugging Face directory, the HF cache by repo id, or a GGUF file.
 //! Everything is returned with Hugging Face tensor names, on the CPU, in the stored dtype.
 
-use crate::io_util::sha256_file;
+use crate::hash::sha256_file;
 use crate::model::{Arch, Config};
 use crate::template::ChatTemplate;
 use anyhow::{bail, Context, Result};

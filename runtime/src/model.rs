@@ -123,20 +123,21 @@ impl Config {
     }
 }
 
-pub(crate) struct Layer {
+/// One decoder block's weights (public for the training forward, `extractor::train`).
+pub struct Layer {
     /// q, k and v projections stacked: one matmul per block instead of three.
-    pub(crate) qkv: Tensor,
-    pub(crate) qkv_b: Option<Tensor>,
-    pub(crate) o: Tensor,
+    pub qkv: Tensor,
+    pub qkv_b: Option<Tensor>,
+    pub o: Tensor,
     /// gate and up stay separate: stacked, their halves are strided views, and candle's strided
     /// SiLU/mul kernels on the prefill's [tokens, intermediate] tensors cost more than the
     /// second matmul launch saves.
-    pub(crate) gate: Tensor,
-    pub(crate) up: Tensor,
-    pub(crate) down: Tensor,
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
     /// Norm weights in f32: the norms run on the f32 residual stream (fused kernel).
-    pub(crate) ln1: Tensor,
-    pub(crate) ln2: Tensor,
+    pub ln1: Tensor,
+    pub ln2: Tensor,
 }
 
 /// A residual-stream intervention: add `vector` (hidden) to the output of block `layer`.
@@ -150,11 +151,11 @@ pub struct Model {
     pub cfg: Config,
     pub device: Device,
     pub dtype: DType,
-    pub(crate) embed: Tensor,
-    pub(crate) layers: Vec<Layer>,
-    pub(crate) norm: Tensor,
-    pub(crate) lm_head: Tensor,
-    pub(crate) inv_freq: Vec<f32>,
+    pub embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub lm_head: Tensor,
+    pub inv_freq: Vec<f32>,
     steering: Option<(usize, Tensor)>,
 }
 
@@ -937,7 +938,7 @@ mod tests {
             tie_embeddings: false,
             attention_bias: true,
         };
-        let w = crate::workload::random_weights(&cfg, &Device::Cpu, DType::F32).unwrap();
+        let w = crate::random::random_weights(&cfg, &Device::Cpu, DType::F32).unwrap();
         Model::new(cfg, w, &Device::Cpu, DType::F32).unwrap()
     }
 

@@ -2,7 +2,7 @@
 //! s = alpha/r (or alpha/√r with rsLoRA), per-module r and alpha from rank_pattern/alpha_pattern.
 //! Anything this merge would get wrong is refused with the reason.
 
-use crate::io_util::sha256_file;
+use crate::hash::sha256_file;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;

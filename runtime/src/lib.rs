@@ -1,0 +1,15 @@
+//! The model runtime shared by extraction and training: loading (HF directory, HF cache, GGUF),
+//! tokenizer and chat template, LoRA merging, the decoder on candle tensors (Qwen2/Qwen2.5 and
+//! Llama families) with its fused CUDA kernels.
+//!
+//! Layer convention: layer l = output of decoder block l (0-based), i.e. a forward hook on
+//! `model.layers[l]`; the last block is taken before the final norm.
+
+pub mod cuda_ops;
+pub mod hash;
+pub mod lora;
+pub mod model;
+pub mod random;
+pub mod template;
+pub mod tokenize;
+pub mod weights;
