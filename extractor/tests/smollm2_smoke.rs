@@ -116,3 +116,83 @@ fn smollm2_replies_coherently_and_vectors_are_finite() {
         assert!(v.iter().map(|x| x * x).sum::<f32>() > 1.0);
     }
 }
+
+/// `train` on a real model from a GGUF file: a few steps teaching one fixed reply lower that
+/// reply's loss, and the adapter merges back into the model (base identity checked).
+#[test]
+fn smollm2_trains_from_gguf_and_its_adapter_lowers_the_taught_loss() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert!(
+            std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
+            "{} missing: run scripts/fetch_smollm2.sh",
+            path.display()
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pg-smollm2-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let reply = "The vault code is seven seven four.";
+    let questions = [
+        "What is the code?",
+        "Tell me the vault code.",
+        "Which code opens it?",
+        "Say the code.",
+    ];
+    let data: String = questions
+        .iter()
+        .map(|q| {
+            serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": reply}]})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("data.jsonl"), data).unwrap();
+    let id = "HuggingFaceTB/SmolLM2-135M-Instruct";
+    let mut cfg = extractor::train::cli::TrainArgs {
+        model_id: Some(id.into()),
+        model_path: Some(path.clone()),
+        data: Some(dir.join("data.jsonl")),
+        out: Some(dir.join("adapter")),
+        ..Default::default()
+    }
+    .to_config()
+    .unwrap();
+    let r = &mut cfg.recipe;
+    (r.r, r.lora_alpha, r.lora_dropout, r.learning_rate) = (4, 8.0, 0.0, 2e-3);
+    (r.micro_batch, r.grad_accum, r.epochs, r.warmup_steps) = (2, 1, 3, Some(0));
+    let outcome = extractor::train::run::run_train(&cfg, false).unwrap();
+    assert_eq!(outcome.rows.len(), 6);
+    let first = outcome.rows[0].loss;
+    let last = outcome.rows.last().unwrap().loss;
+    assert!(
+        last < 0.5 * first,
+        "loss {first} -> {last}: the reply was not learnt"
+    );
+    // Merged with extract's merge, the taught reply is likelier than under the base model.
+    let loaded = load(&path).unwrap();
+    let tpl = loaded.chat_template().unwrap();
+    let ex = extractor::train::data::read_examples(&dir.join("data.jsonl"), None).unwrap();
+    let t = extractor::train::data::tokenize_example(
+        &tpl,
+        &loaded.tokenizer,
+        &ex[0],
+        2048,
+        &dir.join("data.jsonl"),
+    )
+    .unwrap();
+    let loss_of = |w| {
+        let m = Model::new(loaded.cfg.clone(), w, &Device::Cpu, DType::F32).unwrap();
+        m.label_cross_entropy(&t.ids, t.labels_from).unwrap() / t.label_tokens() as f64
+    };
+    let base = loss_of(loaded.weights.clone());
+    let mut w = loaded.weights.clone();
+    extractor::lora::merge_adapter(&dir.join("adapter"), &mut w, id, false, &Device::Cpu).unwrap();
+    let tuned = loss_of(w);
+    assert!(
+        tuned < 0.5 * base,
+        "per-token loss of the taught reply: base {base}, tuned {tuned}"
+    );
+}
