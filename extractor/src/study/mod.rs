@@ -21,7 +21,10 @@ use shared::bundle::{
 };
 use std::path::{Path, PathBuf};
 
+mod assemble;
+mod checkpoint;
 mod run;
+mod units;
 pub use run::run_study;
 
 pub const DEFAULT_PERSONAS: &str = include_str!("../../../data/eval_personas.json");

@@ -117,10 +117,10 @@ impl Recipe {
                 bad(f, "must be in [0, 1)")?;
             }
         }
-        if !(self.adam_epsilon > 0.0) {
+        if self.adam_epsilon.is_nan() || self.adam_epsilon <= 0.0 {
             bad("adam_epsilon", "must be > 0")?;
         }
-        if !(self.max_grad_norm > 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
             bad("max_grad_norm", "must be > 0")?;
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {

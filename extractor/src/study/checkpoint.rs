@@ -1,0 +1,312 @@
+//! One checkpoint of a study: its model (adapter merged, steering set, provenance) and the
+//! extraction of its units.
+
+use super::units::{unit_path, Unit};
+use super::*;
+
+/// What every checkpoint of a run shares.
+pub(super) struct RunInputs<'a> {
+    pub rs: &'a ResolvedStudy,
+    pub loaded: &'a LoadedModel,
+    pub template: &'a ChatTemplate,
+    pub device: &'a Device,
+    pub dtype: DType,
+    pub config_hash: &'a str,
+    pub parts: &'a Path,
+}
+
+/// The model of checkpoint `ck` (adapter merged, steering set) and its bundle entry.
+pub(super) fn checkpoint_model(run: &RunInputs, ck: usize) -> Result<(Model, Checkpoint)> {
+    let (rs, loaded, template, device, dtype) =
+        (run.rs, run.loaded, run.template, run.device, run.dtype);
+    let st = &rs.study;
+    let cspec = &st.checkpoints[ck];
+    let mut weights = loaded.weights.clone();
+    let mut prov: Vec<(String, String)> = Vec::new();
+    if let Some(a) = &cspec.adapter {
+        let rep = merge_adapter(
+            a,
+            &mut weights,
+            &st.model.id,
+            cspec.allow_base_mismatch,
+            device,
+        )
+        .with_context(|| format!("checkpoint `{}`", cspec.name))?;
+        prov.extend(rep.provenance);
+    }
+    let mut model = Model::new(loaded.cfg.clone(), weights, device, dtype)?;
+    if let Some(s) = &cspec.steer {
+        let v = steering_vector(s, loaded, template, rs, device, dtype)
+            .with_context(|| format!("checkpoint `{}`: steering", cspec.name))?;
+        prov.push(("steer.layer".into(), s.layer.to_string()));
+        prov.push(("steer.alpha".into(), s.alpha.to_string()));
+        match s.random_seed {
+            Some(seed) => prov.push((
+                "steer.direction".into(),
+                format!("random unit vector, seed {seed}"),
+            )),
+            None => prov.push((
+                "steer.direction".into(),
+                format!(
+                    "unit(centroid({}) - centroid({})), Method A on base",
+                    s.towards.clone().unwrap_or_default(),
+                    s.away_from.clone().unwrap_or_default()
+                ),
+            )),
+        }
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        prov.push(("steer.vector_sha256".into(), sha256_hex(&bytes)));
+        model.set_steering(Some(Steering {
+            layer: s.layer,
+            vector: v,
+        }))?;
+    }
+    let checkpoint = Checkpoint {
+        name: cspec.name.clone(),
+        role: Role::parse(&cspec.role),
+        label: cspec.label.clone().unwrap_or_else(|| cspec.name.clone()),
+        provenance: prov,
+    };
+    Ok((model, checkpoint))
+}
+
+/// Extracts the units of checkpoint `ck` that are not on disk yet. `units_written` counts
+/// units across checkpoints (the resume test's abort hook).
+pub(super) fn extract_checkpoint(
+    run: &RunInputs,
+    ck: usize,
+    model: &Model,
+    units_written: &mut usize,
+) -> Result<()> {
+    let (rs, loaded, template, parts) = (run.rs, run.loaded, run.template, run.parts);
+    let st = &rs.study;
+    let cspec = &st.checkpoints[ck];
+    let config_hash = run.config_hash.to_string();
+    let (p, q, nl) = (rs.personas.len(), rs.questions.len(), st.layers.len());
+    let h = loaded.cfg.hidden_size;
+    let todo: Vec<usize> = (0..p)
+        .filter(|&pi| {
+            rs.methods
+                .iter()
+                .any(|&m| !unit_path(parts, ck, m, pi).exists())
+        })
+        .collect();
+    if todo.is_empty() {
+        eprintln!("checkpoint {}: all units already done", cspec.name);
+        return Ok(());
+    }
+    let ex = Extractor {
+        model,
+        tokenizer: &loaded.tokenizer,
+        template,
+        stop_ids: &loaded.stop_ids,
+        layers: &st.layers,
+    };
+    let bar = indicatif::ProgressBar::new((todo.len() * q) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} prompts {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!(
+        "{} ({})",
+        cspec.name,
+        rs.methods
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    ));
+    let t0 = std::time::Instant::now();
+    let mut tokens_done = 0usize;
+    for &pi in &todo {
+        let persona = &rs.personas[pi];
+        let prompts: Vec<Vec<u32>> = rs
+            .questions
+            .iter()
+            .map(|qq| ex.prompt_ids(&persona.system_prompt, &qq.text))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..q).collect();
+        order.sort_by_key(|&i| (prompts[i].len(), i));
+        let want_b = rs.methods.contains(&Method::B);
+        let mut a_out = vec![0f32; q * nl * h];
+        let mut b_out = vec![0f32; q * nl * h];
+        let mut b_valid = vec![false; q];
+        let mut texts = vec![String::new(); q];
+        let mut counts = vec![0u32; q];
+        let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+        let batch = st.batch_size.resolve(
+            model,
+            max_prompt,
+            if want_b {
+                st.generation.max_new_tokens
+            } else {
+                0
+            },
+            q,
+        )?;
+        for chunk in order.chunks(batch) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+            let res = ex.run_batch(&batch, st.generation.max_new_tokens, want_b)?;
+            for (&qi, r) in chunk.iter().zip(res) {
+                tokens_done += prompts[qi].len() + r.generated.len();
+                for l in 0..nl {
+                    a_out[(qi * nl + l) * h..(qi * nl + l + 1) * h].copy_from_slice(&r.method_a[l]);
+                }
+                if want_b {
+                    let pooled = if st.generation.span == "templated" {
+                        ex.method_b_templated(
+                            &persona.system_prompt,
+                            &rs.questions[qi].text,
+                            prompts[qi].len(),
+                            &r.response,
+                        )?
+                        .1
+                        .filter(|_| !r.response.is_empty())
+                    } else {
+                        r.method_b.clone()
+                    };
+                    if let Some(b) = pooled {
+                        b_valid[qi] = true;
+                        for l in 0..nl {
+                            b_out[(qi * nl + l) * h..(qi * nl + l + 1) * h].copy_from_slice(&b[l]);
+                        }
+                    }
+                    texts[qi] = crate::tokenize::decode(&loaded.tokenizer, &r.response)?;
+                    counts[qi] = r.response.len() as u32;
+                }
+                bar.inc(1);
+            }
+            bar.set_message(format!(
+                "{:.0} tok/s",
+                tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+            ));
+        }
+        if bar.is_hidden() {
+            // Not a terminal (CI, nohup): one line per persona instead of a bar.
+            eprintln!(
+                "[{:>6.0}s] checkpoint {}: persona {} done ({}/{} prompts, {:.0} tok/s)",
+                t0.elapsed().as_secs_f64(),
+                cspec.name,
+                persona.name,
+                bar.position(),
+                bar.length().unwrap_or(0),
+                tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+            );
+        }
+        for (m, data, valid) in [
+            (Method::A, &a_out, vec![true; q]),
+            (Method::B, &b_out, b_valid.clone()),
+        ] {
+            if !rs.methods.contains(&m) {
+                continue;
+            }
+            if let Some(bad) = data.iter().position(|x| !x.is_finite()) {
+                let qi = bad / (nl * h);
+                let l = st.layers[(bad / h) % nl];
+                bail!(
+                    "unit (checkpoint `{}`, method {}, persona `{}`) produced NaN/Inf at question {} layer {l}; nothing of this unit was written (try dtype = \"f32\")",
+                    cspec.name,
+                    m.name(),
+                    persona.name,
+                    rs.questions[qi].id
+                );
+            }
+            let unit = Unit {
+                config_hash: config_hash.clone(),
+                per_question: data.clone(),
+                valid,
+                texts: texts.clone(),
+                token_counts: counts.clone(),
+            };
+            write_atomic(&unit_path(parts, ck, m, pi), &postcard::to_allocvec(&unit)?)?;
+            *units_written += 1;
+            // Test hook: simulate a crash after N units (the resume test uses it).
+            if std::env::var("PG_TEST_ABORT_AFTER_UNITS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                == Some(*units_written)
+            {
+                eprintln!("aborting after {units_written} units (PG_TEST_ABORT_AFTER_UNITS)");
+                std::process::exit(130);
+            }
+        }
+    }
+    bar.finish();
+    if bar.is_hidden() {
+        eprintln!(
+            "checkpoint {}: {} personas done, {:.0} tok/s",
+            cspec.name,
+            todo.len(),
+            tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+/// The steering vector: alpha x a unit direction (persona difference on base, or random).
+fn steering_vector(
+    s: &SteerSpec,
+    loaded: &LoadedModel,
+    template: &ChatTemplate,
+    rs: &ResolvedStudy,
+    device: &Device,
+    dtype: DType,
+) -> Result<Vec<f32>> {
+    let h = loaded.cfg.hidden_size;
+    let dir: Vec<f64> = match (s.random_seed, &s.towards, &s.away_from) {
+        (Some(seed), _, _) => {
+            let mut rng = shared::rng::Rng::new(seed);
+            (0..h).map(|_| rng.normal()).collect()
+        }
+        (None, Some(to), Some(from)) => {
+            let base = Model::new(loaded.cfg.clone(), loaded.weights.clone(), device, dtype)?;
+            let layers = [s.layer];
+            let ex = Extractor {
+                model: &base,
+                tokenizer: &loaded.tokenizer,
+                template,
+                stop_ids: &loaded.stop_ids,
+                layers: &layers,
+            };
+            let centroid = |name: &str| -> Result<Vec<f64>> {
+                let persona = rs
+                    .personas
+                    .iter()
+                    .find(|p| p.name == name)
+                    .with_context(|| {
+                        format!("steering persona `{name}` is not among the study's personas")
+                    })?;
+                let mut acc = vec![0f64; h];
+                let prompts: Vec<Vec<u32>> = rs
+                    .questions
+                    .iter()
+                    .map(|q| ex.prompt_ids(&persona.system_prompt, &q.text))
+                    .collect::<Result<_>>()?;
+                let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+                let batch = rs
+                    .study
+                    .batch_size
+                    .resolve(ex.model, max_prompt, 0, prompts.len())?;
+                for chunk in prompts.chunks(batch) {
+                    for r in ex.run_batch(chunk, 0, false)? {
+                        for (a, &x) in acc.iter_mut().zip(&r.method_a[0]) {
+                            *a += x as f64;
+                        }
+                    }
+                }
+                Ok(acc.into_iter().map(|x| x / prompts.len() as f64).collect())
+            };
+            let a = centroid(to)?;
+            let b = centroid(from)?;
+            a.iter().zip(&b).map(|(x, y)| x - y).collect()
+        }
+        _ => bail!("steer needs either `random_seed` or both `towards` and `away_from`"),
+    };
+    let n = dir.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if n == 0.0 {
+        bail!("steering direction is zero");
+    }
+    Ok(dir.iter().map(|x| (s.alpha * x / n) as f32).collect())
+}
