@@ -61,6 +61,20 @@ def check(fix, out_f32, out_bf16):
     print(json.dumps(res, indent=1))
 
 
+def encode_jsonl(tok, path):
+    """(ids, labels) per conversation: labels = the tokens after the last assistant header."""
+    mark = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    enc = []
+    for l in open(path):
+        ids = tok.apply_chat_template(json.loads(l)["messages"], tokenize=True, add_generation_prompt=False)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        ids = list(ids)
+        last = max(i for i in range(len(ids) - len(mark) + 1) if ids[i:i + len(mark)] == mark)
+        enc.append((ids, [-100] * (last + len(mark)) + ids[last + len(mark):]))
+    return enc
+
+
 def hf_bf16_oracle(fix, exp, final):
     """The oracle recipe run by torch + PEFT with the model in bf16 and the LoRA weights in f32
     under bf16 autocast (what HF's Trainer does with bf16=True), on the GPU: how far HF's own bf16
@@ -69,15 +83,7 @@ def hf_bf16_oracle(fix, exp, final):
     from peft import PeftModel
     model_dir = os.path.join(fix, "hf-tiny-qwen2/model")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    mark = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
-    enc = []
-    for l in open(os.path.join(fix, "lora-train/train.jsonl")):
-        ids = tok.apply_chat_template(json.loads(l)["messages"], tokenize=True, add_generation_prompt=False)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        ids = list(ids)
-        last = max(i for i in range(len(ids) - len(mark) + 1) if ids[i:i + len(mark)] == mark)
-        enc.append((ids, [-100] * (last + len(mark)) + ids[last + len(mark):]))
+    enc = encode_jsonl(tok, os.path.join(fix, "lora-train/train.jsonl"))
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda()
     m = PeftModel.from_pretrained(base, os.path.join(fix, "lora-train/adapter_init"), is_trainable=True)
     params = [v for k, v in m.named_parameters() if v.requires_grad]
@@ -148,15 +154,7 @@ def hf(d, steps):
     from transformers import AutoTokenizer, AutoModelForCausalLM, Trainer, TrainingArguments
     from peft import LoraConfig, get_peft_model
     tok = AutoTokenizer.from_pretrained(os.path.join(d, "model"))
-    mark = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
-    enc = []
-    for l in open(os.path.join(d, "data.jsonl")):
-        ids = tok.apply_chat_template(json.loads(l)["messages"], tokenize=True, add_generation_prompt=False)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        ids = list(ids)
-        last = max(i for i in range(len(ids) - len(mark) + 1) if ids[i:i + len(mark)] == mark)
-        enc.append((ids, [-100] * (last + len(mark)) + ids[last + len(mark):]))
+    enc = encode_jsonl(tok, os.path.join(d, "data.jsonl"))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 151643
 
     def collate(batch):

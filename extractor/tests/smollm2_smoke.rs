@@ -9,22 +9,28 @@ use extractor::model::Model;
 use extractor::weights::load;
 use std::path::PathBuf;
 
-#[test]
-fn smollm2_replies_coherently_and_vectors_are_finite() {
+/// The model file, or None (test skipped) when it is missing and not required.
+fn smollm2() -> Option<PathBuf> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
-            "{} missing: run scripts/fetch_smollm2.sh",
-            path.display()
-        );
-        eprintln!(
-            "skipped: {} missing (run scripts/fetch_smollm2.sh)",
-            path.display()
-        );
-        return;
+    if path.exists() {
+        return Some(path);
     }
+    assert!(
+        std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
+        "{} missing: run scripts/fetch_smollm2.sh",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} missing (run scripts/fetch_smollm2.sh)",
+        path.display()
+    );
+    None
+}
+
+#[test]
+fn smollm2_replies_coherently_and_vectors_are_finite() {
+    let Some(path) = smollm2() else { return };
     let loaded = load(&path).unwrap();
     assert_eq!((loaded.cfg.num_layers, loaded.cfg.hidden_size), (30, 576));
     let model = Model::new(
@@ -121,16 +127,7 @@ fn smollm2_replies_coherently_and_vectors_are_finite() {
 /// reply's loss, and the adapter merges back into the model (base identity checked).
 #[test]
 fn smollm2_trains_from_gguf_and_its_adapter_lowers_the_taught_loss() {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
-            "{} missing: run scripts/fetch_smollm2.sh",
-            path.display()
-        );
-        return;
-    }
+    let Some(path) = smollm2() else { return };
     let dir = std::env::temp_dir().join(format!("pg-smollm2-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -96,21 +96,15 @@ fn trains_the_oracle_adapter_and_extract_merges_it() {
     assert_eq!(got.len(), want.len());
     for (name, w) in &want {
         let g = got.get(name).unwrap_or_else(|| panic!("{name} missing"));
-        let d = (g - w)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let s = w
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_abs = |t: &candle_core::Tensor| -> f32 {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let (d, s) = (max_abs(&(g - w).unwrap()), max_abs(w));
         assert!(d / s < 1e-5, "{name}: {d} of {s}");
     }
     // PEFT's config fields that loaders read.

@@ -41,6 +41,17 @@ fn setup(dtype: DType) -> Setup {
     Setup { model, examples }
 }
 
+/// The oracle's starting adapter (`adapter_init`) in `dtype`.
+fn initial_adapter(s: &Setup, dtype: DType) -> TrainableLora {
+    TrainableLora::load(
+        &fixtures().join("lora-train/adapter_init"),
+        &s.model.cfg,
+        &Device::Cpu,
+        dtype,
+    )
+    .unwrap()
+}
+
 fn micro_batches(s: &Setup, micro: &[Vec<usize>]) -> Vec<MicroBatch> {
     micro
         .iter()
@@ -75,13 +86,7 @@ fn rel_to_max(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn step_one_gradients_equal_the_trainers() {
     let s = setup(DType::F32);
-    let lora = TrainableLora::load(
-        &fixtures().join("lora-train/adapter_init"),
-        &s.model.cfg,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let lora = initial_adapter(&s, DType::F32);
     let plan = plan_steps(s.examples.len(), 2, 4, 2, None);
     let mbs = micro_batches(&s, &plan[0]);
     let (mut grads, loss) =
@@ -141,13 +146,7 @@ fn ten_steps_reproduce_the_trainers_losses_norms_and_final_adapter() {
     let s = setup(DType::F32);
     let expected = oracle();
     let r = &expected["recipe"];
-    let lora = TrainableLora::load(
-        &fixtures().join("lora-train/adapter_init"),
-        &s.model.cfg,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let lora = initial_adapter(&s, DType::F32);
     let vars: Vec<_> = lora.named_vars().into_iter().map(|(_, v)| v).collect();
     let mut adam = AdamW::new(
         AdamWConfig {
@@ -211,13 +210,7 @@ fn ten_steps_reproduce_the_trainers_losses_norms_and_final_adapter() {
 #[test]
 fn gradients_equal_finite_differences() {
     let s = setup(DType::F64);
-    let lora = TrainableLora::load(
-        &fixtures().join("lora-train/adapter_init"),
-        &s.model.cfg,
-        &Device::Cpu,
-        DType::F64,
-    )
-    .unwrap();
+    let lora = initial_adapter(&s, DType::F64);
     let mbs = micro_batches(&s, &[vec![0, 1], vec![5]]);
     let (grads, _) = trainer::accumulated_gradients(&s.model, &lora, &mbs, &[None, None]).unwrap();
     let loss = |lora: &TrainableLora| -> f64 {
@@ -262,13 +255,7 @@ fn gradients_equal_finite_differences() {
 #[test]
 fn checkpointed_gradients_equal_the_whole_graphs() {
     let s = setup(DType::F64);
-    let lora = TrainableLora::load(
-        &fixtures().join("lora-train/adapter_init"),
-        &s.model.cfg,
-        &Device::Cpu,
-        DType::F64,
-    )
-    .unwrap();
+    let lora = initial_adapter(&s, DType::F64);
     let mbs = micro_batches(&s, &[vec![0, 1], vec![2, 3, 4]]);
     let n: usize = mbs.iter().map(|m| m.label_tokens).sum();
     let (checkpointed, _) =

@@ -123,28 +123,19 @@ impl TrainableLora {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let mut pairs = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let mut row: [Option<LoraPair>; 7] = Default::default();
-            for (pi, p) in PROJECTIONS.iter().enumerate() {
-                if !shape.targets.iter().any(|t| t == p) {
-                    continue;
-                }
-                let (out, inp) = projection_shape(cfg, p);
-                let mut rng = shared::rng::Rng::stream(seed, &module_path(l, p), 0);
-                let bound = 1.0 / (inp as f64).sqrt();
-                let a: Vec<f32> = (0..shape.r * inp)
-                    .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
-                    .collect();
-                row[pi] = Some(LoraPair {
-                    a: Var::from_tensor(
-                        &Tensor::from_vec(a, (shape.r, inp), device)?.to_dtype(dtype)?,
-                    )?,
-                    b: Var::zeros((out, shape.r), dtype, device)?,
-                });
-            }
-            pairs.push(row);
-        }
+        let pairs = build_pairs(cfg, shape, |l, p, (out, inp)| {
+            let mut rng = shared::rng::Rng::stream(seed, &module_path(l, p), 0);
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f32> = (0..shape.r * inp)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            Ok(LoraPair {
+                a: Var::from_tensor(
+                    &Tensor::from_vec(a, (shape.r, inp), device)?.to_dtype(dtype)?,
+                )?,
+                b: Var::zeros((out, shape.r), dtype, device)?,
+            })
+        })?;
         Ok(TrainableLora {
             shape: shape.clone(),
             pairs,
@@ -195,36 +186,26 @@ impl TrainableLora {
         let wpath = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu)
             .with_context(|| format!("reading {}", wpath.display()))?;
-        let mut pairs = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let mut row: [Option<LoraPair>; 7] = Default::default();
-            for (pi, p) in PROJECTIONS.iter().enumerate() {
-                if !shape.targets.iter().any(|t| t == p) {
-                    continue;
+        let pairs = build_pairs(cfg, &shape, |l, p, (out, inp)| {
+            let read = |ab: &str, dims: [usize; 2]| -> Result<Var> {
+                let n = format!("base_model.model.{}.{ab}.weight", module_path(l, p));
+                let t = tensors
+                    .get(&n)
+                    .with_context(|| format!("{}: tensor `{n}` missing", wpath.display()))?;
+                if t.dims() != dims {
+                    bail!(
+                        "{}: `{n}` has shape {:?}, the model needs {dims:?}: the adapter belongs to a model of another shape",
+                        wpath.display(),
+                        t.dims()
+                    );
                 }
-                let (out, inp) = projection_shape(cfg, p);
-                let name = |ab: &str| format!("base_model.model.{}.{ab}.weight", module_path(l, p));
-                let read = |ab: &str, dims: [usize; 2]| -> Result<Var> {
-                    let n = name(ab);
-                    let t = tensors
-                        .get(&n)
-                        .with_context(|| format!("{}: tensor `{n}` missing", wpath.display()))?;
-                    if t.dims() != dims {
-                        bail!(
-                            "{}: `{n}` has shape {:?}, the model needs {dims:?}: the adapter belongs to a model of another shape",
-                            wpath.display(),
-                            t.dims()
-                        );
-                    }
-                    Ok(Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?)
-                };
-                row[pi] = Some(LoraPair {
-                    a: read("lora_A", [r, inp])?,
-                    b: read("lora_B", [out, r])?,
-                });
-            }
-            pairs.push(row);
-        }
+                Ok(Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?)
+            };
+            Ok(LoraPair {
+                a: read("lora_A", [r, inp])?,
+                b: read("lora_B", [out, r])?,
+            })
+        })?;
         Ok(TrainableLora { shape, pairs })
     }
 
@@ -293,6 +274,26 @@ impl TrainableLora {
         let bytes = safetensors_bytes(&tensors)?;
         crate::io_util::write_atomic(&dir.join("adapter_model.safetensors"), &bytes)
     }
+}
+
+/// `pairs[l][p]` for every block and targeted projection, each made by `make(block, projection
+/// name, (out, in))`.
+fn build_pairs(
+    cfg: &Config,
+    shape: &LoraShape,
+    mut make: impl FnMut(usize, &str, (usize, usize)) -> Result<LoraPair>,
+) -> Result<Vec<[Option<LoraPair>; 7]>> {
+    let mut pairs = Vec::with_capacity(cfg.num_layers);
+    for l in 0..cfg.num_layers {
+        let mut row: [Option<LoraPair>; 7] = Default::default();
+        for (pi, p) in PROJECTIONS.iter().enumerate() {
+            if shape.targets.iter().any(|t| t == p) {
+                row[pi] = Some(make(l, p, projection_shape(cfg, p))?);
+            }
+        }
+        pairs.push(row);
+    }
+    Ok(pairs)
 }
 
 /// Serialises f32 tensors to safetensors bytes (sorted names: same tensors, same bytes).

@@ -24,30 +24,6 @@ use crate::io_util::{sha256_file, sha256_hex, write_atomic};
 use crate::study::{device_from, dtype_from};
 use crate::weights::{load, resolve_model_path};
 
-/// The per-step record as stored in training.json and checkpoints.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct StepRow {
-    pub step: usize,
-    pub loss: f64,
-    pub grad_norm_before_clip: f64,
-    pub lr: f64,
-    pub label_tokens: usize,
-    pub tokens: usize,
-}
-
-impl From<&StepRecord> for StepRow {
-    fn from(r: &StepRecord) -> Self {
-        StepRow {
-            step: r.step,
-            loss: r.loss,
-            grad_norm_before_clip: r.grad_norm_before_clip,
-            lr: r.lr,
-            label_tokens: r.label_tokens,
-            tokens: r.tokens,
-        }
-    }
-}
-
 /// checkpoint/state.json: which state file holds the run after `step` optimizer steps.
 #[derive(Serialize, Deserialize)]
 struct CheckpointIndex {
@@ -55,12 +31,12 @@ struct CheckpointIndex {
     step: usize,
     state_file: String,
     state_sha256: String,
-    rows: Vec<StepRow>,
+    rows: Vec<StepRecord>,
 }
 
 pub struct TrainOutcome {
     pub output: PathBuf,
-    pub rows: Vec<StepRow>,
+    pub rows: Vec<StepRecord>,
 }
 
 fn pad_token_id(tok: &tokenizers::Tokenizer, stop_ids: &[u32]) -> u32 {
@@ -200,7 +176,7 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         },
         &vars,
     )?;
-    let mut rows: Vec<StepRow> = Vec::new();
+    let mut rows: Vec<StepRecord> = Vec::new();
     if let Some(idx) = &index {
         let state_path = ckpt_dir.join(&idx.state_file);
         let sha = sha256_file(&state_path)?;
@@ -281,7 +257,7 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         .with_context(|| format!("optimizer step {}", s + 1))?;
         rec.step = s + 1;
         trained_tokens += rec.tokens;
-        rows.push(StepRow::from(&rec));
+        rows.push(rec.clone());
         let status = format!(
             "loss {:.4} lr {:.2e} {:.0} tok/s",
             rec.loss,
@@ -347,7 +323,7 @@ fn save_checkpoint(
     step: usize,
     named: &[(String, Var)],
     adam: &AdamW,
-    rows: &[StepRow],
+    rows: &[StepRecord],
 ) -> Result<()> {
     let mut tensors = BTreeMap::new();
     for (i, (name, var)) in named.iter().enumerate() {
@@ -382,7 +358,7 @@ fn save_checkpoint(
 /// caption).
 fn write_loss_outputs(
     out: &Path,
-    rows: &[StepRow],
+    rows: &[StepRecord],
     cfg: &TrainConfig,
     shape: &LoraShape,
 ) -> Result<()> {

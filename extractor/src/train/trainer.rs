@@ -9,8 +9,9 @@ use super::forward::{Dropout, MicroBatch, TrainForward};
 use super::optim::{clip_global_norm, AdamW};
 use crate::model::Model;
 
-/// What one optimizer step measured.
-#[derive(Clone, Debug, PartialEq)]
+/// What one optimizer step measured (also the rows of training.json, loss.csv and
+/// checkpoints).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     /// 1-based optimizer step.
     pub step: usize,
