@@ -19,6 +19,7 @@
 #   trainbench  `train` vs HF Trainer + PEFT (bf16, SDPA, gradient checkpointing) on random
 #               Qwen2.5-7B-shaped weights, upstream recipe, 20 steps of 16 x ~300 tokens:
 #               tokens/s and peak GPU memory (nvidia-smi, both sides)
+#   trainnodrop ours again with lora_dropout = 0 (after trainbench): what the dropout masks cost
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/pg-out}"
@@ -91,6 +92,11 @@ for what in "$@"; do
            tr '\r' '\n' < "$OUT/trainbench_ours.log" | grep -v "^ *$" | tail -8
            with_peak "$OUT/trainbench_hf" python3 bench/gpu_train.py hf /tmp/tb "${TRAIN_STEPS:-20}" > "$OUT/trainbench_hf.log" 2>&1
            tail -1 "$OUT/trainbench_hf.log" ;;
+    trainnodrop) # ours again without LoRA dropout (what the masks cost); after trainbench
+           sed 's/^\[recipe\]$/[recipe]\nlora_dropout = 0.0/' /tmp/tb/train.toml > /tmp/tb/nodrop.toml
+           sed -i 's#/tmp/tb/ours#/tmp/tb/nodrop#' /tmp/tb/nodrop.toml; rm -rf /tmp/tb/nodrop
+           timeout "${OURS_TIMEOUT:-400}" "$PG" train /tmp/tb/nodrop.toml > "$OUT/trainbench_nodrop.log" 2>&1
+           tr '\r' '\n' < "$OUT/trainbench_nodrop.log" | grep -v "^ *$" | tail -3 ;;
     *) echo "unknown step $what" ;;
   esac
 done

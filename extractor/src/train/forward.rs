@@ -23,9 +23,9 @@ use crate::model::Model;
 /// resumed from a checkpoint, and the block recomputed in the backward pass, draw the same
 /// masks. Inverted dropout (kept values scaled by 1/(1 − p)) as torch's `nn.Dropout`, with
 /// other random numbers. On the CPU the mask is drawn from this project's xoshiro stream; on
-/// CUDA from the device's generator (cuRAND) seeded with the key, because a 7B model needs over
-/// a billion draws per micro-batch: CUDA runs are reproducible on CUDA, but with dropout > 0 a
-/// CUDA run and a CPU run draw different masks.
+/// CUDA from the device's generator (cuRAND), seeded per (seed, micro-batch, block), because a
+/// 7B model needs over a billion draws per micro-batch: CUDA runs are reproducible on CUDA, but
+/// with dropout > 0 a CUDA run and a CPU run draw different masks.
 #[derive(Clone, Copy, Debug)]
 pub struct Dropout {
     pub p: f64,
@@ -35,6 +35,18 @@ pub struct Dropout {
 }
 
 impl Dropout {
+    /// On CUDA: seeds the device generator for block `l` of this micro-batch (once per block,
+    /// not per module: re-creating cuRAND's generator for each of a 7B model's 196 modules, twice
+    /// per micro-batch, costs more than the draws).
+    fn seed_block(&self, l: usize, device: &Device) -> Result<()> {
+        if device.is_cuda() && self.p > 0.0 {
+            let mut rng =
+                shared::rng::Rng::stream(self.seed, &format!("dropout/block{l}"), self.micro_batch);
+            device.set_seed(rng.next_u64())?;
+        }
+        Ok(())
+    }
+
     fn mask(
         &self,
         module: &str,
@@ -43,13 +55,14 @@ impl Dropout {
         dtype: DType,
     ) -> Result<Tensor> {
         let keep = 1.0 - self.p;
-        let mut rng =
-            shared::rng::Rng::stream(self.seed, &format!("dropout/{module}"), self.micro_batch);
         if device.is_cuda() {
-            device.set_seed(rng.next_u64())?;
+            // The generator was seeded for this block (`seed_block`); the block draws its
+            // masks in a fixed order, so its recomputation draws the same ones.
             let u = Tensor::rand(0f32, 1f32, shape, device)?;
             return Ok((u.ge(self.p)?.to_dtype(dtype)? * (1.0 / keep))?);
         }
+        let mut rng =
+            shared::rng::Rng::stream(self.seed, &format!("dropout/{module}"), self.micro_batch);
         let n = shape.0 * shape.1;
         // keep with probability `keep`: the top 53 bits below keep · 2^53.
         let threshold = (keep * (1u64 << 53) as f64) as u64;
@@ -294,6 +307,9 @@ impl TrainForward<'_> {
         let act = self.act_dtype();
         let scale = 1.0 / (hd as f64).sqrt();
         let (q_rows, kv_rows) = (nh * hd, nkv * hd);
+        if let Some(d) = dropout {
+            d.seed_block(l, &m.device)?;
+        }
         let x = rms_norm(h, &layer.ln1, cfg.rms_eps)?;
         let bias = |offset: usize, len: usize, y: Tensor| -> Result<Tensor> {
             Ok(match &layer.qkv_b {
