@@ -79,3 +79,19 @@ for (const personas of [12, 24]) {
     assert.deepEqual(all, [], `${all.length} problems:\n${all.join('\n')}`);
   });
 }
+
+test('no clipped or overlapping text in the training loss figure', async () => {
+  // `train` on the training oracle's fixture (two steps suffice for a curve; ten give the
+  // oracle's full record).
+  const fx = path.resolve('../shared/fixtures');
+  const out = path.join(WORK, 'train');
+  pg('train', '--model-id', 'persona-fixture/tiny-qwen2', '--model-path', path.join(fx, 'hf-tiny-qwen2/model'),
+    '--data', path.join(fx, 'lora-train/train.jsonl'), '--out', out, '--r', '2', '--micro-batch', '4',
+    '--grad-accum', '1', '--no-shuffle');
+  const svg = fs.readFileSync(path.join(out, 'loss.svg'), 'utf8');
+  const page = await browser.newPage();
+  const problems = await textProblems(page, svg);
+  await page.close();
+  assert.deepEqual(problems, [], problems.join('\n'));
+  assert.match(svg, /<desc>[^<]*lr 0\.0001, seed 42\.[^<]*<\/desc>/);
+});
