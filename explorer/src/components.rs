@@ -169,7 +169,8 @@ pub(crate) fn first_figure_mark() {
 }
 
 #[component]
-pub(crate) fn Loader(ctl: Ctl) -> impl IntoView {
+pub(crate) fn Loader() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     let on_file = move |ev: web_sys::Event| {
         let input: web_sys::HtmlInputElement = ev.target().expect("target").unchecked_into();
         if let Some(f) = input.files().and_then(|l| l.get(0)) {
@@ -198,7 +199,8 @@ pub(crate) fn Loader(ctl: Ctl) -> impl IntoView {
 }
 
 #[component]
-pub(crate) fn Controls(ctl: Ctl) -> impl IntoView {
+pub(crate) fn Controls() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     let meta = ctl.meta;
     let layers = move || meta.with(|m| m.as_ref().map(|m| m.layers.clone()).unwrap_or_default());
     let layer_idx = move || {
@@ -363,7 +365,8 @@ pub(crate) fn Controls(ctl: Ctl) -> impl IntoView {
 }
 
 #[component]
-pub(crate) fn RowsTable(ctl: Ctl) -> impl IntoView {
+pub(crate) fn RowsTable() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     let rows = move || {
         let (m, l) = (ctl.method.get(), ctl.layer.get());
         view_report(ctl)
@@ -419,7 +422,8 @@ pub(crate) fn RowsTable(ctl: Ctl) -> impl IntoView {
 }
 
 #[component]
-pub(crate) fn SensitivityView(ctl: Ctl) -> impl IntoView {
+pub(crate) fn SensitivityView() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     view! {
         {move || match verdicts(ctl) {
             None => view! { <p class="pending">"The verdict needs every (method, layer) view; computing…"</p> }.into_any(),
@@ -470,7 +474,8 @@ pub(crate) fn SensitivityView(ctl: Ctl) -> impl IntoView {
 }
 
 #[component]
-pub(crate) fn LdaTable(ctl: Ctl) -> impl IntoView {
+pub(crate) fn LdaTable() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     view! {
         <table class="lda" id="lda">
             <caption>"M3 = scikit-learn's LinearDiscriminantAnalysis(solver=\"lsqr\", shrinkage=\"auto\") held out over question folds, on the features named. Above chance: label-permutation test of the pooled-covariance LDA (its own accuracy shown; cheap to refit)."</caption>
@@ -499,7 +504,8 @@ pub(crate) fn LdaTable(ctl: Ctl) -> impl IntoView {
 }
 
 #[component]
-pub(crate) fn Provenance(ctl: Ctl) -> impl IntoView {
+pub(crate) fn Provenance() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     view! {
         <section id="provenance">
             <h2>"Provenance"</h2>

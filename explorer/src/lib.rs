@@ -1,6 +1,7 @@
 //! The explorer page's non-UI parts: what the page and its Web Workers say to each other, how a
 //! bundle is loaded and checked, and the worker pool. Every statistic comes from `shared`.
 
+pub mod controls;
 pub mod pool;
 pub mod web;
 

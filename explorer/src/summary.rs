@@ -65,7 +65,8 @@ fn reproduction_label(r: &RowReproduction) -> (&'static str, &'static str) {
 }
 
 #[component]
-pub(crate) fn StudySummary(ctl: Ctl) -> impl IntoView {
+pub(crate) fn StudySummary() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     view! {
         <section id="summary" aria-labelledby="summary-title">
             <h2 id="summary-title">"Study"</h2>
@@ -92,7 +93,7 @@ pub(crate) fn StudySummary(ctl: Ctl) -> impl IntoView {
                         }).collect::<Vec<_>>().join("; ")}</dd>
                     </dl>
                     {m.published.clone().map(|p| view! { <PublishedVerdict ctl=ctl published=p n_personas=m.personas.len()/> })}
-                    <PageVerdict ctl=ctl/>
+                    <PageVerdict/>
                 }
             })}
         </section>
@@ -242,7 +243,8 @@ fn published_marks(ctl: Ctl, p: StoredValue<Published>) -> Vec<PublishedMark> {
 
 /// This page's verdict under every criterion, with the rules spelled out.
 #[component]
-fn PageVerdict(ctl: Ctl) -> impl IntoView {
+fn PageVerdict() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
     view! {
         <div id="page-verdict" class="page-verdict">
         {move || {

@@ -90,3 +90,100 @@ fn worker_tasks_over_the_wire_give_the_analyze_report() {
         assert_eq!(page.personas.len(), if personas.is_some() { 3 } else { 5 });
     }
 }
+
+fn pairs(kv: &[(&str, &str)]) -> Vec<(String, String)> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The permalink: every usable parameter is applied, every other one is named with what was
+/// done instead, and the query written back reads into the same controls with no notice.
+#[wasm_bindgen_test]
+fn the_permalink_round_trips_and_names_what_it_ignores() {
+    use explorer::controls::Ctl;
+    use leptos::prelude::*;
+    use shared::bundle::Method;
+    let ctl = Ctl::new();
+    ctl.apply_query(pairs(&[
+        ("method", "B"),
+        ("layer", "4"),
+        ("treated", "em"),
+        ("centre", "centred"),
+        ("personas", "assistant,villain"),
+        ("threshold", "3x"),
+        ("alpha", "0.01"),
+        ("n", "0"),
+        ("seed", "7"),
+        ("metric", "M2_em_axis"),
+        ("bogus", "1"),
+        ("layer", "top"),
+    ]));
+    assert_eq!(ctl.method.get_untracked(), Method::B);
+    assert_eq!(ctl.layer.get_untracked(), 4);
+    assert!(ctl.centred.get_untracked());
+    assert_eq!(ctl.threshold.get_untracked(), Some(3.0));
+    assert_eq!(ctl.alpha.get_untracked(), 0.01);
+    assert_eq!(ctl.permutations.get_untracked(), 1);
+    assert_eq!(ctl.seed.get_untracked(), 7);
+    assert_eq!(ctl.metric.get_untracked(), "M2_em_axis");
+    let notes = ctl.url_notices.get_untracked();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert!(
+        notes[0].contains("n=0 ignored: N = 1 is used instead"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("bogus=1 ignored: unknown parameter"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[2].contains("layer=top ignored: not a layer number"),
+        "{notes:?}"
+    );
+    let back = Ctl::new();
+    back.apply_query(ctl.query());
+    assert_eq!(back.query(), ctl.query());
+    assert!(back.url_notices.get_untracked().is_empty());
+    assert_eq!(back.key(), ctl.key());
+    // p-only survives the trip as "p".
+    ctl.threshold.set(None);
+    assert!(ctl.query().contains(&("threshold".into(), "p".into())));
+}
+
+/// A loaded bundle keeps the controls that fit it and replaces the others by the defaults.
+#[wasm_bindgen_test]
+fn controls_fit_a_loaded_bundle() {
+    use explorer::controls::{Ctl, Meta};
+    use leptos::prelude::*;
+    let compact = compact_bundle(&study(), 16, false, 0).unwrap();
+    let meta = Meta::of("s.compact.pgb", 1234, &compact);
+    assert_eq!(meta.layers, vec![2, 4]);
+    let ctl = Ctl::new();
+    ctl.apply_query(pairs(&[
+        ("layer", "3"),
+        ("treated", "base"),
+        ("personas", "assistant,nobody"),
+    ]));
+    ctl.fit_to(&meta);
+    // Layer 3 is not in the bundle: the middle layer; base cannot be the treated one: em;
+    // one usable persona is not a subset: every persona.
+    assert_eq!(ctl.layer.get_untracked(), 4);
+    assert_eq!(ctl.treated.get_untracked(), "em");
+    assert_eq!(ctl.personas.get_untracked().len(), 5);
+    let names: Vec<String> = meta.personas.iter().map(|p| p.0.clone()).collect();
+    let ctl = Ctl::new();
+    ctl.apply_query(pairs(&[
+        ("layer", "2"),
+        ("treated", "benign"),
+        ("personas", &format!("{},{}", names[3], names[1])),
+    ]));
+    ctl.fit_to(&meta);
+    assert_eq!(ctl.layer.get_untracked(), 2);
+    assert_eq!(ctl.treated.get_untracked(), "benign");
+    // Kept, in the bundle's order.
+    assert_eq!(
+        ctl.personas.get_untracked(),
+        vec![names[1].clone(), names[3].clone()]
+    );
+}
