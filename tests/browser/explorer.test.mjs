@@ -222,6 +222,25 @@ test('the published verdict shows before any test finishes, then is re-verified 
   await page.close();
 });
 
+test('pre, post and Δ heatmaps stand side by side, inside the window, scaled without distortion', async () => {
+  const page = await open('?n=200', { all: false });
+  await page.waitForFunction(() => [...document.querySelectorAll('#heatmaps canvas')].every((c) => c.width > 300));
+  const boxes = await page.$$eval('#heatmaps canvas', (cs) => cs.map((c) => {
+    const r = c.getBoundingClientRect();
+    return { left: r.left, right: r.right, top: r.top, width: r.width, height: r.height, w: c.width, h: c.height };
+  }));
+  assert.equal(boxes.length, 3);
+  for (const b of boxes) {
+    assert.ok(Math.abs(b.top - boxes[0].top) <= 2, `tops ${boxes.map((x) => x.top)}`);
+    assert.ok(b.right <= 1500, `a heatmap ends at ${b.right} px in a 1500 px window`);
+    // Scaled, never stretched: the drawn aspect ratio is kept.
+    assert.ok(Math.abs(b.width / b.height - b.w / b.h) < 0.02, `aspect ${b.width / b.height} vs ${b.w / b.h}`);
+  }
+  assert.ok(boxes[0].right <= boxes[1].left && boxes[1].right <= boxes[2].left, 'left to right: pre, post, Δ');
+  // (The hover read-out on these scaled canvases is checked in the next test.)
+  await page.close();
+});
+
 test('moving the layer slider and the threshold changes the figures and the verdict', async () => {
   const page = await open(`?bundle=test.compact.pgb&n=${N}&layer=3`);
   const delta = page.locator('#heatmaps figure').nth(2);
