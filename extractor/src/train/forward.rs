@@ -7,8 +7,8 @@
 //! exp, sum, gather), operation for operation as Hugging Face's eager Qwen2 does, and the
 //! tests check its gradients against the training oracle and against finite differences.
 //!
-//! Frozen weights are plain tensors (no gradient is kept for them); the LoRA A and B are
-//! `Var`s. Sequences are right-padded (as the Trainer's collator does): with a causal mask,
+//! Frozen weights are plain tensors used through `frozen_linear` (whose backward computes the
+//! input's gradient only); the LoRA A and B are `Var`s. Sequences are right-padded (as the Trainer's collator does): with a causal mask,
 //! no real token attends to a padding token, so padding changes nothing a label sees.
 
 use anyhow::{ensure, Result};
@@ -188,8 +188,9 @@ pub struct TrainForward<'a> {
 }
 
 impl TrainForward<'_> {
-    /// Frozen projection plus, when adapted, scale · B·A·dropout(x). `x` [n, in] f32; `w` the
-    /// frozen [out, in] weight in the compute dtype. Returns [n, out] in the LoRA dtype.
+    /// Frozen projection plus, when adapted, scale · B·A·dropout(x). `x` [n, in] in the
+    /// activations' dtype; `w` the frozen [out, in] weight in the model's dtype. Returns
+    /// [n, out] in the activations' dtype.
     fn projection(
         &self,
         x: &Tensor,

@@ -54,6 +54,11 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
     let recipe = &cfg.recipe;
     recipe.validate("training configuration")?;
     let out = &cfg.output;
+    // Before any loading: a finished run is never overwritten.
+    let final_provenance = out.join("training.json");
+    if final_provenance.exists() {
+        bail!("{} already holds a finished training run ({}); choose another output directory or delete it", out.display(), final_provenance.display());
+    }
     let device = device_from(cfg.model.device.as_deref())?;
     let dtype = dtype_from(cfg.model.dtype.as_deref(), &device)?;
     let model_path = resolve_model_path(
@@ -105,10 +110,6 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
 
     let ckpt_dir = out.join("checkpoint");
     let index_path = ckpt_dir.join("state.json");
-    let final_provenance = out.join("training.json");
-    if final_provenance.exists() {
-        bail!("{} already holds a finished training run ({}); choose another output directory or delete it", out.display(), final_provenance.display());
-    }
     let index: Option<CheckpointIndex> = if index_path.exists() {
         let idx: CheckpointIndex = serde_json::from_str(
             &std::fs::read_to_string(&index_path)
