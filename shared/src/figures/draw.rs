@@ -94,7 +94,10 @@ impl Figure {
                             .margin(4)
                             .x_label_area_size(18)
                             .y_label_area_size(if li == 0 { 52 } else { 40 })
-                            .build_cartesian_2d((0..series.len()).into_segmented(), lo..hi)
+                            .build_cartesian_2d(
+                                (0..series.len().saturating_sub(1)).into_segmented(),
+                                lo..hi,
+                            )
                             .map_err(err)?;
                         chart
                             .configure_mesh()

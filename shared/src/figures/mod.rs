@@ -367,6 +367,39 @@ mod tests {
         assert!(!svg(f(0.7)).contains("not computed yet"));
     }
 
+    /// The series fill their panel: no empty segment after the last bar (plotters' segmented
+    /// coordinate over 0..n has n + 1 segments).
+    #[test]
+    fn hero_bars_fill_their_panel() {
+        let f = Figure {
+            title: "hero".into(),
+            caption: String::new(),
+            kind: FigureKind::Hero {
+                metric: "M1_raw".into(),
+                methods: vec!["A".into()],
+                layers: vec![3],
+                series: vec!["base".into(), "em".into(), "benign".into()],
+                values: vec![vec![vec![0.5, 0.6, 0.55]]],
+                intervals: vec![vec![vec![None, None, None]]],
+            },
+        };
+        let (w, h) = f.size();
+        let mut s = String::new();
+        let hits = {
+            let root = SVGBackend::with_string(&mut s, (w, h)).into_drawing_area();
+            f.draw(&root).unwrap()
+        };
+        assert_eq!(hits.len(), 3);
+        let width = |i: usize| (hits[i].x1 - hits[i].x0) as f64;
+        // Equal segments, and the last one ends at the plot's right edge (panel margin 4 px).
+        assert!((width(0) - width(2)).abs() <= 1.0);
+        let right_gap = w as i32 - hits[2].x1.max(hits[2].x0);
+        assert!(
+            (right_gap as f64) < 0.5 * width(2),
+            "an empty segment of {right_gap} px after the last bar"
+        );
+    }
+
     #[test]
     fn svg_carries_title_and_caption() {
         let f = Figure {
