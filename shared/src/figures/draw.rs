@@ -94,6 +94,8 @@ impl Figure {
                             .margin(4)
                             .x_label_area_size(18)
                             .y_label_area_size(if li == 0 { 52 } else { 40 })
+                            // Segmented 0..k has k + 1 segments: 0..n−1 gives one per series
+                            // (0..n left an empty segment after the last bar).
                             .build_cartesian_2d(
                                 (0..series.len().saturating_sub(1)).into_segmented(),
                                 lo..hi,
