@@ -348,6 +348,32 @@ fn default_recipe_runs_reproducibly() {
     assert_eq!(prov["recipe"]["lora_dropout"], 0.05);
     assert_eq!(prov["recipe"]["shuffle"], true);
     assert_eq!(prov["resolved"]["optimizer_steps"], 2);
-    // Step 1 of a fresh adapter trains from B = 0 at learning rate 0 (warm-up): finite loss.
-    assert!(prov["steps"][0]["loss"].as_f64().unwrap().is_finite());
+    // A fresh adapter starts with B = 0, so step 1's loss is the base model's on that step's
+    // (shuffled) examples, whatever the dropout: the forward-only loss of `Model` is the oracle.
+    let loaded = extractor::weights::load_hf_dir(&model).unwrap();
+    let tpl = loaded.chat_template().unwrap();
+    let ex = extractor::train::data::read_examples(&data, None).unwrap();
+    let base = extractor::model::Model::new(
+        loaded.cfg.clone(),
+        loaded.weights.clone(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let step1 = &extractor::train::plan::plan_steps(ex.len(), 4, 4, 1, Some(42))[0];
+    let (mut sum, mut n) = (0.0, 0usize);
+    for &i in step1.iter().flatten() {
+        let t =
+            extractor::train::data::tokenize_example(&tpl, &loaded.tokenizer, &ex[i], 2048, &data)
+                .unwrap();
+        sum += base.label_cross_entropy(&t.ids, t.labels_from).unwrap();
+        n += t.label_tokens();
+    }
+    let got = prov["steps"][0]["loss"].as_f64().unwrap();
+    assert!(
+        ((got - sum / n as f64) / got).abs() < 1e-5,
+        "step-1 loss {got} vs the base model's {}",
+        sum / n as f64
+    );
+    assert_eq!(prov["steps"][0]["label_tokens"], n);
 }

@@ -4,17 +4,8 @@
 use extractor::train::data::{read_examples, tokenize_example};
 use std::path::PathBuf;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-}
-
-/// The training oracle's record (recipe and per-step loss, lr, label tokens, examples).
-fn oracle() -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
-    )
-    .unwrap()
-}
+mod common;
+use common::{fixtures, oracle};
 
 #[test]
 fn label_tokens_per_step_match_the_trainer() {
@@ -129,8 +120,8 @@ fn tempdir() -> PathBuf {
 
 /// The loss of every optimizer step's batch under a fixed adapter, forward only: with
 /// `adapter_init` it must equal the trainer's step-1 loss (before any update), and with
-/// `adapter_final` it must be below it. (The trainer's later losses need the updates: not
-/// built yet.)
+/// `adapter_final` it must be below it. (The later steps' losses, which need the updates, are
+/// checked in train_oracle.rs.)
 #[test]
 fn step_one_loss_equals_the_trainers() {
     use candle_core::{DType, Device};

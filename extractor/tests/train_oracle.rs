@@ -8,18 +8,9 @@ use extractor::train::forward::MicroBatch;
 use extractor::train::optim::{AdamW, AdamWConfig};
 use extractor::train::{plan::plan_steps, schedule::linear_warmup_lr, trainer};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-}
-
-fn oracle() -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
-    )
-    .unwrap()
-}
+mod common;
+use common::{fixtures, oracle};
 
 struct Setup {
     model: extractor::model::Model,

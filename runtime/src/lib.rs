@@ -5,10 +5,12 @@
 //! Layer convention: layer l = output of decoder block l (0-based), i.e. a forward hook on
 //! `model.layers[l]`; the last block is taken before the final norm.
 
+pub mod config;
 pub mod cuda_ops;
 pub mod hash;
 pub mod lora;
 pub mod model;
+pub mod profile;
 pub mod random;
 pub mod template;
 pub mod tokenize;

@@ -236,6 +236,15 @@ impl TrainableLora {
         out
     }
 
+    /// The variables of each block, in `named_vars` order (so `named_vars` is their
+    /// concatenation).
+    pub fn vars_by_block(&self) -> Vec<Vec<&Var>> {
+        self.pairs
+            .iter()
+            .map(|row| row.iter().flatten().flat_map(|p| [&p.a, &p.b]).collect())
+            .collect()
+    }
+
     /// The tensors as PEFT names them, on the CPU in f32.
     pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
         self.named_vars()

@@ -48,16 +48,23 @@ pub fn accumulated_gradients(
         "the accumulated batch has no label tokens"
     );
     let named = lora.named_vars();
-    // The variables of each block, with their index in `named`.
-    let mut per_block: Vec<Vec<(usize, &Var)>> = vec![Vec::new(); model.layers.len()];
-    for (i, (name, v)) in named.iter().enumerate() {
-        let block = name
-            .strip_prefix("base_model.model.model.layers.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|n| n.parse::<usize>().ok())
-            .context("LoRA variable outside the decoder blocks")?;
-        per_block[block].push((i, *v));
+    // The variables of each block with their index in `named` (the blocks' concatenation).
+    let mut per_block: Vec<Vec<(usize, &Var)>> = Vec::with_capacity(model.layers.len());
+    let mut next = 0;
+    for vars in lora.vars_by_block() {
+        let first = next;
+        next += vars.len();
+        per_block.push(
+            vars.into_iter()
+                .enumerate()
+                .map(|(k, v)| (first + k, v))
+                .collect(),
+        );
     }
+    anyhow::ensure!(
+        next == named.len(),
+        "LoRA variables outside the decoder blocks"
+    );
     let mut sums: Vec<Option<Tensor>> = vec![None; named.len()];
     let mut add = |i: usize, g: &Tensor| -> Result<()> {
         sums[i] = Some(match sums[i].take() {

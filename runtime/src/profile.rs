@@ -1,0 +1,39 @@
+//! Opt-in section timer (PG_PROFILE=1): synchronises the device around each section of a
+//! decoding step so that `bench-workload` can print where a step's time goes. Off by default
+//! (the syncs cost time themselves).
+
+use std::sync::Mutex;
+static TOTALS: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PG_PROFILE").is_some())
+}
+pub fn add(name: &'static str, secs: f64) {
+    let mut t = TOTALS.lock().expect("profile lock");
+    match t.iter_mut().find(|(n, _)| *n == name) {
+        Some(e) => e.1 += secs,
+        None => t.push((name, secs)),
+    }
+}
+/// Section names of a prefill pass are prefixed ("prefill: mlp"), decoding ones not.
+pub fn label(decoding: bool, name: &'static str) -> &'static str {
+    if decoding {
+        return name;
+    }
+    static PREFILL: Mutex<Vec<(&'static str, &'static str)>> = Mutex::new(Vec::new());
+    let mut known = PREFILL.lock().expect("profile lock");
+    if let Some((_, l)) = known.iter().find(|(n, _)| *n == name) {
+        return l;
+    }
+    let l: &'static str = Box::leak(format!("prefill: {name}").into_boxed_str());
+    known.push((name, l));
+    l
+}
+pub fn report() -> String {
+    let t = TOTALS.lock().expect("profile lock");
+    let total: f64 = t.iter().map(|x| x.1).sum();
+    t.iter()
+        .map(|(n, s)| format!("{n}: {s:.2} s ({:.0}%)", 100.0 * s / total.max(1e-12)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
