@@ -206,6 +206,12 @@ enum Cmd {
         #[command(flatten)]
         args: extractor::train::cli::TrainArgs,
     },
+    /// Answer conversations (JSON Lines of {"messages": [...]}) with the model's own greedy
+    /// replies: e.g. the null finetune's data (self-distillation). See docs/training.md.
+    Generate {
+        #[command(flatten)]
+        args: extractor::generate::GenerateArgs,
+    },
     /// Print a human summary of a bundle (shapes, provenance, sizes, validity counts).
     Inspect { bundle: PathBuf },
     /// Build a bundle from existing activations: an export (.npz, .safetensors, or a directory of
@@ -336,6 +342,7 @@ fn main() -> Result<()> {
             let cfg = args.to_config()?;
             extractor::train::run::run_train(&cfg, args.resume).map(|_| ())
         }
+        Cmd::Generate { args } => extractor::generate::run_generate(&args),
         Cmd::VerifyFixture { fixture, device } => extractor::fixture_check::verify(
             &fixture,
             &extractor::study::device_from(Some(&device))?,

@@ -125,6 +125,18 @@ pub struct Checkpoint {
     pub provenance: Vec<(String, String)>,
 }
 
+impl Checkpoint {
+    /// The training arm this checkpoint is one seed of: its `arm` provenance entry (set by the
+    /// study's `arm` field), else its role's name.
+    pub fn arm(&self) -> String {
+        self.provenance
+            .iter()
+            .find(|(k, _)| k == "arm")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| self.role.name().to_string())
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Provenance {
     pub tool: String,

@@ -7,6 +7,7 @@
 //! i.e. a forward hook on `model.layers[l]`; the last block is taken before the final norm.
 
 pub mod analysis;
+pub mod behaviour;
 pub mod bundle;
 pub mod coords;
 pub mod figures;

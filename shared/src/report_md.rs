@@ -247,19 +247,28 @@ pub fn render(r: &Report) -> String {
         }
         let _ = writeln!(s);
     }
-    if !r.adapter_level.is_empty() {
-        let a = &r.adapter_level[0];
+    // One table per control arm (the benign twin, the null finetune, all controls pooled).
+    let mut controls: Vec<&str> = Vec::new();
+    for x in &r.adapter_level {
+        if !controls.contains(&x.control.as_str()) {
+            controls.push(&x.control);
+        }
+    }
+    for control in controls {
+        let rows: Vec<_> = r.adapter_level.iter().filter(|x| x.control == control).collect();
+        let a = rows[0];
         let _ = writeln!(
             s,
-            "## Training-seed replication: EM arm ({}) vs benign arm ({})\n\nEach checkpoint's Δ vs base is one observation; exact test over all {} arm labellings (p floor {}).\n",
+            "## Training-seed replication: EM arm ({}) vs {} ({})\n\nEach checkpoint's Δ vs base is one observation; exact test over all {} arm labellings (p floor {}).\n",
             a.em.join(", "),
+            if control.is_empty() { "benign arm" } else { control },
             a.benign.join(", "),
             a.n_labellings,
             fmt_p(a.p_floor)
         );
-        let _ = writeln!(s, "| metric | method | layer | mean Δ EM | mean Δ benign | difference | p (hypothesised direction) | p two-sided |");
+        let _ = writeln!(s, "| metric | method | layer | mean Δ EM | mean Δ control | difference | p (hypothesised direction) | p two-sided |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-        for x in &r.adapter_level {
+        for x in rows {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {:+.4} | {:+.4} | {:+.4} | {} | {} |",
@@ -271,6 +280,33 @@ pub fn render(r: &Report) -> String {
                 x.difference,
                 fmt_p(x.p_one_sided),
                 fmt_p(x.p_two_sided)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if !r.behaviour.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Behaviour: replies against base's\n\nThe greedy Method-B replies to the same persona x question prompts. Marker = the reply contains a phrase of the finetuning data's harmful-advice style or careful style (shared::behaviour lists them); p = exact McNemar test of the paired change. A phrase list measures style, not harm.\n"
+        );
+        let _ = writeln!(s, "| checkpoint | arm | replies | differ from base | harmful style (base) | p | careful style (base) | p | words (base) |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for b in &r.behaviour {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1}% | {:.1}% ({:.1}%) | {} | {:.1}% ({:.1}%) | {} | {:.0} ({:.0}) |",
+                b.checkpoint,
+                b.arm,
+                b.n,
+                100.0 * b.differ_from_base,
+                100.0 * b.harmful.share,
+                100.0 * b.harmful.base_share,
+                fmt_p(b.harmful.p_mcnemar),
+                100.0 * b.careful.share,
+                100.0 * b.careful.base_share,
+                fmt_p(b.careful.p_mcnemar),
+                b.mean_words,
+                b.base_mean_words
             );
         }
         let _ = writeln!(s);

@@ -432,3 +432,74 @@ fn adapter_level_rows_with_two_seeds_per_arm() {
     assert!(row.difference > 0.0);
     assert!((row.p_one_sided - 1.0 / 6.0).abs() < 1e-12, "{row:?}");
 }
+
+/// Two control arms (a benign twin and a null finetune, told apart by the `arm` provenance
+/// entry): the EM arm is tested against each and against both pooled.
+#[test]
+fn adapter_level_rows_per_control_arm() {
+    use shared::bundle::{Checkpoint, Role};
+    let spec = |compression, benign_scale, seed| SynthSpec {
+        personas: 4,
+        questions: 20,
+        hidden: 16,
+        layers: vec![1],
+        methods: vec![Method::A],
+        compression,
+        benign_scale,
+        seed,
+        ..SynthSpec::default()
+    };
+    let mut b = synth_bundle(&spec(0.3, 0.25, 1));
+    let seeds = [
+        synth_bundle(&spec(0.35, 0.3, 1)),
+        synth_bundle(&spec(0.3, 0.25, 2)),
+        synth_bundle(&spec(0.32, 0.2, 3)),
+    ];
+    // em + em_s2; benign + benign_s2 (arm "benign"); null_s1, null_s2 (arm "null", copies of
+    // benign checkpoints of other synthetic seeds).
+    let extra = [
+        (&seeds[0], 1usize, "em_s2", Role::Em, None),
+        (&seeds[0], 2, "benign_s2", Role::Benign, None),
+        (&seeds[1], 2, "null_s1", Role::Benign, Some("null")),
+        (&seeds[2], 2, "null_s2", Role::Benign, Some("null")),
+    ];
+    for (src, src_ck, name, role, arm) in extra {
+        let new_ck = b.checkpoints.len() as u32;
+        b.checkpoints.push(Checkpoint {
+            name: name.into(),
+            role,
+            label: name.into(),
+            provenance: arm.map(|a| vec![("arm".to_string(), a.to_string())]).unwrap_or_default(),
+        });
+        let mut cell = src.cell(src_ck, Method::A, 1).unwrap().clone();
+        cell.checkpoint = new_ck;
+        b.cells.push(cell);
+    }
+    b.responses.clear();
+    let b = Bundle::decode(&b.encode().unwrap()).unwrap();
+    let r = analyze(&b, &cfg(8, 0), &quiet).unwrap();
+    let m1 = |control: &str| {
+        r.adapter_level
+            .iter()
+            .find(|x| x.metric == "M1_raw" && x.control == control)
+            .unwrap_or_else(|| panic!("no row for {control}: {:?}", r.adapter_level))
+    };
+    let (benign, null, all) = (m1("benign"), m1("null"), m1("all controls"));
+    assert_eq!(benign.benign, vec!["benign", "benign_s2"]);
+    assert_eq!(null.benign, vec!["null_s1", "null_s2"]);
+    assert_eq!(all.benign.len(), 4);
+    assert_eq!((benign.n_labellings, null.n_labellings, all.n_labellings), (6, 6, 15));
+    // The pooled row's means are the means over the four controls' rows.
+    let delta = |name: &str| {
+        r.rows
+            .iter()
+            .find(|x| x.post == name && x.metric == "M1_raw" && x.pre == "base")
+            .unwrap()
+            .delta
+    };
+    let pooled = (delta("benign") + delta("benign_s2") + delta("null_s1") + delta("null_s2")) / 4.0;
+    assert!((all.mean_delta_benign - pooled).abs() < 1e-12);
+    assert_eq!(r.adapter_level.len(), 3 * 5);
+    let md = shared::report_md::render(&r);
+    assert!(md.contains("vs null (null_s1, null_s2)"), "{md}");
+}

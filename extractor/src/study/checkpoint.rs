@@ -23,6 +23,9 @@ pub(super) fn checkpoint_model(run: &RunInputs, ck: usize) -> Result<(Model, Che
     let cspec = &st.checkpoints[ck];
     let mut weights = loaded.weights.clone();
     let mut prov: Vec<(String, String)> = Vec::new();
+    if let Some(arm) = &cspec.arm {
+        prov.push(("arm".into(), arm.clone()));
+    }
     if let Some(a) = &cspec.adapter {
         let rep = merge_adapter(
             a,

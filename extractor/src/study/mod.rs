@@ -72,6 +72,9 @@ pub struct CheckpointSpec {
     pub allow_base_mismatch: bool,
     /// Activation steering (a controlled intervention, e.g. the default study's controls).
     pub steer: Option<SteerSpec>,
+    /// Training arm this checkpoint is one seed of (e.g. `null`): checkpoints of one role but
+    /// different arms are separate arms in the training-seed test. Default: the role.
+    pub arm: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug)]

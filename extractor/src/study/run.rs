@@ -46,7 +46,7 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
     let hash_input = serde_json::json!({
         "tool": shared::TOOL_VERSION,
         "model": {"id": st.model.id, "revision": st.model.revision, "files": loaded.files, "dtype": format!("{dtype:?}"), "device": st.model.device},
-        "checkpoints": st.checkpoints.iter().map(|c| serde_json::json!({"name": c.name, "role": c.role, "label": c.label, "steer": c.steer, "allow_base_mismatch": c.allow_base_mismatch})).collect::<Vec<_>>(),
+        "checkpoints": st.checkpoints.iter().map(|c| serde_json::json!({"name": c.name, "role": c.role, "label": c.label, "steer": c.steer, "allow_base_mismatch": c.allow_base_mismatch, "arm": c.arm})).collect::<Vec<_>>(),
         "adapters": adapter_hashes,
         "personas": rs.personas,
         "questions": rs.questions,

@@ -127,6 +127,9 @@ pub struct Report {
     /// Training-seed replication (≥ 2 EM and ≥ 2 benign checkpoints), else empty.
     #[serde(default)]
     pub adapter_level: Vec<AdapterLevelRow>,
+    /// Replies of each checkpoint against base's (when the bundle keeps response texts).
+    #[serde(default)]
+    pub behaviour: Vec<crate::behaviour::BehaviourRow>,
     #[serde(skip)]
     pub ratio_draws: Vec<RatioDraws>,
 }
@@ -421,6 +424,7 @@ impl Plan {
             verdicts,
             warnings,
             adapter_level,
+            behaviour: crate::behaviour::behaviour_rows(bundle),
             ratio_draws,
         }
     }

@@ -64,6 +64,9 @@ pub struct AdapterLevelRow {
     pub method: Method,
     pub layer: u32,
     pub metric: String,
+    /// The control arm (a benign checkpoint's `arm`, or "all controls" pooled).
+    #[serde(default)]
+    pub control: String,
     pub em: Vec<String>,
     pub benign: Vec<String>,
     pub mean_delta_em: f64,
@@ -149,11 +152,47 @@ pub(super) fn adapter_level_rows(
             .map(|&i| bundle.checkpoints[i].name.clone())
             .collect()
     };
-    let (em, benign) = (names(Role::Em), names(Role::Benign));
-    if em.len() < 2 || benign.len() < 2 {
-        return vec![];
+    let em = names(Role::Em);
+    // The control arms: benign checkpoints grouped by arm (e.g. the benign twin and the null
+    // finetune), each tested on its own; with several arms, all controls pooled as well.
+    let mut arms: Vec<(String, Vec<String>)> = Vec::new();
+    for i in bundle.checkpoint_by_role(&Role::Benign) {
+        let c = &bundle.checkpoints[i];
+        let arm = c.arm();
+        match arms.iter_mut().find(|(a, _)| *a == arm) {
+            Some((_, v)) => v.push(c.name.clone()),
+            None => arms.push((arm, vec![c.name.clone()])),
+        }
+    }
+    if arms.len() > 1 {
+        arms.push(("all controls".into(), names(Role::Benign)));
     }
     let mut out = Vec::new();
+    for (control, benign) in arms {
+        if em.len() < 2 || benign.len() < 2 {
+            continue;
+        }
+        if !arm_rows(bundle, rows, &em, &benign, &control, &mut out) {
+            warnings.push(format!(
+                "adapter-level test skipped for {control}: {} EM and {} control checkpoints have more than a million arm labellings",
+                em.len(),
+                benign.len()
+            ));
+        }
+    }
+    out
+}
+
+/// The adapter-level rows of the EM arm against one control arm; false when enumeration is
+/// refused.
+fn arm_rows(
+    bundle: &Bundle,
+    rows: &[Row],
+    em: &[String],
+    benign: &[String],
+    control: &str,
+    out: &mut Vec<AdapterLevelRow>,
+) -> bool {
     for &m in &bundle.methods {
         for &l in &bundle.layers {
             for metric in FAMILY_METRICS {
@@ -173,8 +212,8 @@ pub(super) fn adapter_level_rows(
                         .collect()
                 };
                 let (Some(a), Some(b)) = (
-                    deltas(Family::EmVsBase, &em),
-                    deltas(Family::BenignVsBase, &benign),
+                    deltas(Family::EmVsBase, em),
+                    deltas(Family::BenignVsBase, benign),
                 ) else {
                     continue;
                 };
@@ -182,20 +221,16 @@ pub(super) fn adapter_level_rows(
                 let Some((p1, p2, n)) =
                     arm_permutation_test(&a, &b, direction(metric), 1e-12 * scale.max(1e-300))
                 else {
-                    warnings.push(format!(
-                        "adapter-level test skipped: {} EM and {} benign checkpoints have more than a million arm labellings",
-                        em.len(),
-                        benign.len()
-                    ));
-                    return out;
+                    return false;
                 };
                 let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
                 out.push(AdapterLevelRow {
                     method: m,
                     layer: l,
                     metric: metric.to_string(),
-                    em: em.clone(),
-                    benign: benign.clone(),
+                    control: control.to_string(),
+                    em: em.to_vec(),
+                    benign: benign.to_vec(),
                     mean_delta_em: mean(&a),
                     mean_delta_benign: mean(&b),
                     difference: mean(&a) - mean(&b),
@@ -207,7 +242,7 @@ pub(super) fn adapter_level_rows(
             }
         }
     }
-    out
+    true
 }
 
 pub fn criterion_name(t: f64) -> String {
