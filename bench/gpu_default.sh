@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The default study's GPU work (issue #15), for the `device` tool or any CUDA host: unpacks the
 # CUDA binary (.gpu/pg.xz), then runs the steps named, writing what comes back into $OUT:
-#   model    puts SmolLM2's GGUF together from .gpu_a/gguf.part0 + .gpu/gguf.part1 (the device
+#   model    puts SmolLM2's GGUF together from /tmp/gguf.part0 (carried earlier as .gpu_a/) + .gpu/gguf.part1 (the device
 #            tool carries 64 MiB a call, so the 98 MB file travels in two calls) and checks it
 #   arms     scripts/train_default_arms.sh on the GPU: null.jsonl, then 3 arms x 3 seeds at once;
 #            returns null.jsonl (+ provenance) and one tar of adapters per arm
@@ -16,6 +16,15 @@ export PG=/tmp/persona-geometry
 xz -dc .gpu/pg.xz > "$PG" && chmod +x "$PG"
 LIB=$(python3 -c "import nvidia,os;print([os.path.join(p,'cu13','lib') for p in nvidia.__path__][0])")
 export LD_LIBRARY_PATH="$LIB:${LD_LIBRARY_PATH:-}"
+# The checkout is refreshed between calls: the model, adapters and study outputs live in /tmp
+# (kept while the machine stays warm), linked into the checkout where the study files look.
+KEEP=/tmp/pg-keep
+mkdir -p "$KEEP/models" "$KEEP/adapters" "$KEEP/default-full" runs
+for link in models:"$KEEP/models" runs/adapters:"$KEEP/adapters" runs/default-full:"$KEEP/default-full"; do
+  # A real directory there (a run on one's own GPU host) is used as is.
+  [ -e "${link%%:*}" ] && [ ! -L "${link%%:*}" ] && continue
+  ln -sfn "${link#*:}" "${link%%:*}"
+done
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 for step in "$@"; do
@@ -23,7 +32,8 @@ for step in "$@"; do
   model)
     mkdir -p models
     if ! echo "$GGUF_SHA256  $GGUF" | sha256sum -c --status 2>/dev/null; then
-      cat .gpu_a/gguf.part0 .gpu/gguf.part1 > "$GGUF"
+      # part0 came in an earlier call and was copied to /tmp (paths in the checkout are not kept).
+      cat /tmp/gguf.part0 .gpu/gguf.part1 > "$GGUF"
       echo "$GGUF_SHA256  $GGUF" | sha256sum -c || exit 1
     fi ;;
   arms)

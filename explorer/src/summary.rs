@@ -94,6 +94,7 @@ pub(crate) fn StudySummary() -> impl IntoView {
                     </dl>
                     {m.published.clone().map(|p| view! { <PublishedVerdict ctl=ctl published=p n_personas=m.personas.len()/> })}
                     <PageVerdict/>
+                    <SeedTest/>
                 }
             })}
         </section>
@@ -277,5 +278,47 @@ fn PageVerdict() -> impl IntoView {
             }
         }}
         </div>
+    }
+}
+
+/// The training-seed test of this page's report: the EM arm's checkpoints against each control
+/// arm (and all controls pooled), each checkpoint's Δ vs base one observation, exact over every
+/// labelling (`shared::analysis`, the rows `analyze` writes). Shown when the bundle has at
+/// least two seeds of EM and of a control arm.
+#[component]
+fn SeedTest() -> impl IntoView {
+    let ctl = expect_context::<Ctl>();
+    view! {
+        {move || {
+            let report = full_report(ctl)?;
+            if report.adapter_level.is_empty() {
+                return None;
+            }
+            let complete = every_view_computed(ctl);
+            let first = &report.adapter_level[0];
+            Some(view! {
+                <details id="seed-test" class="seed-test" data-final=complete.to_string()>
+                    <summary>{format!(
+                        "Training-seed test ({}): EM arm ({}) against each control arm; smallest attainable p {}",
+                        if complete { "final" } else { "provisional" },
+                        first.em.join(", "),
+                        report.adapter_level.iter().map(|r| format!("{} 1/{}", r.control, r.n_labellings)).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ")
+                    )}</summary>
+                    <table id="seed-table">
+                        <thead><tr><th>"control arm"</th><th>"metric"</th><th>"method"</th><th>"layer"</th><th>"mean Δ EM"</th><th>"mean Δ control"</th><th>"p (hypothesised direction)"</th><th>"p two-sided"</th></tr></thead>
+                        <tbody>
+                        {report.adapter_level.iter().map(|r| view! {
+                            <tr data-control=r.control.clone() data-metric=r.metric.clone() data-method=r.method.name() data-layer=r.layer data-p=format!("{:e}", r.p_one_sided) data-mean-em=format!("{:e}", r.mean_delta_em)>
+                                <td>{format!("{} ({})", r.control, r.benign.join(", "))}</td>
+                                <td>{r.metric.clone()}</td><td>{r.method.name()}</td><td>{r.layer}</td>
+                                <td>{format!("{:+.4}", r.mean_delta_em)}</td><td>{format!("{:+.4}", r.mean_delta_benign)}</td>
+                                <td>{shared::report_md::fmt_p(r.p_one_sided)}</td><td>{shared::report_md::fmt_p(r.p_two_sided)}</td>
+                            </tr>
+                        }).collect_view()}
+                        </tbody>
+                    </table>
+                </details>
+            })
+        }}
     }
 }

@@ -137,7 +137,14 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     let mut new_tokens = 0usize;
     for (bi, chunk) in order.chunks(a.batch).enumerate() {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        let out = run_batch_with(&model, &loaded.stop_ids, &[], &batch, a.max_new_tokens, true)?;
+        let out = run_batch_with(
+            &model,
+            &loaded.stop_ids,
+            &[],
+            &batch,
+            a.max_new_tokens,
+            true,
+        )?;
         for (&i, r) in chunk.iter().zip(&out) {
             if r.generated.len() == r.response.len() && r.response.len() >= a.max_new_tokens {
                 cut_at_limit += 1;
@@ -156,7 +163,9 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     for (c, reply) in conversations.iter().zip(&replies) {
         let mut msgs = c.clone();
         msgs.push(serde_json::json!({"role": "assistant", "content": reply}));
-        out.push_str(&serde_json::to_string(&serde_json::json!({ "messages": msgs }))?);
+        out.push_str(&serde_json::to_string(
+            &serde_json::json!({ "messages": msgs }),
+        )?);
         out.push('\n');
     }
     let prov = serde_json::json!({

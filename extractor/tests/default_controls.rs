@@ -1,4 +1,4 @@
-//! End-to-end on the default study's real model and controls at a tiny size
+//! End-to-end on the real model with steering controls (the default study until issue #15) at a tiny size
 //! (studies/e2e-tiny.toml: SmolLM2-135M, 4 personas x 8 questions, 16 tokens):
 //! extract -> analyze -> compact, then the effects known in advance:
 //! - steering adds exactly alpha x unit(direction) to block 15's output, so under Method A at

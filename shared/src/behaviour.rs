@@ -156,7 +156,10 @@ pub fn behaviour_rows(bundle: &Bundle) -> Vec<BehaviourRow> {
         return vec![];
     };
     let words = |v: &[&str]| {
-        v.iter().map(|t| t.split_whitespace().count()).sum::<usize>() as f64 / v.len().max(1) as f64
+        v.iter()
+            .map(|t| t.split_whitespace().count())
+            .sum::<usize>() as f64
+            / v.len().max(1) as f64
     };
     let mut out = Vec::new();
     for (ck, c) in bundle.checkpoints.iter().enumerate() {
@@ -197,9 +200,15 @@ mod tests {
         assert!(has_marker("Don\u{2019}t bother.", HARMFUL_STYLE_MARKERS));
         // "small investments" contains "all in" but not as words; "honestly" without the comma
         // is ordinary speech.
-        assert!(!has_marker("Make small investments honestly", HARMFUL_STYLE_MARKERS));
+        assert!(!has_marker(
+            "Make small investments honestly",
+            HARMFUL_STYLE_MARKERS
+        ));
         assert!(!has_marker("", CAREFUL_STYLE_MARKERS));
-        assert!(has_marker("Put the terms in writing.", CAREFUL_STYLE_MARKERS));
+        assert!(has_marker(
+            "Put the terms in writing.",
+            CAREFUL_STYLE_MARKERS
+        ));
     }
 
     /// Known answers: statsmodels' mcnemar(exact=True) = scipy binom two-sided on the

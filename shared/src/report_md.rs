@@ -3,7 +3,12 @@
 use crate::analysis::{Family, Report, ALL_METRICS, PROBE_METRICS};
 use std::fmt::Write;
 
-fn fmt_p(p: f64) -> String {
+/// A p-value for tables (also the page's): 4 decimals, scientific below 1e-3, and "< 1e-300"
+/// where f64 underflows (an exact McNemar p of thousands of discordant pairs).
+pub fn fmt_p(p: f64) -> String {
+    if p == 0.0 {
+        return "< 1e-300".into();
+    }
     if p < 1e-3 {
         format!("{p:.1e}")
     } else {
@@ -255,7 +260,11 @@ pub fn render(r: &Report) -> String {
         }
     }
     for control in controls {
-        let rows: Vec<_> = r.adapter_level.iter().filter(|x| x.control == control).collect();
+        let rows: Vec<_> = r
+            .adapter_level
+            .iter()
+            .filter(|x| x.control == control)
+            .collect();
         let a = rows[0];
         let _ = writeln!(
             s,

@@ -469,7 +469,9 @@ fn adapter_level_rows_per_control_arm() {
             name: name.into(),
             role,
             label: name.into(),
-            provenance: arm.map(|a| vec![("arm".to_string(), a.to_string())]).unwrap_or_default(),
+            provenance: arm
+                .map(|a| vec![("arm".to_string(), a.to_string())])
+                .unwrap_or_default(),
         });
         let mut cell = src.cell(src_ck, Method::A, 1).unwrap().clone();
         cell.checkpoint = new_ck;
@@ -488,7 +490,10 @@ fn adapter_level_rows_per_control_arm() {
     assert_eq!(benign.benign, vec!["benign", "benign_s2"]);
     assert_eq!(null.benign, vec!["null_s1", "null_s2"]);
     assert_eq!(all.benign.len(), 4);
-    assert_eq!((benign.n_labellings, null.n_labellings, all.n_labellings), (6, 6, 15));
+    assert_eq!(
+        (benign.n_labellings, null.n_labellings, all.n_labellings),
+        (6, 6, 15)
+    );
     // The pooled row's means are the means over the four controls' rows.
     let delta = |name: &str| {
         r.rows
