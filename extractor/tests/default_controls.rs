@@ -21,19 +21,14 @@ use shared::coords::{bundle_coords, compact_bundle};
 use shared::linalg::cosine as cos;
 use std::path::PathBuf;
 
+mod common;
+
 #[test]
 fn default_study_controls_end_to_end() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !model.exists() {
-        assert!(
-            std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
-            "{} missing: run scripts/fetch_smollm2.sh",
-            model.display()
-        );
-        eprintln!("skipped: {} missing", model.display());
+    let Some(_model) = common::smollm2() else {
         return;
-    }
+    };
     let dir = match std::env::var_os("PG_E2E_DIR") {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("pg-e2e-{}", std::process::id())),

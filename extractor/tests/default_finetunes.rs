@@ -17,23 +17,11 @@ use shared::analysis::{analyze, AnalysisConfig};
 use shared::behaviour::{has_marker, CAREFUL_STYLE_MARKERS, HARMFUL_STYLE_MARKERS};
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::smollm2;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The model file, or None (test skipped) when it is missing and not required.
-fn smollm2() -> Option<PathBuf> {
-    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
-        "{} missing: run scripts/fetch_smollm2.sh",
-        path.display()
-    );
-    eprintln!("skipped: {} missing", path.display());
-    None
 }
 
 fn tmp(name: &str) -> PathBuf {

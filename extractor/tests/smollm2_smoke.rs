@@ -7,26 +7,8 @@ use candle_core::{DType, Device};
 use extractor::extract::Extractor;
 use extractor::model::Model;
 use extractor::weights::load;
-use std::path::PathBuf;
-
-/// The model file, or None (test skipped) when it is missing and not required.
-fn smollm2() -> Option<PathBuf> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
-        "{} missing: run scripts/fetch_smollm2.sh",
-        path.display()
-    );
-    eprintln!(
-        "skipped: {} missing (run scripts/fetch_smollm2.sh)",
-        path.display()
-    );
-    None
-}
+mod common;
+use common::smollm2;
 
 #[test]
 fn smollm2_replies_coherently_and_vectors_are_finite() {

@@ -388,11 +388,9 @@ fn arm_permutation_test_known_answers() {
     assert_eq!((p1, p2), (1.0, 1.0));
 }
 
-/// A study with two EM and two benign checkpoints (training seeds) gets adapter-level rows.
-#[test]
-fn adapter_level_rows_with_two_seeds_per_arm() {
-    use shared::bundle::{Checkpoint, Role};
-    let spec = |compression, benign_scale| SynthSpec {
+/// A small one-layer study whose checkpoints stand in for one training seed of each arm.
+fn seed_study_spec(compression: f64, benign_scale: f64, seed: u64) -> SynthSpec {
+    SynthSpec {
         personas: 4,
         questions: 20,
         hidden: 16,
@@ -400,9 +398,16 @@ fn adapter_level_rows_with_two_seeds_per_arm() {
         methods: vec![Method::A],
         compression,
         benign_scale,
-        seed: 1,
+        seed,
         ..SynthSpec::default()
-    };
+    }
+}
+
+/// A study with two EM and two benign checkpoints (training seeds) gets adapter-level rows.
+#[test]
+fn adapter_level_rows_with_two_seeds_per_arm() {
+    use shared::bundle::{Checkpoint, Role};
+    let spec = |compression, benign_scale| seed_study_spec(compression, benign_scale, 1);
     let mut b = synth_bundle(&spec(0.3, 0.25));
     // A second "training seed" of each arm: the same study with slightly different effects.
     let other = synth_bundle(&spec(0.35, 0.3));
@@ -438,17 +443,7 @@ fn adapter_level_rows_with_two_seeds_per_arm() {
 #[test]
 fn adapter_level_rows_per_control_arm() {
     use shared::bundle::{Checkpoint, Role};
-    let spec = |compression, benign_scale, seed| SynthSpec {
-        personas: 4,
-        questions: 20,
-        hidden: 16,
-        layers: vec![1],
-        methods: vec![Method::A],
-        compression,
-        benign_scale,
-        seed,
-        ..SynthSpec::default()
-    };
+    let spec = seed_study_spec;
     let mut b = synth_bundle(&spec(0.3, 0.25, 1));
     let seeds = [
         synth_bundle(&spec(0.35, 0.3, 1)),

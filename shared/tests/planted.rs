@@ -240,7 +240,7 @@ fn compact_form_agrees_with_full_bundle() {
     assert_eq!(published.alpha, Some(cf.alpha));
     assert_eq!(published.rows.len(), rfull.rows.len());
     assert!(shared::analysis::bundle_published(&c).is_none());
-    // Re-verification on the compact bundle: M1/M2 point estimates are exact there, so every
+    // Re-verification on the compact bundle: M1_raw point estimates are exact there, so every
     // published M1_raw row whose decision the truncated draws keep is marked reproduced.
     let reproduced = rfull
         .rows

@@ -146,6 +146,12 @@ pub const FAMILY_METRICS: [&str; 5] = [
 pub const M3_METRICS: [&str; 2] = ["M3_accuracy", "M3_log_posterior"];
 /// The logistic probe's rows (`--logistic-probe`), outside the families.
 pub const PROBE_METRICS: [&str; 2] = ["M3_probe_accuracy", "M3_probe_log_posterior"];
+/// Metrics whose point estimate a compact bundle reproduces exactly (functions of the centroids,
+/// which it stores exactly). `M1_separation` needs each checkpoint's within-persona spread, of
+/// which a compact bundle keeps the k stored components plus the energy outside them spread
+/// evenly over checkpoints; M3 is fitted on the k components.
+pub const COMPACT_EXACT_METRICS: [&str; 4] = ["M1_raw", "M1_centred", "M2_em_axis", "M2_pc1_axis"];
+
 pub const ALL_METRICS: [&str; 7] = [
     "M1_raw",
     "M1_centred",

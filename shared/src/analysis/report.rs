@@ -345,7 +345,7 @@ impl Plan {
         }
         if !approximate.is_empty() {
             warnings.push(format!(
-                "compact coordinates at {}: M1/M2 permutation and bootstrap draws miss the within-persona variation outside the k stored residual components, so their p-values and intervals are approximate (their point estimates are exact); M3 is fitted on the k components instead of the full activations, so its values approximate those of `analyze` on the full bundle",
+                "compact coordinates at {}: M1/M2 permutation and bootstrap draws miss the within-persona variation outside the k stored residual components, so their p-values and intervals are approximate (the point estimates of M1_raw, M1_centred and M2 are exact; M1_separation's within-persona spread is approximate: the energy outside the k components is spread evenly over checkpoints); M3 is fitted on the k components instead of the full activations, so its values approximate those of `analyze` on the full bundle",
                 approximate.join(", ")
             ));
         }
