@@ -244,6 +244,17 @@ pub(crate) fn every_view_computed(ctl: Ctl) -> bool {
     })
 }
 
+/// Whether the bundle on screen gives `metric`'s point estimate exactly (see
+/// `shared::analysis::point_estimate_exact`).
+pub(crate) fn point_estimate_exact(metric: &str) -> bool {
+    STATE.with(|s| {
+        s.borrow()
+            .analysis
+            .as_ref()
+            .is_some_and(|a| shared::analysis::point_estimate_exact(&a.bundle, metric))
+    })
+}
+
 pub(crate) fn full_report(ctl: Ctl) -> Option<Arc<Report>> {
     ctl.version.get();
     STATE.with(|s| s.borrow().analysis.as_ref().and_then(|a| a.report.clone()))

@@ -305,10 +305,10 @@ fn SeedTest() -> impl IntoView {
                         report.adapter_level.iter().map(|r| format!("{} 1/{}", r.control, r.n_labellings)).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ")
                     )}</summary>
                     <table id="seed-table">
-                        <thead><tr><th>"control arm"</th><th>"metric"</th><th>"method"</th><th>"layer"</th><th>"mean Δ EM"</th><th>"mean Δ control"</th><th>"p (hypothesised direction)"</th><th>"p two-sided"</th><th title="point estimates of M1_raw and M2 are exact in a compact bundle; M1_separation's within-persona spread and M3 (fitted on the stored components) are approximate">"values"</th></tr></thead>
+                        <thead><tr><th>"control arm"</th><th>"metric"</th><th>"method"</th><th>"layer"</th><th>"mean Δ EM"</th><th>"mean Δ control"</th><th>"p (hypothesised direction)"</th><th>"p two-sided"</th><th title="whether this page's mean Δ equals analyze on the full bundle: M1_raw and M2 always; M1_separation when the compact bundle carries each persona's outside energy; M3 (fitted on the stored components) never">"values"</th></tr></thead>
                         <tbody>
                         {report.adapter_level.iter().map(|r| {
-                            let values = if shared::analysis::COMPACT_EXACT_METRICS.contains(&r.metric.as_str()) { "exact" } else { "approximate" };
+                            let values = if point_estimate_exact(&r.metric) { "exact" } else { "approximate" };
                             view! {
                             <tr data-values=values data-control=r.control.clone() data-metric=r.metric.clone() data-method=r.method.name() data-layer=r.layer data-p=format!("{:e}", r.p_one_sided) data-mean-em=format!("{:e}", r.mean_delta_em)>
                                 <td>{format!("{} ({})", r.control, r.benign.join(", "))}</td>

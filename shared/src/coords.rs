@@ -295,7 +295,45 @@ fn restrict_to_paired(
     recentre(res, valid, p, q, k);
 }
 
+/// Provenance key of a compact bundle's per-(method/layer, checkpoint, persona) mean energy
+/// outside the stored coordinates: JSON `{"A/15": [[persona means] per checkpoint], ...}`.
+/// With it, each persona's mean squared norm (the within-persona spread of `M1_separation`) is
+/// the full bundle's; without it (bundles made before), the total outside energy is spread
+/// evenly over every row of every checkpoint.
+pub const OUTSIDE_ENERGY_KEY: &str = "compact.outside_energy";
+
+fn outside_energy_key(m: Method, l: u32) -> String {
+    format!("{}/{l}", m.name())
+}
+
+/// The stored per-(checkpoint, persona) outside energy of one (method, layer), if the bundle
+/// carries it with the right shape and finite, non-negative values.
+fn stored_outside_energy(bundle: &Bundle, m: Method, l: u32) -> Option<Vec<Vec<f64>>> {
+    let all: serde_json::Value =
+        serde_json::from_str(bundle.provenance.get(OUTSIDE_ENERGY_KEY)?).ok()?;
+    let v: Vec<Vec<f64>> =
+        serde_json::from_value(all.get(outside_energy_key(m, l))?.clone()).ok()?;
+    // A hostile or damaged entry (wrong shape, negative energy) is ignored: the even spread.
+    (v.len() == bundle.checkpoints.len()
+        && v.iter().all(|r| {
+            r.len() == bundle.n_personas() && r.iter().all(|e| e.is_finite() && *e >= 0.0)
+        }))
+    .then_some(v)
+}
+
 fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords {
+    let outside = stored_outside_energy(bundle, m, l);
+    compact_cell_coords_with(bundle, m, l, outside.as_deref())
+}
+
+/// `outside[ck][p]`: energy outside the stored coordinates added to every row of persona p of
+/// checkpoint ck; None: the total spread evenly.
+fn compact_cell_coords_with(
+    bundle: &Bundle,
+    m: Method,
+    l: u32,
+    outside: Option<&[Vec<f64>]>,
+) -> MethodLayerCoords {
     let info = bundle
         .basis_info(m, l)
         .expect("validated compact bundle has a basis for every method and layer");
@@ -350,7 +388,16 @@ fn compact_cell_coords(bundle: &Bundle, m: Method, l: u32) -> MethodLayerCoords 
         if dropped > 0 {
             restrict_to_paired(&mut cents, &mut r, &paired, (p, q, d, k));
         }
-        let (sq, mean) = norms_from_coords(&cents, &r, &paired, (p, q, d, k), extra);
+        let (mut sq, mut mean) = norms_from_coords(&cents, &r, &paired, (p, q, d, k), 0.0);
+        for pi in 0..p {
+            let e = outside.map_or(extra, |o| o[ck][pi]);
+            mean[pi] += e;
+            for qi in 0..q {
+                if paired[pi * q + qi] {
+                    sq[pi * q + qi] += e;
+                }
+            }
+        }
         let lda = stored_lda_features(&cents, &r, &paired, (p, q, d, k));
         out.centroids.push(cents);
         out.residuals.push(r);
@@ -649,6 +696,49 @@ pub fn compact_bundle(
         per_method_layer: infos,
         texts_kept: keep_texts,
     });
+    // Each persona's energy outside the stored coordinates: the full bundle's mean squared norm
+    // over the paired questions minus what the stored (f16) coordinates give.
+    let mut outside = serde_json::Map::new();
+    for c in &coords {
+        let (m, l) = (c.method, c.layer);
+        let stored = compact_cell_coords_with(
+            &out,
+            m,
+            l,
+            Some(&vec![vec![0.0; c.n_personas]; bundle.checkpoints.len()]),
+        );
+        let paired = paired_valid(bundle, m, l);
+        let (p, q, h) = (c.n_personas, c.n_questions, bundle.hidden_size as usize);
+        let per_ck: Vec<Vec<f64>> = (0..bundle.checkpoints.len())
+            .map(|ck| {
+                let x = bundle
+                    .cell(ck, m, l)
+                    .expect("validated")
+                    .per_question
+                    .to_f32();
+                (0..p)
+                    .map(|pi| {
+                        let (mut sum, mut n) = (0.0f64, 0usize);
+                        for qi in (0..q).filter(|&qi| paired[pi * q + qi]) {
+                            let row = &x[(pi * q + qi) * h..(pi * q + qi + 1) * h];
+                            sum += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+                            n += 1;
+                        }
+                        let full = sum / n.max(1) as f64;
+                        (full - stored.mean_sq_norm[ck][pi]).max(0.0)
+                    })
+                    .collect()
+            })
+            .collect();
+        outside.insert(outside_energy_key(m, l), serde_json::json!(per_ck));
+    }
+    out.provenance
+        .extra
+        .retain(|(k, _)| k != OUTSIDE_ENERGY_KEY);
+    out.provenance.extra.push((
+        OUTSIDE_ENERGY_KEY.to_string(),
+        serde_json::Value::Object(outside).to_string(),
+    ));
     if !keep_texts {
         out.responses = out
             .responses

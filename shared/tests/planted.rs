@@ -510,3 +510,85 @@ fn every_figure_gives_a_checkpoint_the_same_colour() {
         }
     }
 }
+
+/// M1_separation's point estimate on a compact bundle equals the full bundle's when checkpoints
+/// differ in within-persona spread (here: em's question-level deviations doubled), because the
+/// compact bundle carries each persona's energy outside the stored components
+/// (`coords::OUTSIDE_ENERGY_KEY`). Without that entry (bundles made before it) the outside
+/// energy is spread evenly and the estimate is off: the check below shows the test can fail.
+#[test]
+fn compact_m1_separation_is_exact_when_spreads_differ() {
+    let mut b = synth_bundle(&SynthSpec {
+        compression: 0.1,
+        hidden: 96,
+        noise: 3.0,
+        ..spec()
+    });
+    let (p, q, h) = (b.n_personas(), b.n_questions(), b.hidden_size as usize);
+    let em = b.checkpoints.iter().position(|c| c.name == "em").unwrap();
+    for cell in b.cells.iter_mut().filter(|c| c.checkpoint as usize == em) {
+        let mut x = cell.per_question.to_f32();
+        let cents = cell.centroids.to_f32();
+        for pi in 0..p {
+            for qi in 0..q {
+                for j in 0..h {
+                    let c = cents[pi * h + j];
+                    let v = &mut x[(pi * q + qi) * h + j];
+                    *v = c + 2.0 * (*v - c);
+                }
+            }
+        }
+        cell.per_question = shared::bundle::Blob::from_f32(&x);
+    }
+    let b = Bundle::decode(&b.encode().unwrap()).unwrap();
+    let cf = AnalysisConfig {
+        components: 16,
+        ..cfg(99)
+    };
+    let full = analyze(&b, &cf, &quiet).unwrap();
+    let c = compact_bundle(&b, 16, false, 0).unwrap();
+    let c = Bundle::decode(&c.encode().unwrap()).unwrap();
+    let compact = analyze(&c, &cf, &quiet).unwrap();
+    let mut old = c.clone();
+    old.provenance
+        .extra
+        .retain(|(k, _)| k != shared::coords::OUTSIDE_ENERGY_KEY);
+    let before = analyze(&old, &cf, &quiet).unwrap();
+    let mut worst_before = 0f64;
+    for m in [Method::A, Method::B] {
+        for l in [3, 5, 7] {
+            for fam in [Family::EmVsBase, Family::BenignVsBase] {
+                let (f, c, o) = (
+                    row(&full, fam, "M1_separation", m, l),
+                    row(&compact, fam, "M1_separation", m, l),
+                    row(&before, fam, "M1_separation", m, l),
+                );
+                for (a, b) in [(f.pre_value, c.pre_value), (f.post_value, c.post_value)] {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * a.abs(),
+                        "{m:?}/{l} {fam:?}: {a} vs {b}"
+                    );
+                }
+                worst_before =
+                    worst_before.max((f.delta - o.delta).abs() / f.delta.abs().max(1e-9));
+            }
+        }
+    }
+    assert!(
+        worst_before > 0.05,
+        "the even spread was already exact? {worst_before}"
+    );
+    // A damaged entry (one negative energy) is ignored: the even spread, as without it.
+    let mut bad = c.clone();
+    for (k, v) in bad.provenance.extra.iter_mut() {
+        if k == shared::coords::OUTSIDE_ENERGY_KEY {
+            let mut j: serde_json::Value = serde_json::from_str(v).unwrap();
+            j["A/3"][0][0] = serde_json::json!(-1.0);
+            *v = j.to_string();
+        }
+    }
+    let damaged = analyze(&bad, &cf, &quiet).unwrap();
+    let sep = |r: &Report, m| row(r, Family::EmVsBase, "M1_separation", m, 3).delta;
+    assert_eq!(sep(&damaged, Method::A), sep(&before, Method::A));
+    assert_eq!(sep(&damaged, Method::B), sep(&compact, Method::B));
+}

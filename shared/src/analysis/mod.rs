@@ -147,10 +147,23 @@ pub const M3_METRICS: [&str; 2] = ["M3_accuracy", "M3_log_posterior"];
 /// The logistic probe's rows (`--logistic-probe`), outside the families.
 pub const PROBE_METRICS: [&str; 2] = ["M3_probe_accuracy", "M3_probe_log_posterior"];
 /// Metrics whose point estimate a compact bundle reproduces exactly (functions of the centroids,
-/// which it stores exactly). `M1_separation` needs each checkpoint's within-persona spread, of
-/// which a compact bundle keeps the k stored components plus the energy outside them spread
-/// evenly over checkpoints; M3 is fitted on the k components.
+/// which it stores exactly). `M1_separation` also needs each persona's within-persona spread:
+/// exact when the bundle carries the energy outside its stored components per persona
+/// (`coords::OUTSIDE_ENERGY_KEY`, compact bundles made since 2026-11-30), otherwise that energy
+/// is spread evenly over checkpoints (approximate). M3 is fitted on the k components.
 pub const COMPACT_EXACT_METRICS: [&str; 4] = ["M1_raw", "M1_centred", "M2_em_axis", "M2_pc1_axis"];
+
+/// Whether `analyze` on this bundle gives `metric`'s point estimate exactly (as on the full
+/// bundle it came from).
+pub fn point_estimate_exact(bundle: &Bundle, metric: &str) -> bool {
+    bundle.compact.is_none()
+        || COMPACT_EXACT_METRICS.contains(&metric)
+        || (metric == "M1_separation"
+            && bundle
+                .provenance
+                .get(crate::coords::OUTSIDE_ENERGY_KEY)
+                .is_some())
+}
 
 pub const ALL_METRICS: [&str; 7] = [
     "M1_raw",

@@ -345,8 +345,13 @@ impl Plan {
         }
         if !approximate.is_empty() {
             warnings.push(format!(
-                "compact coordinates at {}: M1/M2 permutation and bootstrap draws miss the within-persona variation outside the k stored residual components, so their p-values and intervals are approximate (the point estimates of M1_raw, M1_centred and M2 are exact; M1_separation's within-persona spread is approximate: the energy outside the k components is spread evenly over checkpoints); M3 is fitted on the k components instead of the full activations, so its values approximate those of `analyze` on the full bundle",
-                approximate.join(", ")
+                "compact coordinates at {}: M1/M2 permutation and bootstrap draws miss the within-persona variation outside the k stored residual components, so their p-values and intervals are approximate (the point estimates of M1_raw, M1_centred and M2 are exact; {}); M3 is fitted on the k components instead of the full activations, so its values approximate those of `analyze` on the full bundle",
+                approximate.join(", "),
+                if super::point_estimate_exact(bundle, "M1_separation") {
+                    "so is M1_separation's: the bundle carries each persona's energy outside the components"
+                } else {
+                    "M1_separation's is approximate: this bundle was made before compact bundles carried each persona's energy outside the components, so that energy is spread evenly over checkpoints"
+                }
             ));
         }
         // Corrections: one family per compared pair of checkpoints, over the family metrics.
