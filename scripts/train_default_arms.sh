@@ -5,10 +5,13 @@
 #   2. every arm (em, benign, null) x seed: `persona-geometry train studies/finetune/ARM.toml`
 #      into runs/adapters/ARM-sSEED/ (PEFT adapter, training.json, loss.csv/svg).
 # The committed adapters (studies/adapters/ARM-s0/) were made with
-#   DEVICE=cuda SEEDS="0 1 2" PARALLEL=1 ./scripts/train_default_arms.sh      (one H200, ~N min)
-# On this machine's 2 CPU cores one arm x seed takes about 45 minutes (SmolLM2 trains at ~63
-# tokens/s here). Env: PG (binary; default builds it), DEVICE (cpu|cuda), SEEDS, PARALLEL=1
-# (every run at once: on a GPU the 135M model leaves it mostly idle, so runs overlap well).
+#   DEVICE=cuda SEEDS="0" PARALLEL=1 ./scripts/train_default_arms.sh    (one H200, the three
+#   arms at once: ~2.1 s per optimizer step each, so ~7 min for 189 steps; seed 1 the same way;
+#   seed 2 not yet run. Nine runs at once went at ~6 s per step each: no gain over three.)
+# On this machine's 2 CPU cores (SmolLM2 trains at ~63 tokens/s here) one seed of the em arm
+# (3 epochs x 90k tokens) would take about 70 minutes, benign 80, null (3 x 302k) about 4 hours:
+# an estimate, not run. Env: PG (binary; default builds it), DEVICE (cpu|cuda), SEEDS, PARALLEL=1
+# (every run of a seed at once, in the background, logs in runs/adapters/ARM-sSEED.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cpu}"
@@ -29,8 +32,9 @@ if [ ! -f data/finetune/null.jsonl ]; then
     --max-new-tokens 256 --batch "$BATCH" --device "$DEVICE" --dtype "$DT"
 fi
 mkdir -p runs/adapters
-pids=()
+rc=0
 for seed in $SEEDS; do
+  pids=()
   for arm in em benign null; do
     out="runs/adapters/$arm-s$seed"
     [ -f "$out/adapter_model.safetensors" ] && { echo "[arms] $out exists, kept"; continue; }
@@ -40,11 +44,11 @@ for seed in $SEEDS; do
       "${cmd[@]}" > "runs/adapters/$arm-s$seed.log" 2>&1 &
       pids+=($!)
     else
-      "${cmd[@]}"
+      "${cmd[@]}" || rc=1
     fi
   done
+  # One seed's three arms at a time (nine at once were no faster on an H200).
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
 done
-rc=0
-for p in "${pids[@]}"; do wait "$p" || rc=1; done
 [ $rc = 0 ] || { echo "[arms] a training run failed: see runs/adapters/*.log" >&2; exit 1; }
 echo "[arms] adapters in runs/adapters/"
