@@ -74,15 +74,23 @@ pub(crate) fn StudySummary() -> impl IntoView {
                 let role_word = |r: &str| match r {
                     "base" => "the model before finetuning",
                     "em" => "EM finetune (the treatment)",
-                    "benign" => "benign-SFT control",
+                    "benign" => "control finetune",
                     _ => "other",
                 };
                 view! {
                     <dl class="facts">
                         <dt>"model"</dt><dd id="summary-model">{m.provenance.model_id.clone()}</dd>
                         <dt>"checkpoints"</dt>
-                        <dd><ul id="summary-checkpoints">{m.checkpoints.iter().map(|(n, r, l, _)| view! {
-                            <li data-role=r.clone()><strong>{n.clone()}</strong>{format!(" — {} ({r}): {l}", role_word(r))}</li>
+                        <dd><ul id="summary-checkpoints">{m.checkpoints.iter().map(|(n, r, l, prov)| {
+                            // A control arm other than the benign twin (e.g. the null finetune) is named.
+                            let arm = prov.iter().find(|(k, _)| k == "arm").map(|(_, v)| v.clone()).filter(|a| a != r);
+                            let what = match &arm {
+                                Some(a) => format!("{}, arm {a}", role_word(r)),
+                                None => role_word(r).to_string(),
+                            };
+                            view! {
+                                <li data-role=r.clone() data-arm=arm.clone().unwrap_or_else(|| r.clone())><strong>{n.clone()}</strong>{format!(" — {what} ({r}): {l}")}</li>
+                            }
                         }).collect_view()}</ul></dd>
                         <dt>"personas"</dt><dd>{format!("{}: {}", m.personas.len(), m.personas.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join(", "))}</dd>
                         <dt>"questions"</dt><dd>{m.questions.len()}</dd>

@@ -111,6 +111,10 @@ test('the default bundle: the training-seed test equals analyze on the full bund
     assert.ok(close(+s.meanEm, w.mean_delta_em, 2e-3), `mean Δ EM ${w.metric} ${w.method}/${w.layer}: ${s.meanEm} vs ${w.mean_delta_em}`);
   }
   assert.deepEqual([...new Set(shown.map((x) => x.control))].sort(), ['all controls', 'benign', 'null']);
+  // The study summary names each checkpoint's arm.
+  const arms = await page.$$eval('#summary-checkpoints li', (l) => l.map((x) => x.dataset.arm));
+  assert.deepEqual(arms, ['base', 'em', 'em', 'benign', 'benign', 'null', 'null']);
+  assert.match(await page.locator('#summary-checkpoints li[data-arm="null"]').first().innerText(), /control finetune, arm null/);
   assert.deepEqual(page.errors, []);
   await page.close();
 });
