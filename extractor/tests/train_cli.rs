@@ -169,16 +169,9 @@ fn trains_the_oracle_adapter_and_extract_merges_it() {
     )
     .unwrap();
     assert_eq!(report.merged_modules, 28);
-    let merged =
-        extractor::model::Model::new(loaded.cfg.clone(), w, &Device::Cpu, DType::F32).unwrap();
+    let merged = cpu_f32_model(&loaded, w);
     let merged_loss = merged.label_cross_entropy(&t.ids, t.labels_from).unwrap();
-    let base = extractor::model::Model::new(
-        loaded.cfg.clone(),
-        loaded.weights.clone(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let base = cpu_f32_model(&loaded, loaded.weights.clone());
     let lora =
         extractor::train::adapter::TrainableLora::load(&out, &base.cfg, &Device::Cpu, DType::F32)
             .unwrap();
@@ -353,13 +346,7 @@ fn default_recipe_runs_reproducibly() {
     let loaded = extractor::weights::load_hf_dir(&model).unwrap();
     let tpl = loaded.chat_template().unwrap();
     let ex = extractor::train::data::read_examples(&data, None).unwrap();
-    let base = extractor::model::Model::new(
-        loaded.cfg.clone(),
-        loaded.weights.clone(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let base = cpu_f32_model(&loaded, loaded.weights.clone());
     let step1 = &extractor::train::plan::plan_steps(ex.len(), 4, 4, 1, Some(42))[0];
     let (mut sum, mut n) = (0.0, 0usize);
     for &i in step1.iter().flatten() {
@@ -376,4 +363,12 @@ fn default_recipe_runs_reproducibly() {
         sum / n as f64
     );
     assert_eq!(prov["steps"][0]["label_tokens"], n);
+}
+
+/// The model of `loaded` with these weights, on the CPU in f32 (the oracle's precision).
+fn cpu_f32_model(
+    loaded: &extractor::weights::LoadedModel,
+    weights: std::collections::HashMap<String, candle_core::Tensor>,
+) -> extractor::model::Model {
+    extractor::model::Model::new(loaded.cfg.clone(), weights, &Device::Cpu, DType::F32).unwrap()
 }
