@@ -6,8 +6,8 @@
 #      into runs/adapters/ARM-sSEED/ (PEFT adapter, training.json, loss.csv/svg).
 # The committed adapters (studies/adapters/ARM-s0/) were made with
 #   DEVICE=cuda SEEDS="0" PARALLEL=1 ./scripts/train_default_arms.sh    (one H200, the three
-#   arms at once: ~2.1 s per optimizer step each, so ~7 min for 189 steps; seed 1 the same way;
-#   seed 2 not yet run. Nine runs at once went at ~6 s per step each: no gain over three.)
+#   arms at once: ~2.1 s per optimizer step each, so ~7 min for 189 steps; seeds 1 and 2 the
+#   same way, 337 s and 456 s. Nine runs at once went at ~6 s per step each: no gain over three.)
 # On this machine's 2 CPU cores (SmolLM2 trains at ~63 tokens/s here) one seed of the em arm
 # (3 epochs x 90k tokens) would take about 70 minutes, benign 80, null (3 x 302k) about 4 hours:
 # an estimate, not run. Env: PG (binary; default builds it), DEVICE (cpu|cuda), SEEDS, PARALLEL=1
