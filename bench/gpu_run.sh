@@ -20,6 +20,10 @@
 #               Qwen2.5-7B-shaped weights, upstream recipe, 20 steps of 16 x ~300 tokens:
 #               tokens/s and peak GPU memory (nvidia-smi, both sides)
 #   trainnodrop ours again with lora_dropout = 0 (after trainbench): what the dropout masks cost
+#   twogpu      scale-out (needs 2 GPUs): the 7B-shaped workload on GPU 0 alone, then split in
+#               two halves run at once on GPUs 0 and 1 (what `extract --devices 0,1` does with a
+#               study's units); then the fixture study (.gpu/fixture.tar.xz: hf-tiny-qwen2 model
+#               + adapters, bf16, batch auto) extracted on one GPU and with --devices 0,1: bytes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/pg-out}"
@@ -97,6 +101,24 @@ for what in "$@"; do
            sed -i 's#/tmp/tb/ours#/tmp/tb/nodrop#' /tmp/tb/nodrop.toml; rm -rf /tmp/tb/nodrop
            timeout "${OURS_TIMEOUT:-400}" "$PG" train /tmp/tb/nodrop.toml > "$OUT/trainbench_nodrop.log" 2>&1
            tr '\r' '\n' < "$OUT/trainbench_nodrop.log" | grep -v "^ *$" | tail -3 ;;
+    twogpu) "$PG" bench-workload --batch-b 0 --device cuda:0 > "$OUT/one_gpu.log" 2>&1
+           t0=$(date +%s.%N)
+           for k in 0 1; do
+             "$PG" bench-workload --batch-b 0 --prompts 1440 --seed "$k" --device "cuda:$k" > "$OUT/two_gpu_$k.log" 2>&1 &
+           done
+           wait; t1=$(date +%s.%N)
+           echo "two halves at once: $(python3 -c "print(round($t1 - $t0, 2))") s wall (processes, random weights and warm-up included)" | tee "$OUT/two_gpu.txt"
+           grep -h "random weights\|warm-up\|method" "$OUT/one_gpu.log" "$OUT/two_gpu_0.log" "$OUT/two_gpu_1.log"
+           S=/tmp/pg-shard; rm -rf $S; mkdir -p $S
+           printf '%s\n' 'output = "single.pgb"' 'question_limit = 12' 'layers = [0, 1, 3]' 'batch_size = "auto"' \
+             '[model]' 'id = "persona-fixture/tiny-qwen2"' "path = \"$FIXTURE/model\"" 'device = "cuda"' 'dtype = "bf16"' \
+             '[generation]' 'max_new_tokens = 16' '[[checkpoints]]' 'name = "base"' 'role = "base"' \
+             '[[checkpoints]]' 'name = "em"' 'role = "em"' "adapter = \"$FIXTURE/adapters/lora_r4\"" \
+             '[[checkpoints]]' 'name = "benign"' 'role = "benign"' "adapter = \"$FIXTURE/adapters/lora_rslora\"" > $S/study.toml
+           "$PG" extract $S/study.toml --shard all 2>&1 | tail -1
+           "$PG" extract $S/study.toml --devices 0,1 -o $S/devices.pgb 2>&1 | tail -2
+           sha256sum $S/single.pgb $S/devices.pgb | tee "$OUT/shard_bytes.txt"
+           cmp $S/single.pgb $S/devices.pgb && echo "bundles identical" | tee -a "$OUT/shard_bytes.txt" ;;
     *) echo "unknown step $what" ;;
   esac
 done

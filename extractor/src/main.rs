@@ -29,9 +29,33 @@ enum Cmd {
         /// Bundle to write (default: the study's `output`).
         #[arg(short, long)]
         out: Option<PathBuf>,
-        /// Continue an interrupted run of the same study.
+        /// Continue an interrupted run (or shard) of the same study.
         #[arg(long)]
         resume: bool,
+        /// Run only shard I of N (0-based, `--shard 0/4`..`3/4`) into the part directory
+        /// <output>.shard-I-of-N/; `merge` makes the bundle. Without it, a SLURM job array
+        /// (SLURM_ARRAY_TASK_ID/_MIN/_COUNT) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX
+        /// with PG_SHARD_COUNT) picks the shard; `--shard all` runs the whole study regardless.
+        #[arg(long, conflicts_with = "devices")]
+        shard: Option<String>,
+        /// One worker per device (CUDA ordinals, e.g. 0,1,2,3), each a shard of the study, merged
+        /// into the bundle at the end with one progress bar. On a CPU study: that many worker
+        /// processes.
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<usize>>,
+        /// CUDA ordinal of this process (what `--devices` gives each worker).
+        #[arg(long, hide = true)]
+        cuda_device: Option<usize>,
+    },
+    /// Merge the part directories of a sharded extraction (`extract --shard I/N`) into the
+    /// bundle: refuses parts of different studies and names missing or duplicated units; the
+    /// result is byte-identical to a single run of the study.
+    Merge {
+        /// Every shard's part directory (<output>.shard-I-of-N).
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
     },
     /// Analyse a bundle: report.json and report.md with every metric, test and verdict.
     Analyze {
@@ -233,9 +257,30 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Extract { study, out, resume } => {
-            extractor::study::run_study(&study, out.as_deref(), resume).map(|_| ())
+        Cmd::Extract {
+            study,
+            out,
+            resume,
+            shard,
+            devices,
+            cuda_device,
+        } => {
+            use extractor::study::{resolve_shard, run_on_devices, run_study_with, ExtractOptions};
+            let mut opts = ExtractOptions {
+                output_override: out,
+                resume,
+                shard: None,
+                cuda_ordinal: cuda_device,
+            };
+            match devices {
+                Some(devices) => run_on_devices(&study, &opts, &devices).map(|_| ()),
+                None => {
+                    opts.shard = resolve_shard(shard.as_deref())?;
+                    run_study_with(&study, &opts).map(|_| ())
+                }
+            }
         }
+        Cmd::Merge { parts, out } => extractor::study::merge_parts(&parts, &out).map(|_| ()),
         Cmd::Analyze {
             bundle,
             out,

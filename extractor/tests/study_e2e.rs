@@ -1,61 +1,8 @@
 //! End to end on the HF fixture: extract (base + two LoRA checkpoints) -> bundle -> analyze,
 //! a resumed run gives the same bytes, a changed study is refused, bad adapters are named.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn fixture() -> PathBuf {
-    std::env::var_os("PG_FIXTURE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf-tiny-qwen2")
-        })
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_persona-geometry"))
-}
-
-fn study(dir: &Path, extra: &str, em_adapter: &str) -> PathBuf {
-    let f = fixture();
-    let text = format!(
-        r#"output = "out.pgb"
-personas = ["assistant", "villain", "librarian", "confab"]
-question_limit = 6
-layers = [1, 3]
-batch_size = 4
-{extra}
-[model]
-id = "persona-fixture/tiny-qwen2"
-path = "{model}"
-[generation]
-max_new_tokens = 6
-[[checkpoints]]
-name = "base"
-role = "base"
-[[checkpoints]]
-name = "em"
-role = "em"
-adapter = "{adapters}/{em_adapter}"
-[[checkpoints]]
-name = "benign"
-role = "benign"
-adapter = "{adapters}/lora_rslora"
-"#,
-        model = f.join("model").display(),
-        adapters = f.join("adapters").display()
-    );
-    let p = dir.join("study.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pg-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{pg as bin, tiny_study as study, tmp_dir as tmp};
 
 #[test]
 fn extract_analyze_and_resume_give_identical_bytes() {

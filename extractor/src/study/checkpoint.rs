@@ -73,11 +73,13 @@ pub(super) fn checkpoint_model(run: &RunInputs, ck: usize) -> Result<(Model, Che
     Ok((model, checkpoint))
 }
 
-/// Extracts the units of checkpoint `ck` that are not on disk yet. `units_written` counts
-/// units across checkpoints (the resume test's abort hook).
+/// Extracts the units of checkpoint `ck` for the personas `personas` (all of them, or a shard's
+/// share) that are not on disk yet. `units_written` counts units across checkpoints (the resume
+/// test's abort hook).
 pub(super) fn extract_checkpoint(
     run: &RunInputs,
     ck: usize,
+    personas: &[usize],
     model: &Model,
     units_written: &mut usize,
 ) -> Result<()> {
@@ -85,9 +87,11 @@ pub(super) fn extract_checkpoint(
     let st = &rs.study;
     let cspec = &st.checkpoints[ck];
     let config_hash = run.config_hash.to_string();
-    let (p, q, nl) = (rs.personas.len(), rs.questions.len(), st.layers.len());
+    let (q, nl) = (rs.questions.len(), st.layers.len());
     let h = loaded.cfg.hidden_size;
-    let todo: Vec<usize> = (0..p)
+    let todo: Vec<usize> = personas
+        .iter()
+        .copied()
         .filter(|&pi| {
             rs.methods
                 .iter()

@@ -6,6 +6,8 @@
 //! atomically to `<output>.parts/`; a rerun with `--resume` skips finished units and, because the
 //! configuration hash and the start date are kept in the parts manifest, produces the same bundle
 //! bytes as an uninterrupted run. A changed configuration is refused, never mixed in.
+//! `shard`: the same units split over processes (`--shard I/N`, SLURM arrays, Kubernetes
+//! Indexed Jobs, `--devices`), each into a part directory, and `merge` of the parts.
 
 use crate::extract::Extractor;
 use crate::io_util::{sha256_hex, write_atomic, write_bundle};
@@ -24,8 +26,10 @@ use std::path::{Path, PathBuf};
 mod assemble;
 mod checkpoint;
 mod run;
+mod shard;
 mod units;
-pub use run::run_study;
+pub use run::{run_study, run_study_with, ExtractOptions};
+pub use shard::{assign, merge_parts, resolve_shard, run_on_devices, ShardSpec};
 
 pub const DEFAULT_PERSONAS: &str = include_str!("../../../data/eval_personas.json");
 pub const DEFAULT_QUESTIONS: &str = include_str!("../../../data/extraction_questions.jsonl");

@@ -1,15 +1,84 @@
 //! Running a study: the configuration hash, the run directory (resume), each checkpoint's
-//! extraction (`checkpoint`), the bundle (`assemble`).
+//! extraction (`checkpoint`), the bundle (`assemble`); a shard's share of it (`shard`).
 
-use super::assemble::assemble_bundle;
+use super::assemble::{assemble_bundle, bundle_header};
 use super::checkpoint::{checkpoint_model, extract_checkpoint, RunInputs};
-use super::units::open_parts;
+use super::shard::{run_shard, ShardSpec};
+use super::units::{open_parts, parts_dir, unit_path};
 use super::*;
 
+/// How `extract` runs a study.
+#[derive(Clone, Debug, Default)]
+pub struct ExtractOptions {
+    /// Bundle to write instead of the study's `output` (a shard's part directory is named after
+    /// it).
+    pub output_override: Option<PathBuf>,
+    /// Continue an interrupted run (or shard) of the same study.
+    pub resume: bool,
+    /// Run only this shard's units into its part directory; `merge` makes the bundle.
+    pub shard: Option<ShardSpec>,
+    /// CUDA ordinal for a study on `device = "cuda"` (one worker per GPU). Not part of the
+    /// study's identity: the configuration hash and the bundle do not depend on it.
+    pub cuda_ordinal: Option<usize>,
+}
+
+/// A study read, its model loaded and its configuration hashed: what every process of a run
+/// (whole, shard or worker) starts from.
+pub(super) struct Prepared {
+    pub rs: ResolvedStudy,
+    pub loaded: LoadedModel,
+    pub template: ChatTemplate,
+    pub device: Device,
+    pub dtype: DType,
+    pub config_hash: String,
+    /// What the hash is of (model files, adapters, personas, questions, ...): stored in each
+    /// shard's part so that `merge` can name what differs between parts of different studies.
+    pub config: serde_json::Value,
+}
+
+impl Prepared {
+    pub fn inputs<'a>(&'a self, parts: &'a Path) -> RunInputs<'a> {
+        RunInputs {
+            rs: &self.rs,
+            loaded: &self.loaded,
+            template: &self.template,
+            device: &self.device,
+            dtype: self.dtype,
+            config_hash: &self.config_hash,
+            parts,
+        }
+    }
+}
+
 pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> Result<PathBuf> {
-    let rs = read_study(path, output_override)?;
+    run_study_with(
+        path,
+        &ExtractOptions {
+            output_override: output_override.map(Path::to_path_buf),
+            resume,
+            ..Default::default()
+        },
+    )
+}
+
+/// Runs the whole study into its bundle, or with `opts.shard` one shard into its part
+/// directory (returned).
+pub fn run_study_with(path: &Path, opts: &ExtractOptions) -> Result<PathBuf> {
+    let pr = prepare(path, opts)?;
+    match opts.shard {
+        Some(shard) => run_shard(&pr, shard, opts.resume),
+        None => run_whole(&pr, opts.resume),
+    }
+}
+
+fn prepare(path: &Path, opts: &ExtractOptions) -> Result<Prepared> {
+    let rs = read_study(path, opts.output_override.as_deref())?;
     let st = &rs.study;
-    let device = device_from(st.model.device.as_deref())?;
+    let device_spec = match (st.model.device.as_deref(), opts.cuda_ordinal) {
+        (Some(d), Some(k)) if d.starts_with("cuda") => Some(format!("cuda:{k}")),
+        (d, _) => d.map(str::to_string),
+    };
+    let device = device_from(device_spec.as_deref())?;
     let dtype = dtype_from(st.model.dtype.as_deref(), &device)?;
     let model_path = resolve_model_path(
         &st.model.id,
@@ -43,7 +112,7 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
             ));
         }
     }
-    let hash_input = serde_json::json!({
+    let config = serde_json::json!({
         "tool": shared::TOOL_VERSION,
         "model": {"id": st.model.id, "revision": st.model.revision, "files": loaded.files, "dtype": format!("{dtype:?}"), "device": st.model.device},
         "checkpoints": st.checkpoints.iter().map(|c| serde_json::json!({"name": c.name, "role": c.role, "label": c.label, "steer": c.steer, "allow_base_mismatch": c.allow_base_mismatch, "arm": c.arm})).collect::<Vec<_>>(),
@@ -56,25 +125,34 @@ pub fn run_study(path: &Path, output_override: Option<&Path>, resume: bool) -> R
         "batch_size": st.batch_size.describe(),
         "seed": st.seed,
     });
-    let config_hash = sha256_hex(serde_json::to_string(&hash_input)?.as_bytes());
-    let (parts, created) = open_parts(&rs, &config_hash, resume)?;
-    let run = RunInputs {
-        rs: &rs,
-        loaded: &loaded,
-        template: &template,
-        device: &device,
+    let config_hash = sha256_hex(serde_json::to_string(&config)?.as_bytes());
+    Ok(Prepared {
+        rs,
+        loaded,
+        template,
+        device,
         dtype,
-        config_hash: &config_hash,
-        parts: &parts,
-    };
+        config_hash,
+        config,
+    })
+}
+
+fn run_whole(pr: &Prepared, resume: bool) -> Result<PathBuf> {
+    let rs = &pr.rs;
+    let parts = parts_dir(&rs.output);
+    let created = open_parts(&parts, &pr.config_hash, None, resume)?;
+    let run = pr.inputs(&parts);
+    let every_persona: Vec<usize> = (0..rs.personas.len()).collect();
     let mut units_written = 0usize;
     let mut checkpoints = Vec::new();
-    for ck in 0..st.checkpoints.len() {
+    for ck in 0..rs.study.checkpoints.len() {
         let (model, checkpoint) = checkpoint_model(&run, ck)?;
         checkpoints.push(checkpoint);
-        extract_checkpoint(&run, ck, &model, &mut units_written)?;
+        extract_checkpoint(&run, ck, &every_persona, &model, &mut units_written)?;
     }
-    let bundle = assemble_bundle(&run, checkpoints, created)?;
+    let header = bundle_header(&run);
+    let locate = |ck: usize, m: Method, p: usize| unit_path(&parts, ck, m, p);
+    let bundle = assemble_bundle(&header, checkpoints, created, &locate)?;
     let n = write_bundle(&rs.output, &bundle)?;
     std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
     eprintln!("wrote {} ({:.2} MB)", rs.output.display(), n as f64 / 1e6);

@@ -18,6 +18,9 @@ pub(super) struct Unit {
 struct Manifest {
     config_hash: String,
     created: String,
+    /// Set in a shard's part directory (`extract --shard I/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<super::shard::ShardSpec>,
 }
 
 fn today() -> String {
@@ -42,16 +45,22 @@ pub(super) fn unit_path(parts: &Path, ck: usize, m: Method, p: usize) -> PathBuf
     parts.join(format!("ck{ck}_{}_p{p}.unit", m.name()))
 }
 
-/// Opens (or, with `resume`, reopens) the run directory `<output>.parts/` of a run whose
-/// configuration hashes to `config_hash`: a directory of another configuration, or one left
-/// without `--resume`, is refused. Returns the directory and the run's creation date.
+/// The run directory of a whole-study run: `<output>.parts/`.
+pub(super) fn parts_dir(output: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.parts", output.display()))
+}
+
+/// Opens (or, with `resume`, reopens) the run directory `parts` (`<output>.parts/`, or a shard's
+/// part directory) of a run whose configuration hashes to `config_hash`: a directory of another
+/// configuration or shard, or one left without `--resume`, is refused. Returns the run's
+/// creation date.
 pub(super) fn open_parts(
-    rs: &ResolvedStudy,
+    parts: &Path,
     config_hash: &str,
+    shard: Option<super::shard::ShardSpec>,
     resume: bool,
-) -> Result<(PathBuf, String)> {
+) -> Result<String> {
     let config_hash = config_hash.to_string();
-    let parts = PathBuf::from(format!("{}.parts", rs.output.display()));
     let manifest_path = parts.join("manifest.json");
     let created = if manifest_path.exists() {
         let m: Manifest = serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)
@@ -62,26 +71,38 @@ pub(super) fn open_parts(
                 parts.display()
             );
         }
+        if m.shard != shard {
+            bail!(
+                "{} holds units of {}, not of {}; give the matching --shard, or delete that directory to start over",
+                parts.display(),
+                super::shard::describe(m.shard),
+                super::shard::describe(shard)
+            );
+        }
         if !resume {
             bail!("{} holds units of an interrupted run of this study; pass --resume to continue it (or delete the directory to start over)", parts.display());
         }
         m.created
     } else {
-        std::fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+        std::fs::create_dir_all(parts).with_context(|| format!("creating {}", parts.display()))?;
         let m = Manifest {
             config_hash: config_hash.clone(),
             created: today(),
+            shard,
         };
         write_atomic(&manifest_path, serde_json::to_string_pretty(&m)?.as_bytes())?;
         m.created
     };
-
-    Ok((parts, created))
+    Ok(created)
 }
+
+/// Where unit (checkpoint, method, persona) lies: one run directory, or (merge) the part that
+/// holds it.
+pub(super) type UnitLocator<'a> = &'a dyn Fn(usize, Method, usize) -> PathBuf;
 
 /// The units of checkpoint `ck`, [method][persona], each checked to belong to this run.
 pub(super) fn read_units(
-    parts: &Path,
+    locate: UnitLocator,
     ck: usize,
     methods: &[Method],
     personas: usize,
@@ -93,7 +114,7 @@ pub(super) fn read_units(
     for &m in methods {
         let mut units = Vec::new();
         for pi in 0..personas {
-            let up = unit_path(parts, ck, m, pi);
+            let up = locate(ck, m, pi);
             let u: Unit = postcard::from_bytes(
                 &std::fs::read(&up).with_context(|| format!("reading {}", up.display()))?,
             )

@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests: the fixtures directory, the training oracle, the
 //! SmolLM2 model file. (Each test binary uses some of them.)
 #![allow(dead_code)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// SmolLM2-135M-Instruct (scripts/fetch_smollm2.sh), or None (test skipped) when it is missing
 /// and not required. scripts/test_all.sh fetches it and sets PG_REQUIRE_SMOLLM2=1, so in CI a
@@ -34,4 +35,62 @@ pub fn oracle() -> serde_json::Value {
         &std::fs::read_to_string(fixtures().join("lora-train/expected.json")).unwrap(),
     )
     .unwrap()
+}
+
+/// The extraction oracle fixture (tiny Qwen2 with the real tokenizer and template, LoRA adapters).
+pub fn fixture() -> PathBuf {
+    std::env::var_os("PG_FIXTURE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hf-tiny-qwen2")
+        })
+}
+
+/// The `persona-geometry` binary of this build.
+pub fn pg() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_persona-geometry"))
+}
+
+/// A small study of the fixture (base + two LoRA checkpoints, 4 personas x 6 questions, layers
+/// 1 and 3) written to `dir/study.toml`, bundle `out.pgb`; `extra` lines go before `[model]`.
+pub fn tiny_study(dir: &Path, extra: &str, em_adapter: &str) -> PathBuf {
+    let f = fixture();
+    let text = format!(
+        r#"output = "out.pgb"
+personas = ["assistant", "villain", "librarian", "confab"]
+question_limit = 6
+layers = [1, 3]
+batch_size = 4
+{extra}
+[model]
+id = "persona-fixture/tiny-qwen2"
+path = "{model}"
+[generation]
+max_new_tokens = 6
+[[checkpoints]]
+name = "base"
+role = "base"
+[[checkpoints]]
+name = "em"
+role = "em"
+adapter = "{adapters}/{em_adapter}"
+[[checkpoints]]
+name = "benign"
+role = "benign"
+adapter = "{adapters}/lora_rslora"
+"#,
+        model = f.join("model").display(),
+        adapters = f.join("adapters").display()
+    );
+    let p = dir.join("study.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A fresh temporary directory for one test.
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pg-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
