@@ -104,7 +104,8 @@ test('the default bundle: the training-seed test equals analyze on the full bund
   for (const w of want) {
     const s = shown.find((x) => x.control === w.control && x.metric === w.metric && x.method === w.method && +x.layer === w.layer);
     assert.ok(s, `${w.control} ${w.metric} ${w.method}/${w.layer}`);
-    const exact = ['M1_raw', 'M2_em_axis'].includes(w.metric);
+    // The default bundle carries per-persona outside energy: M1_separation is exact too.
+    const exact = ['M1_raw', 'M2_em_axis', 'M1_separation'].includes(w.metric);
     assert.equal(s.values, exact ? 'exact' : 'approximate', w.metric);
     if (!exact) continue;
     assert.equal(+s.p, w.p_one_sided, `p ${w.control} ${w.metric} ${w.method}/${w.layer}`);
@@ -113,7 +114,7 @@ test('the default bundle: the training-seed test equals analyze on the full bund
   assert.deepEqual([...new Set(shown.map((x) => x.control))].sort(), ['all controls', 'benign', 'null']);
   // The study summary names each checkpoint's arm.
   const arms = await page.$$eval('#summary-checkpoints li', (l) => l.map((x) => x.dataset.arm));
-  assert.deepEqual(arms, ['base', 'em', 'em', 'benign', 'benign', 'null', 'null']);
+  assert.deepEqual(arms, ['base', 'em', 'em', 'em', 'benign', 'benign', 'benign', 'null', 'null', 'null']);
   assert.match(await page.locator('#summary-checkpoints li[data-arm="null"]').first().innerText(), /control finetune, arm null/);
   assert.deepEqual(page.errors, []);
   await page.close();
