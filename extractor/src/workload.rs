@@ -25,6 +25,7 @@ pub fn qwen25_7b() -> Config {
         rope_llama3: None,
         tie_embeddings: false,
         attention_bias: true,
+        family: crate::model::Family::plain(28, 1e6, 128),
     }
 }
 

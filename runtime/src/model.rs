@@ -1,5 +1,8 @@
-//! A decoder-only transformer (Qwen2/Qwen2.5 and Llama families) written on candle tensors,
-//! because candle-transformers' models cannot return intermediate layers.
+//! A decoder-only transformer (Qwen2/Qwen2.5, Llama, Qwen3, Gemma 2 and Gemma 3 text) written
+//! on candle tensors, because candle-transformers' models cannot return intermediate layers.
+//! What each family adds to the Qwen2/Llama block is in `config::Family`; layers that need a
+//! family's extras (q/k norms, soft-capping, sliding windows) take candle ops instead of the
+//! fused CUDA kernels.
 //!
 //! Layer convention: layer l = output of decoder block l (0-based), i.e. what a forward hook on
 //! `model.layers[l]` sees; the last block is taken before the final norm.
@@ -11,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
 
-pub use crate::config::{Arch, Config};
+pub use crate::config::{Activation, Arch, Config, Family};
 pub use crate::profile;
 
 /// One decoder block's weights (public for the training forward, `extractor::train`).
@@ -26,9 +29,17 @@ pub struct Layer {
     pub gate: Tensor,
     pub up: Tensor,
     pub down: Tensor,
-    /// Norm weights in f32: the norms run on the f32 residual stream (fused kernel).
+    /// Norm weights in f32: the norms run on the f32 residual stream (fused kernel). Gemma's
+    /// (1 + w) norms hold 1 + w. `ln2` is the norm before the MLP (Gemma's
+    /// pre_feedforward_layernorm).
     pub ln1: Tensor,
     pub ln2: Tensor,
+    /// Per-head q and k norms over head_dim (Qwen3, Gemma 3).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    /// Norms of the attention output and of the MLP output before their residual adds (Gemma).
+    pub post_attn_norm: Option<Tensor>,
+    pub post_mlp_norm: Option<Tensor>,
 }
 
 /// A residual-stream intervention: add `vector` (hidden) to the output of block `layer`.
@@ -46,9 +57,16 @@ pub struct Model {
     pub layers: Vec<Layer>,
     pub norm: Tensor,
     pub lm_head: Tensor,
+    /// RoPE inverse frequencies of the first layer's base (all layers' outside Gemma 3).
     pub inv_freq: Vec<f32>,
+    /// Every distinct RoPE base's inverse frequencies, and which one each layer uses.
+    rope_sets: Vec<Vec<f32>>,
+    layer_rope: Vec<usize>,
     steering: Option<(usize, Tensor)>,
 }
+
+/// RoPE cos/sin tables, one per distinct base (`Model::rope_sets`).
+type RopeTables = Vec<(Tensor, Tensor)>;
 
 /// Per-layer key/value cache for a batch: buffers [b, kv heads, capacity, head_dim] allocated
 /// once (zeros: the unfused decoding path masks unused slots, and 0 · garbage could be NaN),
@@ -72,9 +90,12 @@ pub struct DecodeTables {
     key_mask: Tensor,
     /// [max_new, 1, 1, 1, capacity] additive: -inf at the slots step s must not see yet.
     future: Tensor,
-    /// [positions, head_dim / 2] in the compute dtype.
-    cos: Tensor,
-    sin: Tensor,
+    /// Per RoPE base: [positions, head_dim / 2] in the compute dtype.
+    cos: Vec<Tensor>,
+    sin: Vec<Tensor>,
+    /// Per sliding window (`Family::window`): [max_new, 1, 1, 1, capacity] additive, -inf at
+    /// the keys step s must not see because they are a window or more behind.
+    window_future: Vec<(usize, Tensor)>,
     /// [max_new, b] u32: row i's position id at decoding step s.
     positions: Tensor,
     /// [b] u32: the first real key of each row (the prompts' left padding comes before), for
@@ -112,86 +133,6 @@ fn get(w: &mut HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
 }
 
 impl Model {
-    /// Builds the model from HF-named weights (already merged with any adapter).
-    pub fn new(
-        cfg: Config,
-        mut w: HashMap<String, Tensor>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Model> {
-        let to = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(dtype)?) };
-        // Weights keep the checkpoint's [out, in] layout; `linear` multiplies by a transposed
-        // view, which candle's gemm runs faster than a pre-transposed copy (2x for the LM head).
-        let tr = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(dtype)?) };
-        let embed_raw = get(&mut w, "model.embed_tokens.weight")?;
-        let lm_head = if cfg.tie_embeddings || !w.contains_key("lm_head.weight") {
-            tr(embed_raw.clone())?
-        } else {
-            tr(get(&mut w, "lm_head.weight")?)?
-        };
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let opt = |w: &mut HashMap<String, Tensor>, n: &str| -> Result<Option<Tensor>> {
-                w.remove(&format!("{p}.{n}")).map(to).transpose()
-            };
-            let q = tr(get(&mut w, &format!("{p}.self_attn.q_proj.weight"))?)?;
-            let k = tr(get(&mut w, &format!("{p}.self_attn.k_proj.weight"))?)?;
-            let v = tr(get(&mut w, &format!("{p}.self_attn.v_proj.weight"))?)?;
-            let biases = [
-                opt(&mut w, "self_attn.q_proj.bias")?,
-                opt(&mut w, "self_attn.k_proj.bias")?,
-                opt(&mut w, "self_attn.v_proj.bias")?,
-            ];
-            // A missing bias among present ones is a zero bias.
-            let qkv_b = if biases.iter().any(|b| b.is_some()) {
-                let parts = biases
-                    .iter()
-                    .zip([&q, &k, &v])
-                    .map(|(b, wt)| match b {
-                        Some(b) => Ok(b.clone()),
-                        None => Ok(Tensor::zeros(wt.dim(0)?, dtype, device)?),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Some(Tensor::cat(&parts, 0)?)
-            } else {
-                None
-            };
-            let gate = tr(get(&mut w, &format!("{p}.mlp.gate_proj.weight"))?)?;
-            let up = tr(get(&mut w, &format!("{p}.mlp.up_proj.weight"))?)?;
-            let f32w =
-                |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(DType::F32)?) };
-            layers.push(Layer {
-                qkv: Tensor::cat(&[&q, &k, &v], 0)?,
-                qkv_b,
-                o: tr(get(&mut w, &format!("{p}.self_attn.o_proj.weight"))?)?,
-                gate,
-                up,
-                down: tr(get(&mut w, &format!("{p}.mlp.down_proj.weight"))?)?,
-                ln1: f32w(get(&mut w, &format!("{p}.input_layernorm.weight"))?)?,
-                ln2: f32w(get(
-                    &mut w,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                )?)?,
-            });
-        }
-        let hd = cfg.head_dim;
-        let inv_freq = rope_inv_freq(&cfg, hd);
-        Ok(Model {
-            embed: to(embed_raw)?,
-            norm: get(&mut w, "model.norm.weight")?
-                .to_device(device)?
-                .to_dtype(DType::F32)?,
-            lm_head,
-            layers,
-            inv_freq,
-            device: device.clone(),
-            dtype,
-            cfg,
-            steering: None,
-        })
-    }
-
     pub fn set_steering(&mut self, s: Option<Steering>) -> Result<()> {
         self.steering = match s {
             None => None,
@@ -238,27 +179,35 @@ impl Model {
         Ok(y.to_dtype(self.dtype)?)
     }
 
-    fn rope_tables(&self, positions: &[Vec<usize>]) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, positions: &[Vec<usize>]) -> Result<RopeTables> {
         // [B, T, hd/2] cos/sin of position x inverse frequency (f32, then the compute dtype),
         // for candle's fused rotate-half kernel: x1·cos − x2·sin, x2·cos + x1·sin, which is HF's
-        // x·cat(cos, cos) + rotate_half(x)·cat(sin, sin) operation for operation.
+        // x·cat(cos, cos) + rotate_half(x)·cat(sin, sin) operation for operation. One pair per
+        // distinct RoPE base.
         let b = positions.len();
         let t = positions[0].len();
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(b * t * half);
-        let mut sin = Vec::with_capacity(b * t * half);
-        for row in positions {
-            for &p in row {
-                for &f in &self.inv_freq {
-                    let a = (p as f32) * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
+        self.rope_sets
+            .iter()
+            .map(|inv_freq| {
+                let half = inv_freq.len();
+                let mut cos = Vec::with_capacity(b * t * half);
+                let mut sin = Vec::with_capacity(b * t * half);
+                for row in positions {
+                    for &p in row {
+                        for &f in inv_freq {
+                            let a = (p as f32) * f;
+                            cos.push(a.cos());
+                            sin.push(a.sin());
+                        }
+                    }
                 }
-            }
-        }
-        let cos = Tensor::from_vec(cos, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
-        let sin = Tensor::from_vec(sin, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
-        Ok((cos, sin))
+                let cos =
+                    Tensor::from_vec(cos, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
+                let sin =
+                    Tensor::from_vec(sin, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
+                Ok((cos, sin))
+            })
+            .collect()
     }
 
     /// Runs `tokens` ([batch][t], left-padded, `valid` marks real tokens) through the blocks,
@@ -285,7 +234,7 @@ impl Model {
             }
             cache.key_valid[i].extend_from_slice(&valid[i]);
         }
-        let (cos, sin) = self.rope_tables(&positions)?;
+        let rope = self.rope_tables(&positions)?;
         let first_key = self.first_keys(cache)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
@@ -293,8 +242,7 @@ impl Model {
             &ids,
             b,
             t,
-            &cos,
-            &sin,
+            &rope,
             &Attend::Prefill {
                 first_key: first_key.as_ref(),
             },
@@ -304,7 +252,8 @@ impl Model {
         )
     }
 
-    /// The decoder blocks on device tensors: `ids` [b·t] u32, `cos`/`sin` [b, t, hd/2].
+    /// The decoder blocks on device tensors: `ids` [b·t] u32, `rope` per RoPE base cos/sin
+    /// [b, t, hd/2].
     /// Shared by the host-prepared path (prefill, CPU) and the device-resident decoding loop.
     /// Decoding attends over the whole preallocated K/V buffers (keys = capacity): contiguous
     /// buffers go to the kernels without the per-step copies that a narrowed view costs.
@@ -314,24 +263,30 @@ impl Model {
         ids: &Tensor,
         b: usize,
         t: usize,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &[(Tensor, Tensor)],
         attend: &Attend,
         cache: &mut KvCache,
         capture: &[usize],
         all_positions: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let cfg = &self.cfg;
+        let fam = &cfg.family;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         // The residual stream is kept in f32 whatever the compute dtype: only the projections
         // run in bf16/f16, so rounding does not accumulate over the blocks.
-        let mut h = self
+        let mut emb = self
             .embed
             .index_select(ids, 0)?
-            .reshape((b, t, cfg.hidden_size))?
-            .to_dtype(DType::F32)?;
+            .reshape((b, t, cfg.hidden_size))?;
+        if fam.embed_scale {
+            // HF multiplies by sqrt(hidden) as a tensor of the embeddings' dtype.
+            let normalizer = Tensor::new(&[(cfg.hidden_size as f64).sqrt() as f32], &self.device)?
+                .to_dtype(self.dtype)?;
+            emb = emb.broadcast_mul(&normalizer)?;
+        }
+        let mut h = emb.to_dtype(DType::F32)?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = fam.attn_scale;
         let prof = profile::enabled();
         let decoding = matches!(attend, Attend::Decode { .. });
         let mut clock = std::time::Instant::now();
@@ -346,8 +301,9 @@ impl Model {
             }
             Ok(())
         };
-        // The unfused attention's mask, built once per pass if some layer needs it.
-        let mut fallback_mask: Option<Tensor> = None;
+        // The unfused attention's masks, built once per pass and window if some layer needs
+        // them (window None = global attention).
+        let mut fallback_masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         let offset = cache.len;
         if offset + t > cache.capacity {
             bail!(
@@ -360,16 +316,21 @@ impl Model {
             let x = self.rms_norm(&h, &layer.ln1)?;
             lap("norm")?;
             let qkv = linear(&x, &layer.qkv)?;
-            let fused = crate::cuda_ops::qkv_rope_append(
-                &qkv,
-                layer.qkv_b.as_ref(),
-                cos,
-                sin,
-                &cache.k[l],
-                &cache.v[l],
-                offset,
-                (nh, nkv, hd),
-            )?;
+            let (cos, sin) = &rope[self.layer_rope[l]];
+            let fused = if fam.fused_qkv() {
+                crate::cuda_ops::qkv_rope_append(
+                    &qkv,
+                    layer.qkv_b.as_ref(),
+                    cos,
+                    sin,
+                    &cache.k[l],
+                    &cache.v[l],
+                    offset,
+                    (nh, nkv, hd),
+                )?
+            } else {
+                None
+            };
             let q = match fused {
                 Some(q) => q,
                 None => {
@@ -384,9 +345,14 @@ impl Model {
                             .transpose(1, 2)?
                             .contiguous()?)
                     };
-                    let q = split(0, nh)?;
-                    let k = split(nh, nkv)?;
+                    let mut q = split(0, nh)?;
+                    let mut k = split(nh, nkv)?;
                     let v = split(nh + nkv, nkv)?;
+                    // Per-head norms over head_dim, before RoPE (Qwen3, Gemma 3).
+                    if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                        q = self.rms_norm(&q, qn)?;
+                        k = self.rms_norm(&k, kn)?;
+                    }
                     let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
                     let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
                     cache.k[l].slice_set(&k, 2, offset)?;
@@ -400,7 +366,8 @@ impl Model {
                 Attend::Prefill { first_key } => (*first_key, offset),
                 Attend::Decode { tables, step } => (Some(&tables.first_key), tables.prompt + step),
             };
-            let fused = match first_key {
+            let window = fam.window.get(l).copied().flatten();
+            let fused = match first_key.filter(|_| fam.fused_attention(l)) {
                 Some(fk) => crate::cuda_ops::cached_attention(
                     &q,
                     &cache.k[l],
@@ -414,36 +381,64 @@ impl Model {
             let y = match fused {
                 Some(y) => y,
                 None => {
-                    if fallback_mask.is_none() {
-                        fallback_mask = Some(match attend {
-                            Attend::Prefill { .. } => self.prefill_mask(cache, t)?,
+                    if !fallback_masks.iter().any(|(w, _)| *w == window) {
+                        let m = match attend {
+                            Attend::Prefill { .. } => self.prefill_mask(cache, t, window)?,
                             Attend::Decode { tables, step } => {
-                                tables.key_mask.broadcast_add(&tables.future.get(*step)?)?
+                                let mut m =
+                                    tables.key_mask.broadcast_add(&tables.future.get(*step)?)?;
+                                if let Some(w) = window {
+                                    let wf = tables
+                                        .window_future
+                                        .iter()
+                                        .find(|(x, _)| *x == w)
+                                        .context("decoding tables lack a layer's window")?;
+                                    m = m.broadcast_add(&wf.1.get(*step)?)?;
+                                }
+                                m
                             }
-                        });
+                        };
+                        fallback_masks.push((window, m));
                     }
-                    let mask = fallback_mask.as_ref().context("attention mask")?;
+                    let mask = &fallback_masks
+                        .iter()
+                        .find(|(w, _)| *w == window)
+                        .context("attention mask")?
+                        .1;
                     // Decoding: the whole buffers (unused slots masked); prefill: the filled part.
                     let keys = if decoding { cache.capacity } else { offset + t };
-                    self.masked_attention(
+                    self.attention_with(
                         &q,
                         &cache.k[l].narrow(2, 0, keys)?,
                         &cache.v[l].narrow(2, 0, keys)?,
                         mask,
+                        scale,
+                        fam.attn_softcap,
                     )?
                 }
             };
             lap("attention")?;
-            h = residual(&h, &linear(&y, &layer.o)?)?;
+            let mut a = linear(&y, &layer.o)?;
+            if let Some(pn) = &layer.post_attn_norm {
+                a = self.rms_norm(&a, pn)?;
+            }
+            h = residual(&h, &a)?;
             lap("o proj")?;
             let x2 = self.rms_norm(&h, &layer.ln2)?;
             let g = linear(&x2, &layer.gate)?;
             let u = linear(&x2, &layer.up)?;
-            let gu = match crate::cuda_ops::silu_mul(&g, &u)? {
-                Some(gu) => gu,
-                None => (candle_nn::ops::silu(&g)? * u)?,
+            let gu = match fam.activation {
+                Activation::Silu => match crate::cuda_ops::silu_mul(&g, &u)? {
+                    Some(gu) => gu,
+                    None => (candle_nn::ops::silu(&g)? * u)?,
+                },
+                Activation::GeluTanh => (g.gelu()? * u)?,
             };
-            h = residual(&h, &linear(&gu, &layer.down)?)?;
+            let mut m = linear(&gu, &layer.down)?;
+            if let Some(pn) = &layer.post_mlp_norm {
+                m = self.rms_norm(&m, pn)?;
+            }
+            h = residual(&h, &m)?;
             lap("mlp")?;
             if let Some((sl, vec)) = &self.steering {
                 if *sl == l {
@@ -480,13 +475,31 @@ impl Model {
         v: &Tensor,
         mask: &Tensor,
     ) -> Result<Tensor> {
+        let hd = q.dim(3)?;
+        self.attention_with(q, k, v, mask, 1.0 / (hd as f64).sqrt(), None)
+    }
+
+    /// [`Self::masked_attention`] with the score scale and Gemma 2's soft-capping (scores =
+    /// cap · tanh(scores / cap), in the compute dtype, before the mask, as HF's eager path).
+    pub fn attention_with(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        scale: f64,
+        softcap: Option<f64>,
+    ) -> Result<Tensor> {
         let (b, nh, t, hd) = q.dims4()?;
         let nkv = k.dim(1)?;
         let total = k.dim(2)?;
-        let scale = 1.0 / (hd as f64).sqrt();
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(cap) = softcap {
+            att = ((att / cap)?.tanh()? * cap)?;
+        }
+        let att = att.to_dtype(DType::F32)?;
         let att = att
             .reshape((b, nkv, rep, t, total))?
             .broadcast_add(&mask.unsqueeze(1)?)?;
@@ -522,7 +535,9 @@ impl Model {
     /// The unfused prefill's additive mask [b, 1, t, keys] for the last `t` cached positions:
     /// causal, padded keys masked (a padded query may see itself so that its softmax stays
     /// finite; its output is never used).
-    fn prefill_mask(&self, cache: &KvCache, t: usize) -> Result<Tensor> {
+    /// With a sliding `window`, keys `window` or more columns behind the query are masked too
+    /// (left padding only precedes the real tokens, so columns count positions).
+    fn prefill_mask(&self, cache: &KvCache, t: usize, window: Option<usize>) -> Result<Tensor> {
         let b = cache.key_valid.len();
         let total = cache.key_valid.first().map_or(0, |k| k.len());
         let past = total - t;
@@ -530,7 +545,8 @@ impl Model {
         for (i, valid) in cache.key_valid.iter().enumerate() {
             for qi in 0..t {
                 for (kj, &v) in valid.iter().enumerate() {
-                    if !(kj <= past + qi && (v || kj == past + qi)) {
+                    let outside = window.is_some_and(|w| past + qi >= kj + w && kj != past + qi);
+                    if !(kj <= past + qi && (v || kj == past + qi)) || outside {
                         mask[(i * t + qi) * total + kj] = f32::NEG_INFINITY;
                     }
                 }
@@ -581,8 +597,27 @@ impl Model {
                 future[step * cap + j] = f32::NEG_INFINITY;
             }
         }
+        // Sliding windows: step s (query column prompt + s) must not see keys a window or more
+        // behind.
+        let mut windows: Vec<usize> = self.cfg.family.window.iter().flatten().copied().collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let mut window_future = Vec::new();
+        for w in windows {
+            let mut m = vec![0f32; max_new * cap];
+            for step in 0..max_new {
+                let qcol = prompt + step;
+                for j in 0..cap.min((qcol + 1).saturating_sub(w)) {
+                    m[step * cap + j] = f32::NEG_INFINITY;
+                }
+            }
+            window_future.push((
+                w,
+                Tensor::from_vec(m, (max_new, 1, 1, 1, cap), &self.device)?,
+            ));
+        }
         let max_pos = cache.next_pos.iter().copied().max().unwrap_or(0) + max_new + 1;
-        let (cos, sin) = self.rope_tables(&[(0..max_pos).collect()])?;
+        let rope = self.rope_tables(&[(0..max_pos).collect()])?;
         let half = self.inv_freq.len();
         let mut positions = Vec::with_capacity(max_new * b);
         for step in 0..max_new {
@@ -598,8 +633,15 @@ impl Model {
             prompt,
             key_mask: Tensor::from_vec(mask, (b, 1, 1, cap), &self.device)?,
             future: Tensor::from_vec(future, (max_new, 1, 1, 1, cap), &self.device)?,
-            cos: cos.reshape((max_pos, half))?,
-            sin: sin.reshape((max_pos, half))?,
+            cos: rope
+                .iter()
+                .map(|(c, _)| Ok(c.reshape((max_pos, half))?))
+                .collect::<Result<_>>()?,
+            sin: rope
+                .iter()
+                .map(|(_, s)| Ok(s.reshape((max_pos, half))?))
+                .collect::<Result<_>>()?,
+            window_future,
             positions: Tensor::from_vec(positions, (max_new, b), &self.device)?,
         })
     }
@@ -620,14 +662,22 @@ impl Model {
         let b = ids.dim(0)?;
         let half = self.inv_freq.len();
         let pos = tables.positions.get(step)?;
-        let cos = tables.cos.index_select(&pos, 0)?.reshape((b, 1, half))?;
-        let sin = tables.sin.index_select(&pos, 0)?.reshape((b, 1, half))?;
+        let rope = tables
+            .cos
+            .iter()
+            .zip(&tables.sin)
+            .map(|(c, s)| {
+                Ok((
+                    c.index_select(&pos, 0)?.reshape((b, 1, half))?,
+                    s.index_select(&pos, 0)?.reshape((b, 1, half))?,
+                ))
+            })
+            .collect::<Result<RopeTables>>()?;
         let (h, captured) = self.blocks(
             ids,
             b,
             1,
-            &cos,
-            &sin,
+            &rope,
             &Attend::Decode { tables, step },
             cache,
             capture,
@@ -696,7 +746,10 @@ impl Model {
         let n = tokens.len() - from;
         let h = h.squeeze(0)?.narrow(0, from - 1, n)?;
         let h = self.rms_norm(&h, &self.norm)?;
-        let logits = h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let mut logits = h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        if let Some(cap) = self.cfg.family.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
         let mut total = 0.0f64;
         for (row, &target) in rows.iter().zip(&tokens[from..]) {
@@ -727,31 +780,6 @@ impl Model {
     }
 }
 
-fn rope_inv_freq(cfg: &Config, hd: usize) -> Vec<f32> {
-    // Computed in f32 exactly as transformers does (base ** (arange(0, d, 2).float() / d)): at
-    // position ~400 a one-ulp difference in a frequency already moves activations by ~1e-4.
-    let mut inv: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
-        .collect();
-    if let Some((factor, low, high, orig)) = cfg.rope_llama3 {
-        let low_wavelen = orig / low;
-        let high_wavelen = orig / high;
-        for f in inv.iter_mut() {
-            let wavelen = 2.0 * std::f64::consts::PI / *f as f64;
-            let v = *f as f64;
-            *f = if wavelen < high_wavelen {
-                v
-            } else if wavelen > low_wavelen {
-                v / factor
-            } else {
-                let smooth = (orig / wavelen - low) / (high - low);
-                (1.0 - smooth) * v / factor + smooth * v
-            } as f32;
-        }
-    }
-    inv
-}
-
 /// The residual update h (f32) + delta (compute dtype), in f32.
 fn residual(h: &Tensor, delta: &Tensor) -> Result<Tensor> {
     match crate::cuda_ops::add_residual(h, delta)? {
@@ -768,125 +796,9 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.reshape((b * t, i))?.matmul(&w.t()?)?.reshape((b, t, o))?)
 }
 
+#[path = "model_load.rs"]
+mod load;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tiny_model() -> Model {
-        let cfg = Config {
-            arch: Arch::Qwen2,
-            hidden_size: 16,
-            intermediate_size: 32,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 4,
-            vocab_size: 64,
-            rms_eps: 1e-6,
-            rope_theta: 1e4,
-            rope_llama3: None,
-            tie_embeddings: false,
-            attention_bias: true,
-        };
-        let w = crate::random::random_weights(&cfg, &Device::Cpu, DType::F32).unwrap();
-        Model::new(cfg, w, &Device::Cpu, DType::F32).unwrap()
-    }
-
-    #[test]
-    fn first_keys_are_the_left_padding_and_other_padding_is_refused_for_decoding() {
-        let m = tiny_model();
-        let mut cache = m.new_cache(3, 8).unwrap();
-        cache.key_valid = vec![
-            vec![false, false, true, true],
-            vec![true, true, true, true],
-            vec![false, true, true, true],
-        ];
-        let fk = m
-            .first_keys(&cache)
-            .unwrap()
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap();
-        assert_eq!(fk, vec![2, 0, 1]);
-        // Padding after a real token cannot be described by a first key: the fused kernel is not
-        // used for such a prefill, and decoding (which needs it) refuses with a message.
-        cache.key_valid[1] = vec![true, false, true, true];
-        assert!(m.first_keys(&cache).unwrap().is_none());
-        let err = m
-            .decode_tables(&cache, 2)
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(err.contains("left-padded"), "{err}");
-    }
-
-    #[test]
-    fn a_pass_beyond_the_cache_capacity_is_an_error() {
-        let m = tiny_model();
-        let mut cache = m.new_cache(1, 3).unwrap();
-        let err = m
-            .step(
-                &[vec![1, 2, 3, 4]],
-                &[vec![true; 4]],
-                &mut cache,
-                &[0],
-                false,
-            )
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(err.contains("too small for 0 + 4"), "{err}");
-    }
-
-    #[test]
-    fn the_cache_holds_each_pass_at_its_offset() {
-        // Prefill 3 tokens, then one more pass of 1: the buffers hold 4 written positions and
-        // zeros after them, and the second pass's activations equal a single 4-token prefill's
-        // (the KV cache is read back correctly at the offset).
-        let m = tiny_model();
-        let tokens = vec![5u32, 9, 17, 33];
-        let mut cache = m.new_cache(1, 6).unwrap();
-        m.step(
-            &[tokens[..3].to_vec()],
-            &[vec![true; 3]],
-            &mut cache,
-            &[1],
-            false,
-        )
-        .unwrap();
-        let second = m
-            .step(&[vec![tokens[3]]], &[vec![true]], &mut cache, &[1], false)
-            .unwrap();
-        assert_eq!(cache.len, 4);
-        let tail = cache.k[0]
-            .narrow(2, 4, 2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        assert_eq!(tail.to_scalar::<f32>().unwrap(), 0.0);
-        let mut whole = m.new_cache(1, 4).unwrap();
-        let once = m
-            .step(&[tokens.clone()], &[vec![true; 4]], &mut whole, &[1], false)
-            .unwrap();
-        let (a, b) = (&second.last_hidden[0][0], &once.last_hidden[0][0]);
-        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(scale > 1e-2, "activations too small to compare: {scale}");
-        assert!(
-            diff < 1e-5 * scale.max(1.0),
-            "cached pass differs by {diff} (scale {scale})"
-        );
-        // And the pass did attend to the cached keys: without them the state differs.
-        let mut fresh = m.new_cache(1, 1).unwrap();
-        let alone = m
-            .step(&[vec![tokens[3]]], &[vec![true]], &mut fresh, &[1], false)
-            .unwrap();
-        let apart = alone.last_hidden[0][0]
-            .iter()
-            .zip(b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(apart > 100.0 * diff.max(1e-7), "{apart} vs {diff}");
-    }
-}
+#[path = "model_tests.rs"]
+mod tests;

@@ -1,4 +1,6 @@
-//! Tokenizers: `tokenizer.json` (Hugging Face) or one rebuilt from GGUF metadata.
+//! Tokenizers: `tokenizer.json` (Hugging Face) or one rebuilt from GGUF metadata: GPT-2-style
+//! byte-level BPE (`tokenizer.ggml.model = gpt2`) or SentencePiece BPE (`llama`: Llama 2,
+//! Gemma), the latter rebuilt as Hugging Face's converter builds it (merges from the scores).
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
@@ -21,8 +23,11 @@ pub fn tokenizer_from_gguf(content: &gguf_file::Content, tokens: &[String]) -> R
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
+    if model == "llama" {
+        return sentencepiece_from_gguf(content, tokens);
+    }
     if model != "gpt2" {
-        bail!("GGUF tokenizer model `{model}` is not supported (gpt2 byte-level BPE only); use the model's Hugging Face directory instead");
+        bail!("GGUF tokenizer model `{model}` is not supported (gpt2 byte-level BPE, llama SentencePiece BPE); use the model's Hugging Face directory instead");
     }
     let merges: Vec<(String, String)> = md
         .get("tokenizer.ggml.merges")
@@ -58,22 +63,149 @@ pub fn tokenizer_from_gguf(content: &gguf_file::Content, tokens: &[String]) -> R
     };
     tok.with_pre_tokenizer(Some(pt));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
-    let types: Vec<i64> = md
-        .get("tokenizer.ggml.token_type")
+    let types = token_types(md);
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types.iter())
+        .filter(|(_, &t)| t == SPM_CONTROL)
+        .map(|(s, _)| AddedToken::from(s.clone(), true))
+        .collect();
+    tok.add_special_tokens(&specials);
+    Ok(tok)
+}
+
+fn token_types(md: &std::collections::HashMap<String, gguf_file::Value>) -> Vec<i64> {
+    md.get("tokenizer.ggml.token_type")
         .and_then(|v| v.to_vec().ok())
         .map(|v| {
             v.iter()
                 .map(|x| x.to_i32().map(|i| i as i64).unwrap_or(1))
                 .collect()
         })
-        .unwrap_or_default();
-    let specials: Vec<AddedToken> = tokens
+        .unwrap_or_default()
+}
+
+/// SentencePiece token types as GGUF stores them.
+const SPM_CONTROL: i64 = 3;
+const SPM_USER_DEFINED: i64 = 4;
+
+/// The BPE merges of a SentencePiece BPE vocabulary, as Hugging Face's `generate_merges`
+/// (convert_slow_tokenizer.py) makes them: every split of a piece into two pieces of the
+/// vocabulary, ordered by the whole piece's score (highest first), then by the left and right
+/// parts' lengths (longest first), ties in the order of the parts' ids. Applying the merges in
+/// this order is SentencePiece's BPE (merge the adjacent pair whose union scores highest).
+pub fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
+    let vocab: std::collections::HashMap<&str, usize> = tokens
         .iter()
-        .zip(types.iter())
-        .filter(|(_, &t)| t == 3)
-        .map(|(s, _)| AddedToken::from(s.clone(), true))
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
         .collect();
-    tok.add_special_tokens(&specials);
+    let mut merges: Vec<(usize, usize, f32, usize, usize)> = Vec::new();
+    for (piece, &score) in tokens.iter().zip(scores) {
+        let mut local: Vec<(usize, usize, f32, usize, usize)> = Vec::new();
+        let bounds: Vec<usize> = piece.char_indices().map(|(i, _)| i).skip(1).collect();
+        for b in bounds {
+            let (l, r) = piece.split_at(b);
+            if let (Some(&il), Some(&ir)) = (vocab.get(l), vocab.get(r)) {
+                local.push((il, ir, score, l.chars().count(), r.chars().count()));
+            }
+        }
+        local.sort_by_key(|m| (m.0, m.1));
+        merges.extend(local);
+    }
+    // Python's sorted(..., reverse=True) is stable: equal keys keep their order.
+    merges.sort_by(|a, b| {
+        (b.2, b.3, b.4)
+            .partial_cmp(&(a.2, a.3, a.4))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, ..)| (tokens[l].clone(), tokens[r].clone()))
+        .collect()
+}
+
+/// A SentencePiece BPE tokenizer (`tokenizer.ggml.model = llama`: Llama 2, Gemma) as Hugging
+/// Face's converter builds it: spaces become `▁` (and one is prepended when
+/// `add_space_prefix`), BPE with the score-ordered merges and byte fallback (`<0xNN>` pieces),
+/// control pieces special, user-defined pieces (Gemma's runs of newlines and spaces) matched in
+/// the raw text first; decoding reverses it.
+fn sentencepiece_from_gguf(content: &gguf_file::Content, tokens: &[String]) -> Result<Tokenizer> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::{Prepend, Replace};
+    use tokenizers::{DecoderWrapper, NormalizerWrapper};
+    let md = &content.metadata;
+    let scores: Vec<f32> = md
+        .get("tokenizer.ggml.scores")
+        .and_then(|v| v.to_vec().ok())
+        .context("GGUF SentencePiece tokenizer lacks tokenizer.ggml.scores")?
+        .iter()
+        .map(|x| x.to_f32().unwrap_or(0.0))
+        .collect();
+    if scores.len() != tokens.len() {
+        bail!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            scores.len(),
+            tokens.len()
+        );
+    }
+    let types = token_types(md);
+    let merges = merges_from_scores(tokens, &scores);
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let unk = md
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(|i| tokens.get(i as usize).cloned())
+        .unwrap_or_else(|| "<unk>".into());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unk)
+        .byte_fallback(true)
+        .fuse_unk(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!("building SentencePiece BPE: {e}"))?;
+    let mut tok = Tokenizer::new(bpe);
+    let prefix = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(true);
+    let replace: NormalizerWrapper = Replace::new(" ", "▁")
+        .map_err(|e| anyhow::anyhow!("normalizer: {e}"))?
+        .into();
+    let normalizer: NormalizerWrapper = if prefix {
+        tokenizers::normalizers::Sequence::new(vec![Prepend::new("▁".into()).into(), replace])
+            .into()
+    } else {
+        replace
+    };
+    tok.with_normalizer(Some(normalizer));
+    let mut decoders: Vec<DecoderWrapper> = vec![Replace::new("▁", " ")
+        .map_err(|e| anyhow::anyhow!("decoder: {e}"))?
+        .into()];
+    decoders.push(ByteFallback::default().into());
+    decoders.push(Fuse::default().into());
+    if prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    tok.with_decoder(Some(DecoderSequence::new(decoders)));
+    let of_type = |want: i64| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(types.iter())
+            .filter(|(_, &t)| t == want)
+            .map(|(s, _)| AddedToken::from(s.clone(), want == SPM_CONTROL).normalized(false))
+            .collect()
+    };
+    tok.add_special_tokens(&of_type(SPM_CONTROL));
+    // User-defined pieces are text (kept when decoding), matched before the BPE.
+    tok.add_tokens(&of_type(SPM_USER_DEFINED));
     Ok(tok)
 }
 
@@ -88,4 +220,27 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 pub fn decode(tok: &Tokenizer, ids: &[u32]) -> Result<String> {
     tok.decode(ids, true)
         .map_err(|e| anyhow::anyhow!("decoding: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merges_from_scores;
+
+    #[test]
+    fn merges_follow_the_merged_piece_score_then_part_lengths() {
+        // Known answer, worked by hand from Hugging Face's generate_merges: "bc" scores highest,
+        // then "ab"; "abc" splits two ways with equal score: the longer left part first.
+        let tokens: Vec<String> = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = [0.0, -1.0, -1.0, -1.0, -2.0, -0.5, -3.0];
+        let m = merges_from_scores(&tokens, &scores);
+        let m: Vec<(&str, &str)> = m.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(m, vec![("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]);
+        // Multi-byte characters split on character boundaries, never inside one.
+        let tokens: Vec<String> = ["▁", "é", "▁é"].iter().map(|s| s.to_string()).collect();
+        let m = merges_from_scores(&tokens, &[-1.0, -1.0, -0.1]);
+        assert_eq!(m, vec![("▁".to_string(), "é".to_string())]);
+    }
 }

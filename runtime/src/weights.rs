@@ -232,11 +232,14 @@ pub fn load_gguf(path: &Path) -> Result<LoadedModel> {
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    let arch = match arch_name.as_str() {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
+    let model_type = match arch_name.as_str() {
+        "llama" => "llama",
+        "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
+        "gemma2" => "gemma2",
+        "gemma3" => "gemma3_text",
         a => bail!(
-            "{}: GGUF architecture `{a}` is not supported (llama, qwen2)",
+            "{}: GGUF architecture `{a}` is not supported (llama, qwen2, qwen3, gemma2, gemma3)",
             path.display()
         ),
     };
@@ -266,21 +269,84 @@ pub fn load_gguf(path: &Path) -> Result<LoadedModel> {
         .map(|v| v.to_string().cloned().unwrap_or_default())
         .collect();
     let has_output = content.tensor_infos.contains_key("output.weight");
-    let cfg = Config {
-        arch: arch.clone(),
-        hidden_size: hidden,
-        intermediate_size: u("feed_forward_length")?,
-        num_layers: u("block_count")?,
-        num_heads: n_head,
-        num_kv_heads: n_kv,
-        head_dim: hidden / n_head,
-        vocab_size: tokens.len(),
-        rms_eps: fl("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        rope_theta: fl("rope.freq_base").unwrap_or(10000.0),
-        rope_llama3: None,
-        tie_embeddings: !has_output,
-        attention_bias: arch == Arch::Qwen2,
-    };
+    let num_layers = u("block_count")?;
+    let head_dim = u("attention.key_length").unwrap_or(hidden / n_head);
+    let rope_theta = fl("rope.freq_base").unwrap_or(10000.0);
+    if let Some(t) = md
+        .get(&format!("{arch_name}.rope.scaling.type"))
+        .and_then(|v| v.to_string().ok())
+    {
+        if t != "none" {
+            bail!(
+                "{}: RoPE scaling `{t}` in a GGUF is not supported yet; use the model's Hugging Face directory",
+                path.display()
+            );
+        }
+    }
+    // The GGUF's metadata as the Hugging Face config.json it came from, so that one reader
+    // (Config::from_hf_json) decides every family's block. Values llama.cpp does not store are
+    // the ones llama.cpp itself assumes (its llama-model.cpp): Gemma 2 slides on even layers,
+    // Gemma 3 on five of every six with RoPE base 10,000; the score scale is 1/sqrt(head_dim)
+    // except for the 27B models (1/sqrt(hidden / heads)).
+    let mut hf = serde_json::json!({
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "intermediate_size": u("feed_forward_length")?,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "head_dim": head_dim,
+        "vocab_size": tokens.len(),
+        "rms_norm_eps": fl("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        "rope_theta": rope_theta,
+        "tie_word_embeddings": !has_output,
+        "attention_bias": arch_name == "qwen2",
+    });
+    if arch_name.starts_with("gemma") {
+        let big = (arch_name == "gemma2" && num_layers == 46)
+            || (arch_name == "gemma3" && num_layers == 62);
+        let window = u("attention.sliding_window")?;
+        let types: Vec<&str> = (0..num_layers)
+            .map(|l| {
+                let sliding = if arch_name == "gemma2" {
+                    l % 2 == 0
+                } else {
+                    (l + 1) % 6 != 0
+                };
+                if sliding {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        let m = hf.as_object_mut().context("config")?;
+        m.insert("sliding_window".into(), window.into());
+        m.insert("layer_types".into(), serde_json::json!(types));
+        m.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+        m.insert(
+            "query_pre_attn_scalar".into(),
+            (if big { hidden / n_head } else { head_dim }).into(),
+        );
+        m.insert(
+            "attn_logit_softcapping".into(),
+            fl("attn_logit_softcapping").into(),
+        );
+        m.insert(
+            "final_logit_softcapping".into(),
+            fl("final_logit_softcapping").into(),
+        );
+        if arch_name == "gemma3" {
+            m.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"full_attention": {"rope_theta": rope_theta, "rope_type": "default"},
+                                   "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}),
+            );
+        }
+    }
+    let cfg = Config::from_hf_json(&hf, &path.display().to_string())?;
+    let arch = cfg.arch.clone();
+    let gemma = cfg.family.norm_plus_one;
     let mut weights = HashMap::new();
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     for name in names {
@@ -288,7 +354,11 @@ pub fn load_gguf(path: &Path) -> Result<LoadedModel> {
             .tensor(&mut f, &name, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor {name}", path.display()))?;
         let mut t = qt.dequantize(&Device::Cpu)?;
-        let hf = gguf_to_hf_name(&name);
+        let hf = gguf_to_hf_name(&name, gemma);
+        // llama.cpp stores Gemma's (1 + w) norm weights with the 1 added; the model adds it.
+        if gemma && name.ends_with("norm.weight") {
+            t = t.affine(1.0, -1.0)?;
+        }
         if arch == Arch::Llama
             && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight"))
         {
@@ -315,8 +385,9 @@ pub fn load_gguf(path: &Path) -> Result<LoadedModel> {
     let bos = id_of("tokenizer.ggml.bos_token_id");
     let eos = id_of("tokenizer.ggml.eos_token_id");
     let mut stop_ids: Vec<u32> = eos.into_iter().collect();
-    // Chat models end a turn with <|im_end|> or <|eot_id|> even when eos names another token.
-    for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+    // Chat models end a turn with <|im_end|>, <|eot_id|> or (Gemma) <end_of_turn>, whatever eos
+    // names.
+    for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"] {
         if let Some(id) = tokens.iter().position(|x| x == t) {
             stop_ids.push(id as u32);
         }
@@ -342,7 +413,9 @@ pub fn load_gguf(path: &Path) -> Result<LoadedModel> {
     })
 }
 
-fn gguf_to_hf_name(name: &str) -> String {
+/// The Hugging Face name of a GGUF tensor. `gemma`: `ffn_norm` is Gemma's
+/// pre_feedforward_layernorm (its post_attention_layernorm is `post_attention_norm`).
+fn gguf_to_hf_name(name: &str, gemma: bool) -> String {
     let map = [
         ("token_embd.weight", "model.embed_tokens.weight"),
         ("output_norm.weight", "model.norm.weight"),
@@ -367,7 +440,12 @@ fn gguf_to_hf_name(name: &str) -> String {
                 "ffn_up.weight" => "mlp.up_proj.weight",
                 "ffn_down.weight" => "mlp.down_proj.weight",
                 "attn_norm.weight" => "input_layernorm.weight",
+                "ffn_norm.weight" if gemma => "pre_feedforward_layernorm.weight",
                 "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "post_attention_norm.weight" => "post_attention_layernorm.weight",
+                "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
+                "attn_q_norm.weight" => "self_attn.q_norm.weight",
+                "attn_k_norm.weight" => "self_attn.k_norm.weight",
                 other => return format!("gguf.{layer}.{other}"),
             };
             return format!("model.layers.{layer}.{hf}");

@@ -46,6 +46,10 @@ pub struct ModelSpec {
     pub dtype: Option<String>,
     /// cpu (default) or cuda / cuda:N (needs a build with `--features cuda`).
     pub device: Option<String>,
+    /// A Jinja chat template file that replaces the model's own (for a model without one, e.g.
+    /// a GGUF converted without `tokenizer.chat_template`; data/templates/ has Gemma 3's). Its
+    /// SHA-256 joins the model files in the provenance and the configuration hash.
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -341,6 +345,9 @@ pub fn read_study(path: &Path, output_override: Option<&Path>) -> Result<Resolve
     if let Some(p) = &study.model.path {
         study.model.path = Some(resolve_path(&base_dir, p));
     }
+    if let Some(p) = &study.model.chat_template {
+        study.model.chat_template = Some(resolve_path(&base_dir, p));
+    }
     for c in study.checkpoints.iter_mut() {
         if let Some(a) = &c.adapter {
             c.adapter = Some(resolve_path(&base_dir, a));
@@ -364,6 +371,31 @@ pub fn read_study(path: &Path, output_override: Option<&Path>) -> Result<Resolve
         methods,
         output,
     })
+}
+
+/// Applies `model.chat_template` (a study's or a training file's): the file replaces the
+/// model's own template and its SHA-256 joins the model files (provenance, configuration hash).
+pub fn use_chat_template_of(loaded: &mut LoadedModel, spec: &ModelSpec, file: &Path) -> Result<()> {
+    let Some(t) = &spec.chat_template else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(t)
+        .with_context(|| format!("{}: model.chat_template {}", file.display(), t.display()))?;
+    if loaded.chat_template.is_some() {
+        eprintln!(
+            "note: the chat template {} replaces the model's own",
+            t.display()
+        );
+    }
+    loaded.files.push((
+        format!(
+            "chat_template:{}",
+            t.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        sha256_hex(text.as_bytes()),
+    ));
+    loaded.chat_template = Some(text);
+    Ok(())
 }
 
 pub fn device_from(spec: Option<&str>) -> Result<Device> {

@@ -86,7 +86,8 @@ fn prepare(path: &Path, opts: &ExtractOptions) -> Result<Prepared> {
         st.model.revision.as_deref(),
     )?;
     eprintln!("loading {} from {}", st.model.id, model_path.display());
-    let loaded = load(&model_path)?;
+    let mut loaded = load(&model_path)?;
+    use_chat_template_of(&mut loaded, &st.model, path)?;
     let n_layers = loaded.cfg.num_layers;
     for &l in &st.layers {
         if l >= n_layers {

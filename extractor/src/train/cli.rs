@@ -83,6 +83,7 @@ impl TrainArgs {
                         revision: None,
                         dtype: None,
                         device: None,
+                        chat_template: None,
                     },
                     data: data.clone(),
                     output: out.clone(),

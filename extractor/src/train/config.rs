@@ -166,6 +166,7 @@ pub fn read_train_config(path: &Path) -> Result<TrainConfig> {
     cfg.output = resolve(&base, &cfg.output);
     cfg.init_adapter = cfg.init_adapter.as_ref().map(|p| resolve(&base, p));
     cfg.model.path = cfg.model.path.as_ref().map(|p| resolve(&base, p));
+    cfg.model.chat_template = cfg.model.chat_template.as_ref().map(|p| resolve(&base, p));
     cfg.recipe.validate(&path.display().to_string())?;
     Ok(cfg)
 }

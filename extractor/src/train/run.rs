@@ -68,7 +68,24 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
     )?;
     eprintln!("loading {} from {}", cfg.model.id, model_path.display());
     let load_clock = std::time::Instant::now();
-    let loaded = load(&model_path)?;
+    let mut loaded = load(&model_path)?;
+    crate::study::use_chat_template_of(
+        &mut loaded,
+        &cfg.model,
+        Path::new("the training configuration"),
+    )?;
+    // The training forward (train::forward) is the Qwen2/Llama block; the other families'
+    // extras (q/k norms, Gemma's norms, soft-capping, windows) exist in extraction only.
+    if !matches!(
+        loaded.cfg.arch,
+        crate::model::Arch::Qwen2 | crate::model::Arch::Llama
+    ) {
+        bail!(
+            "{}: `train` supports the Qwen2/Qwen2.5 and Llama families; {:?} models can be extracted (and their PEFT adapters merged) but not trained with this tool yet",
+            model_path.display(),
+            loaded.cfg.arch
+        );
+    }
     let template = loaded.chat_template()?;
     let examples = read_examples(&cfg.data, cfg.system_prompt.as_deref())?;
     let tokenized: Vec<Tokenized> = examples

@@ -25,6 +25,25 @@ pub fn smollm2() -> Option<PathBuf> {
     None
 }
 
+/// Gemma 3 270M (scripts/fetch_gemma3.sh), or None (test skipped) when it is missing and not
+/// required (PG_REQUIRE_GEMMA3=1 in scripts/test_all.sh).
+pub fn gemma3() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/gemma-3-270m-q4_k_m.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("PG_REQUIRE_GEMMA3").is_none(),
+        "{} missing: run scripts/fetch_gemma3.sh",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} missing (run scripts/fetch_gemma3.sh)",
+        path.display()
+    );
+    None
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
 }
