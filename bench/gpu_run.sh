@@ -20,6 +20,10 @@
 #               Qwen2.5-7B-shaped weights, upstream recipe, 20 steps of 16 x ~300 tokens:
 #               tokens/s and peak GPU memory (nvidia-smi, both sides)
 #   trainnodrop ours again with lora_dropout = 0 (after trainbench): what the dropout masks cost
+#   families    verify-fixture on the GPU for the Qwen3, Gemma 2 and Gemma 3 fixtures
+#               (.gpu/families.tar.xz, made by bench/pack_gpu.sh)
+#   qwen3 / gemma2  bench-workload --arch qwen3-8b / gemma2-9b against the HF reference on the
+#               same shape (bench/configs/), 1,440 prompts, same call
 #   twogpu      scale-out (needs 2 GPUs): the 7B-shaped workload on GPU 0 alone, then split in
 #               two halves run at once on GPUs 0 and 1 (what `extract --devices 0,1` does with a
 #               study's units); then the fixture study (.gpu/fixture.tar.xz: hf-tiny-qwen2 model
@@ -101,6 +105,14 @@ for what in "$@"; do
            sed -i 's#/tmp/tb/ours#/tmp/tb/nodrop#' /tmp/tb/nodrop.toml; rm -rf /tmp/tb/nodrop
            timeout "${OURS_TIMEOUT:-400}" "$PG" train /tmp/tb/nodrop.toml > "$OUT/trainbench_nodrop.log" 2>&1
            tr '\r' '\n' < "$OUT/trainbench_nodrop.log" | grep -v "^ *$" | tail -3 ;;
+    families) mkdir -p /tmp/pg-families && tar -C /tmp/pg-families -xJf .gpu/families.tar.xz
+           for f in qwen3 gemma2 gemma3; do
+             echo "--- $f"; "$PG" verify-fixture /tmp/pg-families/hf-tiny-$f --device cuda 2>&1 | tee "$OUT/verify-$f.log" | tail -4
+           done ;;
+    qwen3|gemma2)
+           [ "$what" = qwen3 ] && { ARCH=qwen3-8b; LAYERS=9,18,27,28,35; } || { ARCH=gemma2-9b; LAYERS=10,21,31,32,41; }
+           "$PG" bench-workload --arch $ARCH --layers $LAYERS --prompts 1440 --batch-b 0 2>&1 | tee "$OUT/arch-$ARCH.log" | grep -v "^fused"
+           PYTHONUNBUFFERED=1 timeout 330 python3 bench/hf_reference_workload.py --arch $ARCH --layers $LAYERS --prompts 1440 2>&1 | tee "$OUT/arch-$ARCH-hf.log" | tail -4 ;;
     twogpu) "$PG" bench-workload --batch-b 0 --device cuda:0 > "$OUT/one_gpu.log" 2>&1
            t0=$(date +%s.%N)
            for k in 0 1; do

@@ -12,10 +12,12 @@ Prints seconds, tokens/s and effective TFLOP/s in the same format as bench-workl
 Needs torch and transformers (present on the GPU hosts); no network.
 """
 import argparse
+import json
+import os
 import time
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 p = argparse.ArgumentParser()
 p.add_argument("--prompts", type=int, default=2880)
@@ -26,22 +28,33 @@ p.add_argument("--batch-a", type=int, default=64)
 p.add_argument("--batch-b", type=int, default=256)
 p.add_argument("--layers", default="7,14,20,21,27")
 p.add_argument("--skip-b", action="store_true")
+p.add_argument("--arch", default="qwen2.5-7b", choices=["qwen2.5-7b", "qwen3-8b", "gemma2-9b"],
+               help="a shape of bench/configs/ (the same files bench-workload --arch reads)")
+p.add_argument("--attn", default="sdpa", help="attn_implementation (sdpa; eager for exact Gemma 2 soft-capping)")
 a = p.parse_args()
 layers = [int(x) for x in a.layers.split(",")]
 
-cfg = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                  num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6,
-                  rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation="sdpa")
 torch.manual_seed(0)
 t = time.perf_counter()
-with torch.device("cuda"):
-    model = Qwen2ForCausalLM(cfg).to(torch.bfloat16).eval()
+if a.arch == "qwen2.5-7b":
+    cfg = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                      num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6,
+                      rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation=a.attn)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16).eval()
+else:
+    spec = json.load(open(os.path.join(os.path.dirname(__file__), "configs", a.arch + ".json")))
+    spec.pop("architectures", None)
+    cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=a.attn).to(torch.bfloat16).eval()
+print(f"HF reference: {a.arch}, attn_implementation={model.config._attn_implementation}")
 torch.cuda.synchronize()
 n_params = sum(p.numel() for n, p in model.named_parameters() if "layers." in n and p.dim() == 2)
 print(f"HF reference: random weights ({n_params / 1e9:.2f} B matmul params excl. embeddings) in {time.perf_counter() - t:.1f} s; torch {torch.__version__}")
 g = torch.Generator().manual_seed(0)
 lens = torch.randint(a.min_len, a.max_len + 1, (a.prompts,), generator=g).tolist()
-prompts = [torch.randint(0, 150000, (n,), generator=g).tolist() for n in lens]
+prompts = [torch.randint(0, min(150000, cfg.vocab_size), (n,), generator=g).tolist() for n in lens]
 prompts.sort(key=len)
 prompt_tokens = sum(lens)
 flop = 2.0 * n_params

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 mkdir -p .gpu
 xz -T2 -6 -c "${CUDA_TARGET_DIR:-$HOME/.cache/persona-geometry/target-cuda}/release/persona-geometry" > .gpu/pg.xz
 tar -C ../shared/fixtures -cJf .gpu/fixtures.tar.xz hf-tiny-qwen2/model lora-train
+tar -C ../shared/fixtures -cJf .gpu/families.tar.xz hf-tiny-qwen3 hf-tiny-gemma2 hf-tiny-gemma3
 ls -la .gpu

@@ -183,8 +183,11 @@ enum Cmd {
     /// config.json). Compare with bench/hf_reference_workload.py on the same machine.
     BenchWorkload {
         /// A Hugging Face config.json (default: Qwen2.5-7B-Instruct's shape).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "arch")]
         config: Option<PathBuf>,
+        /// A built-in shape: qwen2.5-7b (default), qwen3-8b or gemma2-9b (bench/configs/).
+        #[arg(long, value_parser = ["qwen2.5-7b", "qwen3-8b", "gemma2-9b"])]
+        arch: Option<String>,
         #[arg(long, default_value_t = 2880)]
         prompts: usize,
         #[arg(long, default_value_t = 60)]
@@ -394,6 +397,7 @@ fn main() -> Result<()> {
         ),
         Cmd::BenchWorkload {
             config,
+            arch,
             prompts,
             min_len,
             max_len,
@@ -420,6 +424,7 @@ fn main() -> Result<()> {
             let dtype = extractor::study::dtype_from(dtype.as_deref(), &device)?;
             extractor::workload::run(&extractor::workload::WorkloadArgs {
                 config,
+                arch,
                 prompts,
                 min_len,
                 max_len,

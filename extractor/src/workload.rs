@@ -31,6 +31,8 @@ pub fn qwen25_7b() -> Config {
 
 pub struct WorkloadArgs {
     pub config: Option<std::path::PathBuf>,
+    /// A built-in shape (bench/configs/*.json): qwen3-8b, gemma2-9b; default Qwen2.5-7B.
+    pub arch: Option<String>,
     pub prompts: usize,
     pub min_len: usize,
     pub max_len: usize,
@@ -254,15 +256,29 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
 }
 
 pub fn run(a: &WorkloadArgs) -> Result<()> {
-    let cfg = match &a.config {
-        Some(p) => {
+    let builtin = match a.arch.as_deref() {
+        Some("qwen3-8b") => Some(include_str!("../../bench/configs/qwen3-8b.json")),
+        Some("gemma2-9b") => Some(include_str!("../../bench/configs/gemma2-9b.json")),
+        Some("qwen2.5-7b") | None => None,
+        Some(other) => anyhow::bail!("bench-workload --arch {other}: not one of qwen2.5-7b, qwen3-8b, gemma2-9b"),
+    };
+    let cfg = match (&a.config, builtin) {
+        (Some(p), _) => {
             let v: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
             )?;
             Config::from_hf_json(&v, &p.display().to_string())?
         }
-        None => qwen25_7b(),
+        (None, Some(json)) => Config::from_hf_json(&serde_json::from_str(json)?, "bench/configs")?,
+        (None, None) => qwen25_7b(),
     };
+    for &l in &a.layers {
+        anyhow::ensure!(
+            l < cfg.num_layers,
+            "bench-workload --layers: layer {l} does not exist ({} blocks)",
+            cfg.num_layers
+        );
+    }
     let n_params: usize = {
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let per_layer = h * cfg.num_heads * hd * 2 + h * cfg.num_kv_heads * hd * 2 + 3 * h * i;
