@@ -3,7 +3,7 @@
 use crate::io_util::{read_bundle, write_atomic, write_bundle};
 use crate::npy::{write_npz, NpyArray, NpyData};
 use anyhow::{bail, Context, Result};
-use shared::analysis::{analyze, AnalysisConfig};
+use shared::analysis::{analyze_with_cells, AnalysisConfig};
 use shared::bundle::Method;
 use shared::synth::{synth_bundle, SynthSpec};
 use shared::Bundle;
@@ -26,7 +26,7 @@ pub fn run_analyze(
             *l = std::time::Instant::now();
         }
     };
-    let report = analyze(&bundle, cfg, &progress)
+    let (report, plan, cells) = analyze_with_cells(&bundle, cfg, &progress)
         .with_context(|| format!("analysing {}", bundle_path.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_vec_pretty(&report)?;
@@ -43,7 +43,7 @@ pub fn run_analyze(
     );
     if figures {
         let dir = out.join("figures");
-        let n = write_figures(&report, &dir)?;
+        let n = write_figures(&report, &dir)? + write_null_figures(&plan, &bundle, &cells, &dir)?;
         eprintln!("wrote {n} figures (SVG and PNG) to {}", dir.display());
     }
     for v in &report.verdicts {
@@ -80,6 +80,36 @@ fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize>
         write_figure_files(dir, f, &f.file_stem(), &opt)?;
     }
     Ok(figs.len())
+}
+
+/// The permutation-null histograms of every view and treated checkpoint (M1 raw and centred, M2,
+/// M3, the LDA label null), as the page draws them.
+fn write_null_figures(
+    plan: &shared::analysis::Plan,
+    bundle: &Bundle,
+    cells: &[Option<shared::analysis::CellResult>],
+    dir: &Path,
+) -> Result<usize> {
+    let opt = figure_render_options();
+    let mut n = 0;
+    for (coords, cell) in plan.coords.iter().zip(cells) {
+        let Some(cell) = cell else { continue };
+        for treated in (0..bundle.checkpoints.len()).filter(|&c| c != plan.base) {
+            for f in shared::figures::null_figures(
+                plan,
+                bundle,
+                cell,
+                coords.method,
+                coords.layer,
+                treated,
+                &[false, true],
+            ) {
+                write_figure_files(dir, &f, &f.file_stem(), &opt)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// SVG rendering options with a real sans-serif face (the figures ask for `sans-serif`, which

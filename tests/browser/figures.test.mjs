@@ -1,6 +1,7 @@
 // Figures fit for a write-up: in every figure `analyze --figures` writes (the page draws the same
-// pictures, byte for byte), no text is clipped by the canvas and no two texts overlap, at 12 and
-// at 24 personas with the study's long persona names. Text boxes are measured by Chromium.
+// pictures, byte for byte; the permutation-null histograms included), no text is clipped by the
+// canvas and no two texts overlap, at 12 and at 24 personas with the study's long persona names.
+// Text boxes are measured by Chromium.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -72,6 +73,11 @@ for (const personas of [12, 24]) {
     const all = [];
     const figs = figures(personas);
     assert.ok(figs.length >= 10, `${figs.length} figures`);
+    // The permutation-null histograms are among them (M1 raw and centred, M2, M3 x 2, LDA).
+    for (const stem of ['null-of-delta-m1-raw', 'null-of-delta-m1-centred', 'null-of-delta-m2-em-axis',
+      'null-of-delta-m3-accuracy', 'null-of-delta-m3-log-posterior', 'lda-accuracy-of']) {
+      assert.ok(figs.some(([name]) => name.startsWith(stem)), `no ${stem}* figure`);
+    }
     for (const [name, svg] of figs) {
       for (const p of await textProblems(page, svg)) all.push(`${name}: ${p}`);
     }

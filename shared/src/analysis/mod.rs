@@ -692,6 +692,16 @@ pub fn analyze(
     cfg: &AnalysisConfig,
     progress: Progress,
 ) -> Result<Report, AnalysisError> {
+    analyze_with_cells(bundle, cfg, progress).map(|(report, _, _)| report)
+}
+
+/// [`analyze`], also returning the plan and every (method, layer)'s cell (with the permutation
+/// nulls the report summarises), for `analyze --figures`' null histograms.
+pub fn analyze_with_cells(
+    bundle: &Bundle,
+    cfg: &AnalysisConfig,
+    progress: Progress,
+) -> Result<(Report, Plan, Vec<Option<CellResult>>), AnalysisError> {
     progress(&format!(
         "building analysis coordinates (full width for M1/M2 and M3; {} residual components for the above-chance test and the logistic probe)",
         cfg.components
@@ -716,5 +726,6 @@ pub fn analyze(
     let pairs: Vec<(Task, TaskOutput)> = tasks.into_iter().zip(outs).collect();
     let cells: Vec<Option<CellResult>> =
         crate::parallel::par_map(plan.coords.len(), |ml| Some(plan.cell_result(ml, &pairs)));
-    Ok(plan.report(bundle, &cells))
+    let report = plan.report(bundle, &cells);
+    Ok((report, plan, cells))
 }

@@ -12,6 +12,8 @@ mod draw;
 use draw::persona_label_area;
 mod from_report;
 pub use from_report::*;
+mod nulls;
+pub use nulls::null_figures;
 
 use crate::bundle::Method;
 use plotters::coord::Shift;
