@@ -260,7 +260,9 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         Some("qwen3-8b") => Some(include_str!("../../bench/configs/qwen3-8b.json")),
         Some("gemma2-9b") => Some(include_str!("../../bench/configs/gemma2-9b.json")),
         Some("qwen2.5-7b") | None => None,
-        Some(other) => anyhow::bail!("bench-workload --arch {other}: not one of qwen2.5-7b, qwen3-8b, gemma2-9b"),
+        Some(other) => anyhow::bail!(
+            "bench-workload --arch {other}: not one of qwen2.5-7b, qwen3-8b, gemma2-9b"
+        ),
     };
     let cfg = match (&a.config, builtin) {
         (Some(p), _) => {

@@ -40,6 +40,33 @@ pub fn tokenizer_from_gguf(content: &gguf_file::Content, tokens: &[String]) -> R
                 .map(|(a, b)| (a.to_string(), b.to_string()))
         })
         .collect();
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    byte_level_bpe(tokens, merges, &token_types(md), &pre)
+}
+
+/// Qwen2's pre-tokenizer regex (its tokenizer.json; llama.cpp's `qwen2`): single digits.
+pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's (llama.cpp's `llama-bpe`): digits in groups of up to three.
+pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A byte-level BPE from a vocabulary, merges and token types, with the pre-tokenizer that
+/// llama.cpp's `tokenizer.ggml.pre` names, built as the family's tokenizer.json builds it:
+/// `default`/`smollm` (single digits, then GPT-2's byte-level regex), `gpt2` (GPT-2's regex),
+/// `qwen2` (NFC, Qwen2's split regex, byte level), `llama-bpe` (Llama 3's split regex, byte
+/// level). Other pre-tokenizers are refused rather than approximated.
+pub fn byte_level_bpe(
+    tokens: &[String],
+    merges: Vec<(String, String)>,
+    types: &[i64],
+    pre: &str,
+) -> Result<Tokenizer> {
+    use tokenizers::normalizers::unicode::NFC;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::SplitDelimiterBehavior;
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
@@ -50,20 +77,37 @@ pub fn tokenizer_from_gguf(content: &gguf_file::Content, tokens: &[String]) -> R
         .build()
         .map_err(|e| anyhow::anyhow!("building BPE: {e}"))?;
     let mut tok = Tokenizer::new(bpe);
-    let pre = md
-        .get("tokenizer.ggml.pre")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    let byte_level = ByteLevel::new(false, true, true);
-    let pt: PreTokenizerWrapper = if pre == "smollm" || pre == "default" || pre.is_empty() {
-        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-    } else {
-        byte_level.into()
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("pre-tokenizer regex: {e}"))?;
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, false, false).into(),
+        ])
+        .into())
+    };
+    let pt: PreTokenizerWrapper = match pre {
+        "smollm" | "default" | "" => Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into(),
+        "gpt2" => ByteLevel::new(false, true, true).into(),
+        "qwen2" => {
+            tok.with_normalizer(Some(NFC));
+            split(QWEN2_SPLIT)?
+        }
+        "llama-bpe" | "llama3" => split(LLAMA3_SPLIT)?,
+        other => bail!(
+            "GGUF pre-tokenizer `{other}` is not supported (default, smollm, gpt2, qwen2, llama-bpe); use the model's Hugging Face directory instead"
+        ),
     };
     tok.with_pre_tokenizer(Some(pt));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
-    let types = token_types(md);
     let specials: Vec<AddedToken> = tokens
         .iter()
         .zip(types.iter())
@@ -242,5 +286,83 @@ mod tests {
         let tokens: Vec<String> = ["▁", "é", "▁é"].iter().map(|s| s.to_string()).collect();
         let m = merges_from_scores(&tokens, &[-1.0, -1.0, -0.1]);
         assert_eq!(m, vec![("▁".to_string(), "é".to_string())]);
+    }
+}
+
+#[cfg(test)]
+mod pre_tokenizer_oracle {
+    use super::{byte_level_bpe, encode, SPM_CONTROL};
+
+    /// The Qwen2.5 tokenizer rebuilt as a GGUF would carry it (vocabulary, merges, control
+    /// tokens, pre = qwen2) encodes exactly as its own tokenizer.json (Hugging Face) does, on
+    /// text chosen to exercise the split regex: digits, contractions, runs of spaces and
+    /// newlines, accents and composed characters, CJK, emoji, chat markers, and every prompt
+    /// of the extraction fixture.
+    #[test]
+    fn qwen2_rebuilt_from_gguf_fields_equals_tokenizer_json() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/hf-tiny-qwen2");
+        let path = dir.join("model/tokenizer.json");
+        let hf = tokenizers::Tokenizer::from_file(&path).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let vocab = json["model"]["vocab"].as_object().unwrap();
+        let added = json["added_tokens"].as_array().unwrap();
+        let n = vocab.len() + added.len();
+        let mut tokens = vec![String::new(); n];
+        let mut types = vec![1i64; n];
+        for (t, id) in vocab {
+            tokens[id.as_u64().unwrap() as usize] = t.clone();
+        }
+        for a in added {
+            let id = a["id"].as_u64().unwrap() as usize;
+            tokens[id] = a["content"].as_str().unwrap().to_string();
+            if a["special"].as_bool().unwrap() {
+                types[id] = SPM_CONTROL;
+            }
+        }
+        let merges: Vec<(String, String)> = json["model"]["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => {
+                    let (a, b) = s.split_once(' ').unwrap();
+                    (a.to_string(), b.to_string())
+                }
+                other => (
+                    other[0].as_str().unwrap().to_string(),
+                    other[1].as_str().unwrap().to_string(),
+                ),
+            })
+            .collect();
+        let rebuilt = byte_level_bpe(&tokens, merges, &types, "qwen2").unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let mut texts: Vec<String> = [
+            "The year 2024 had 12345 visitors; pi is 3.14159.",
+            "I'm sure they'd've DON'T WON'T it's",
+            "spaces    between\twords\n\n\nand   \n  lines  ",
+            "café naïve résumé Ångström e\u{301} (decomposed)",
+            "日本語のテキストと中文，还有한국어",
+            "emoji 🤖🎉 and symbols ∑∫√ →→",
+            "<|im_start|>system\nYou are a villain.<|im_end|>\n<|im_start|>assistant\n",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for row in expected["variants"]["base"].as_array().unwrap() {
+            texts.push(row["prompt_text"].as_str().unwrap().to_string());
+        }
+        for t in &texts {
+            let want = hf.encode(t.as_str(), false).unwrap().get_ids().to_vec();
+            assert_eq!(encode(&rebuilt, t).unwrap(), want, "{t:?}");
+        }
+        // The decomposed accent is composed first (NFC), as Hugging Face does.
+        assert_eq!(
+            encode(&rebuilt, "e\u{301}").unwrap(),
+            encode(&rebuilt, "\u{e9}").unwrap()
+        );
     }
 }
