@@ -159,11 +159,17 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
 }
 
 pub(crate) fn first_figure_mark() {
-    thread_local!(static DONE: RefCell<bool> = const { RefCell::new(false) });
+    mark_once("first_figure_ms");
+}
+
+/// Records `name` = now (ms since page start) in `window.__pg`, the first time only (the
+/// benchmark's page timings).
+pub(crate) fn mark_once(name: &'static str) {
+    thread_local!(static DONE: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) });
     DONE.with(|d| {
-        if !*d.borrow() {
-            *d.borrow_mut() = true;
-            web::mark("first_figure_ms", JsValue::from_f64(web::now_ms()));
+        if !d.borrow().contains(&name) {
+            d.borrow_mut().push(name);
+            web::mark(name, JsValue::from_f64(web::now_ms()));
         }
     });
 }

@@ -126,6 +126,8 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
     let page = Memo::new(move |_| verdicts(ctl).map(|(_, v, _, complete)| (v, complete)));
     let differ = Memo::new(move |_| p.with_value(|p| settings_differ(ctl, p, n_personas)));
     let marks = Memo::new(move |_| published_marks(ctl, p));
+    // The benchmark's "published verdict on screen" time (after this view is in the page).
+    Effect::new(move |_| crate::components::mark_once("published_ms"));
     view! {
         <div id="published" class="published">
             <h3>{head}</h3>

@@ -1,6 +1,7 @@
 // Explorer benchmark in headless Chromium on this machine: wasm sizes (raw, gzip), time from page
-// open to first figure, and time to recompute one (method, layer) view with N permutations for
-// all three metrics (Web Workers, one per core). Prints a JSON line.
+// open to the published verdict on screen (bundles with an embedded report) and to the first
+// figure, and time to recompute one (method, layer) view with N permutations for all three
+// metrics (Web Workers, one per core). Prints a JSON line.
 // Usage: node tests/browser/bench.mjs DIST_DIR [N]
 import { launch, serve } from './harness.mjs';
 import fs from 'node:fs';
@@ -26,7 +27,7 @@ try {
     const first = await page.evaluate(() => window.__pg.first_figure_ms);
     await page.waitForFunction(() => window.__pg && window.__pg.view_ms, null, { timeout: 600000 });
     const pg = await page.evaluate(() => window.__pg);
-    results.runs.push({ first_figure_ms: first, view_ms: pg.view_ms, workers: pg.workers, wall_ms: Date.now() - t0 });
+    results.runs.push({ published_ms: pg.published_ms ?? null, first_figure_ms: first, view_ms: pg.view_ms, workers: pg.workers, wall_ms: Date.now() - t0 });
     await page.close();
   }
 } finally {
