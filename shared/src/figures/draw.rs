@@ -412,8 +412,10 @@ impl Figure {
                     counts[(((v - lo) / w) as usize).min(bins - 1)] += 1;
                 }
                 let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+                // The last x tick label is centred on the right edge: room for half of it.
                 let mut chart = ChartBuilder::on(&body)
                     .margin(8)
+                    .margin_right(32)
                     .x_label_area_size(36)
                     .y_label_area_size(56)
                     .build_cartesian_2d(lo..hi, 0.0..top)
