@@ -425,7 +425,10 @@ impl Figure {
                     .disable_x_mesh()
                     .x_desc(x_label.as_str())
                     .y_desc("permutations")
-                    .x_label_formatter(&|v| fmt(*v))
+                    // Five ticks: scientific labels ("-8.000e-5") need ~55 px each; a tick
+                    // within rounding of zero ("-1.110e-16") is zero.
+                    .x_labels(5)
+                    .x_label_formatter(&|v| fmt(if v.abs() < (hi - lo) * 1e-9 { 0.0 } else { *v }))
                     .label_style(("sans-serif", 11))
                     .draw()
                     .map_err(err)?;
