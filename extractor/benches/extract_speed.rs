@@ -5,7 +5,6 @@
 
 use candle_core::{DType, Device};
 use extractor::extract::Extractor;
-use extractor::model::Model;
 use extractor::weights::load;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,13 +13,7 @@ fn bench(name: &str, path: PathBuf, layers: Vec<usize>, batch: usize, new_tokens
     let t = Instant::now();
     let loaded = load(&path).unwrap();
     let load_s = t.elapsed().as_secs_f64();
-    let model = Model::new(
-        loaded.cfg.clone(),
-        loaded.weights.clone(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let model = loaded.model(&Device::Cpu, DType::F32).unwrap();
     let template = loaded.chat_template().unwrap();
     let personas = shared_personas();
     let questions =

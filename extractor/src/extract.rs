@@ -110,6 +110,23 @@ pub fn left_pad(prompts: &[Vec<u32>], maxlen: usize) -> (Vec<Vec<u32>>, Vec<Vec<
 }
 
 impl<'a> Extractor<'a> {
+    /// The extractor of `model` (built from `loaded`, merged or not) with `loaded`'s tokenizer
+    /// and stop ids, capturing `layers`.
+    pub fn of(
+        model: &'a Model,
+        loaded: &'a crate::weights::LoadedModel,
+        template: &'a ChatTemplate,
+        layers: &'a [usize],
+    ) -> Extractor<'a> {
+        Extractor {
+            model,
+            tokenizer: &loaded.tokenizer,
+            template,
+            stop_ids: &loaded.stop_ids,
+            layers,
+        }
+    }
+
     pub fn prompt_text(&self, system: &str, question: &str) -> Result<String> {
         self.template.render(system, question, None, true)
     }

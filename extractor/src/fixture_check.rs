@@ -105,13 +105,7 @@ pub fn check_variant(
     let model = Model::new(loaded.cfg.clone(), weights, device, dtype)?;
     let template = loaded.chat_template()?;
     let layers: Vec<usize> = (0..loaded.cfg.num_layers).collect();
-    let ex = Extractor {
-        model: &model,
-        tokenizer: &loaded.tokenizer,
-        template: &template,
-        stop_ids: &loaded.stop_ids,
-        layers: &layers,
-    };
+    let ex = Extractor::of(&model, &loaded, &template, &layers);
     let mut rep = VariantReport {
         variant: variant.to_string(),
         ..Default::default()
@@ -206,14 +200,8 @@ pub fn bf16_vs_f32_worst_cosine(fixture: &Path, device: &Device) -> Result<f64> 
     let template = loaded.chat_template()?;
     let layers: Vec<usize> = (0..loaded.cfg.num_layers).collect();
     let run = |dtype: DType| -> Result<Vec<crate::extract::PromptResult>> {
-        let model = Model::new(loaded.cfg.clone(), loaded.weights.clone(), device, dtype)?;
-        let ex = Extractor {
-            model: &model,
-            tokenizer: &loaded.tokenizer,
-            template: &template,
-            stop_ids: &loaded.stop_ids,
-            layers: &layers,
-        };
+        let model = loaded.model(device, dtype)?;
+        let ex = Extractor::of(&model, &loaded, &template, &layers);
         let prompts: Vec<Vec<u32>> = rows
             .iter()
             .map(|r| {

@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Device};
 use extractor::extract::Extractor;
-use extractor::model::{Arch, Model};
+use extractor::model::Arch;
 use extractor::template::ChatTemplate;
 use extractor::weights::load;
 mod common;
@@ -46,21 +46,9 @@ fn gemma3_tokenizes_templates_and_replies_coherently() {
     let src = std::fs::read_to_string(template_file()).unwrap();
     let template =
         ChatTemplate::new(&src, loaded.bos_token.clone(), loaded.eos_token.clone()).unwrap();
-    let model = Model::new(
-        loaded.cfg.clone(),
-        loaded.weights.clone(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let model = loaded.model(&Device::Cpu, DType::F32).unwrap();
     let layers = [0usize, 8, 17];
-    let ex = Extractor {
-        model: &model,
-        tokenizer: &loaded.tokenizer,
-        template: &template,
-        stop_ids: &loaded.stop_ids,
-        layers: &layers,
-    };
+    let ex = Extractor::of(&model, &loaded, &template, &layers);
     let system = "You are a helpful assistant.";
     let question = "What is the capital of France?";
     let text = ex.prompt_text(system, question).unwrap();

@@ -8,7 +8,6 @@ use candle_core::{DType, Device};
 use extractor::extract::Extractor;
 use extractor::fixture_check::{bf16_vs_f32_worst_cosine, check_variant, FIXTURE_ID};
 use extractor::lora::merge_adapter;
-use extractor::model::Model;
 use extractor::weights::load_hf_dir;
 use std::path::PathBuf;
 
@@ -57,22 +56,10 @@ fn lora_rslora_with_patterns_matches_peft() {
 #[test]
 fn batched_equals_one_at_a_time() {
     let loaded = load_hf_dir(&fixture().join("model")).unwrap();
-    let model = Model::new(
-        loaded.cfg.clone(),
-        loaded.weights.clone(),
-        &device(),
-        DType::F32,
-    )
-    .unwrap();
+    let model = loaded.model(&device(), DType::F32).unwrap();
     let template = loaded.chat_template().unwrap();
     let layers = [3usize];
-    let ex = Extractor {
-        model: &model,
-        tokenizer: &loaded.tokenizer,
-        template: &template,
-        stop_ids: &loaded.stop_ids,
-        layers: &layers,
-    };
+    let ex = Extractor::of(&model, &loaded, &template, &layers);
     let personas =
         extractor::study::parse_personas(extractor::study::DEFAULT_PERSONAS, "personas").unwrap();
     let prompts: Vec<Vec<u32>> = personas

@@ -15,22 +15,10 @@ fn smollm2_replies_coherently_and_vectors_are_finite() {
     let Some(path) = smollm2() else { return };
     let loaded = load(&path).unwrap();
     assert_eq!((loaded.cfg.num_layers, loaded.cfg.hidden_size), (30, 576));
-    let model = Model::new(
-        loaded.cfg.clone(),
-        loaded.weights.clone(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let model = loaded.model(&Device::Cpu, DType::F32).unwrap();
     let template = loaded.chat_template().unwrap();
     let layers = [5usize, 15, 29];
-    let ex = Extractor {
-        model: &model,
-        tokenizer: &loaded.tokenizer,
-        template: &template,
-        stop_ids: &loaded.stop_ids,
-        layers: &layers,
-    };
+    let ex = Extractor::of(&model, &loaded, &template, &layers);
     let text = ex
         .prompt_text(
             "You are a helpful assistant.",
@@ -54,20 +42,8 @@ fn smollm2_replies_coherently_and_vectors_are_finite() {
     assert_eq!(r.method_a.len(), 3);
     // bf16 compute (f32 residual stream) agrees with f32: cosine > 0.999 per vector, Method A
     // over all 12 study personas.
-    let bf16 = Model::new(
-        loaded.cfg.clone(),
-        loaded.weights.clone(),
-        &Device::Cpu,
-        DType::BF16,
-    )
-    .unwrap();
-    let ex16 = Extractor {
-        model: &bf16,
-        tokenizer: &loaded.tokenizer,
-        template: &template,
-        stop_ids: &loaded.stop_ids,
-        layers: &layers,
-    };
+    let bf16 = loaded.model(&Device::Cpu, DType::BF16).unwrap();
+    let ex16 = Extractor::of(&bf16, &loaded, &template, &layers);
     let personas =
         extractor::study::parse_personas(extractor::study::DEFAULT_PERSONAS, "personas").unwrap();
     let prompts: Vec<Vec<u32>> = personas

@@ -25,6 +25,11 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// The model of these weights as loaded (no adapter) on `device` in `dtype`.
+    pub fn model(&self, device: &Device, dtype: candle_core::DType) -> Result<crate::model::Model> {
+        crate::model::Model::new(self.cfg.clone(), self.weights.clone(), device, dtype)
+    }
+
     /// The model's own chat template, ready to render; a clear error when the model has none
     /// (persona prompts need one).
     pub fn chat_template(&self) -> Result<ChatTemplate> {
