@@ -13,9 +13,7 @@ use shared::analysis::{
     ALL_METRICS,
 };
 use shared::bundle::Method;
-use shared::figures::{
-    cosine_heatmaps, fmt, hero_figure, persona_figures, Figure, FigureKind, HitBox,
-};
+use shared::figures::{cosine_heatmaps, fmt, hero_figure, persona_figures, Figure, HitBox};
 use shared::Bundle;
 use std::cell::RefCell;
 use std::collections::HashMap;

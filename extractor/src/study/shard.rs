@@ -320,8 +320,8 @@ pub fn merge_parts(parts: &[PathBuf], out: &Path) -> Result<PathBuf> {
                 "{} and {} come from different studies (configuration hash {} vs {}): they differ in {}. Parts of one study only: rerun the odd shard with the study's files",
                 parts[0].display(),
                 d.display(),
-                &first.config_hash[..12],
-                &r.config_hash[..12.min(r.config_hash.len())],
+                first.config_hash.get(..12).unwrap_or(&first.config_hash),
+                r.config_hash.get(..12).unwrap_or(&r.config_hash),
                 config_differences(&first.config, &r.config).join(", ")
             );
         }
@@ -479,6 +479,9 @@ pub fn run_on_devices(path: &Path, opts: &ExtractOptions, devices: &[usize]) -> 
     let n = devices.len();
     let total_units = (rs.study.checkpoints.len() * rs.personas.len() * rs.methods.len()) as u64;
     let exe = std::env::current_exe().context("locating this program to start its workers")?;
+    if let Some(dir) = rs.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let shards: Vec<ShardSpec> = (0..n).map(|k| ShardSpec { index: k, count: n }).collect();
     let mut children = Vec::new();
     for (shard, &dev) in shards.iter().zip(devices) {
