@@ -43,7 +43,10 @@ pub fn run_analyze(
     );
     if figures {
         let dir = out.join("figures");
-        let n = write_figures(&report, &dir)? + write_null_figures(&plan, &bundle, &cells, &dir)?;
+        // The system fonts are read once for every figure's PNG.
+        let opt = figure_render_options();
+        let n = write_figures(&report, &dir, &opt)?
+            + write_null_figures(&plan, &bundle, &cells, &dir, &opt)?;
         eprintln!("wrote {n} figures (SVG and PNG) to {}", dir.display());
     }
     for v in &report.verdicts {
@@ -54,7 +57,11 @@ pub fn run_analyze(
 
 /// Every figure of the page for every view, as SVG and as PNG (the SVG rasterised at 2x with the
 /// system's sans-serif font), file names = the page's download names.
-fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize> {
+fn write_figures(
+    report: &shared::analysis::Report,
+    dir: &Path,
+    opt: &resvg::usvg::Options,
+) -> Result<usize> {
     use shared::figures::{cosine_heatmaps, hero_figure, persona_figures, Figure};
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut figs: Vec<Figure> = shared::analysis::ALL_METRICS
@@ -75,9 +82,8 @@ fn write_figures(report: &shared::analysis::Report, dir: &Path) -> Result<usize>
             }
         }
     }
-    let opt = figure_render_options();
     for f in &figs {
-        write_figure_files(dir, f, &f.file_stem(), &opt)?;
+        write_figure_files(dir, f, &f.file_stem(), opt)?;
     }
     Ok(figs.len())
 }
@@ -89,8 +95,8 @@ fn write_null_figures(
     bundle: &Bundle,
     cells: &[Option<shared::analysis::CellResult>],
     dir: &Path,
+    opt: &resvg::usvg::Options,
 ) -> Result<usize> {
-    let opt = figure_render_options();
     let mut n = 0;
     for (coords, cell) in plan.coords.iter().zip(cells) {
         let Some(cell) = cell else { continue };
@@ -104,7 +110,7 @@ fn write_null_figures(
                 treated,
                 &[false, true],
             ) {
-                write_figure_files(dir, &f, &f.file_stem(), &opt)?;
+                write_figure_files(dir, &f, &f.file_stem(), opt)?;
                 n += 1;
             }
         }

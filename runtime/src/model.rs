@@ -62,6 +62,9 @@ pub struct Model {
     /// Every distinct RoPE base's inverse frequencies, and which one each layer uses.
     rope_sets: Vec<Vec<f32>>,
     layer_rope: Vec<usize>,
+    /// Gemma's embedding multiplier sqrt(hidden) as a [1] tensor of the compute dtype (HF
+    /// multiplies by it in the embeddings' dtype); built once, not per pass.
+    embed_scale: Option<Tensor>,
     steering: Option<(usize, Tensor)>,
 }
 
@@ -278,11 +281,8 @@ impl Model {
             .embed
             .index_select(ids, 0)?
             .reshape((b, t, cfg.hidden_size))?;
-        if fam.embed_scale {
-            // HF multiplies by sqrt(hidden) as a tensor of the embeddings' dtype.
-            let normalizer = Tensor::new(&[(cfg.hidden_size as f64).sqrt() as f32], &self.device)?
-                .to_dtype(self.dtype)?;
-            emb = emb.broadcast_mul(&normalizer)?;
+        if let Some(normalizer) = &self.embed_scale {
+            emb = emb.broadcast_mul(normalizer)?;
         }
         let mut h = emb.to_dtype(DType::F32)?;
         let mut captured: Vec<Option<Tensor>> = vec![None; capture.len()];

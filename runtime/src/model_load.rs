@@ -116,8 +116,14 @@ impl Model {
             rope_sets.push(rope_inv_freq(&cfg, hd, cfg.rope_theta));
         }
         let inv_freq = rope_sets[layer_rope.first().copied().unwrap_or(0)].clone();
+        let embed_scale = if fam.embed_scale {
+            Some(Tensor::new(&[(cfg.hidden_size as f64).sqrt() as f32], device)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
         Ok(Model {
             embed: to(embed_raw)?,
+            embed_scale,
             norm: norm_w(get(&mut w, "model.norm.weight")?)?,
             lm_head,
             layers,

@@ -111,7 +111,7 @@ pub fn byte_level_bpe(
     let specials: Vec<AddedToken> = tokens
         .iter()
         .zip(types.iter())
-        .filter(|(_, &t)| t == SPM_CONTROL)
+        .filter(|(_, &t)| t == GGUF_CONTROL)
         .map(|(s, _)| AddedToken::from(s.clone(), true))
         .collect();
     tok.add_special_tokens(&specials);
@@ -129,9 +129,10 @@ fn token_types(md: &std::collections::HashMap<String, gguf_file::Value>) -> Vec<
         .unwrap_or_default()
 }
 
-/// SentencePiece token types as GGUF stores them.
-const SPM_CONTROL: i64 = 3;
-const SPM_USER_DEFINED: i64 = 4;
+/// Token types as GGUF stores them (`tokenizer.ggml.token_type`, SentencePiece's numbering,
+/// used by every GGUF tokenizer model).
+const GGUF_CONTROL: i64 = 3;
+const GGUF_USER_DEFINED: i64 = 4;
 
 /// The BPE merges of a SentencePiece BPE vocabulary, as Hugging Face's `generate_merges`
 /// (convert_slow_tokenizer.py) makes them: every split of a piece into two pieces of the
@@ -244,12 +245,12 @@ fn sentencepiece_from_gguf(content: &gguf_file::Content, tokens: &[String]) -> R
             .iter()
             .zip(types.iter())
             .filter(|(_, &t)| t == want)
-            .map(|(s, _)| AddedToken::from(s.clone(), want == SPM_CONTROL).normalized(false))
+            .map(|(s, _)| AddedToken::from(s.clone(), want == GGUF_CONTROL).normalized(false))
             .collect()
     };
-    tok.add_special_tokens(&of_type(SPM_CONTROL));
+    tok.add_special_tokens(&of_type(GGUF_CONTROL));
     // User-defined pieces are text (kept when decoding), matched before the BPE.
-    tok.add_tokens(&of_type(SPM_USER_DEFINED));
+    tok.add_tokens(&of_type(GGUF_USER_DEFINED));
     Ok(tok)
 }
 
@@ -291,7 +292,7 @@ mod tests {
 
 #[cfg(test)]
 mod pre_tokenizer_oracle {
-    use super::{byte_level_bpe, encode, SPM_CONTROL};
+    use super::{byte_level_bpe, encode, GGUF_CONTROL};
 
     /// The Qwen2.5 tokenizer rebuilt as a GGUF would carry it (vocabulary, merges, control
     /// tokens, pre = qwen2) encodes exactly as its own tokenizer.json (Hugging Face) does, on
@@ -318,7 +319,7 @@ mod pre_tokenizer_oracle {
             let id = a["id"].as_u64().unwrap() as usize;
             tokens[id] = a["content"].as_str().unwrap().to_string();
             if a["special"].as_bool().unwrap() {
-                types[id] = SPM_CONTROL;
+                types[id] = GGUF_CONTROL;
             }
         }
         let merges: Vec<(String, String)> = json["model"]["merges"]

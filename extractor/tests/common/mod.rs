@@ -1,47 +1,44 @@
 //! Helpers shared by the integration tests: the fixtures directory, the training oracle, the
-//! SmolLM2 model file. (Each test binary uses some of them.)
+//! model files (SmolLM2, Gemma 3), the fixture study and the binary. (Each test binary uses some of them.)
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// SmolLM2-135M-Instruct (scripts/fetch_smollm2.sh), or None (test skipped) when it is missing
-/// and not required. scripts/test_all.sh fetches it and sets PG_REQUIRE_SMOLLM2=1, so in CI a
-/// missing model fails the test instead of skipping it.
-pub fn smollm2() -> Option<PathBuf> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+/// A model file in models/ fetched by `script`, or None (test skipped) when it is missing and
+/// `require` is unset. scripts/test_all.sh fetches the models and sets the `require` variables,
+/// so in CI a missing model fails the test instead of skipping it.
+fn model_file(name: &str, script: &str, require: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name);
     if path.exists() {
         return Some(path);
     }
     assert!(
-        std::env::var_os("PG_REQUIRE_SMOLLM2").is_none(),
-        "{} missing: run scripts/fetch_smollm2.sh",
+        std::env::var_os(require).is_none(),
+        "{} missing: run scripts/{script}",
         path.display()
     );
-    eprintln!(
-        "skipped: {} missing (run scripts/fetch_smollm2.sh)",
-        path.display()
-    );
+    eprintln!("skipped: {} missing (run scripts/{script})", path.display());
     None
 }
 
-/// Gemma 3 270M (scripts/fetch_gemma3.sh), or None (test skipped) when it is missing and not
-/// required (PG_REQUIRE_GEMMA3=1 in scripts/test_all.sh).
+/// SmolLM2-135M-Instruct (scripts/fetch_smollm2.sh; required when PG_REQUIRE_SMOLLM2 is set).
+pub fn smollm2() -> Option<PathBuf> {
+    model_file(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "fetch_smollm2.sh",
+        "PG_REQUIRE_SMOLLM2",
+    )
+}
+
+/// Gemma 3 270M (scripts/fetch_gemma3.sh; required when PG_REQUIRE_GEMMA3 is set).
 pub fn gemma3() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/gemma-3-270m-q4_k_m.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("PG_REQUIRE_GEMMA3").is_none(),
-        "{} missing: run scripts/fetch_gemma3.sh",
-        path.display()
-    );
-    eprintln!(
-        "skipped: {} missing (run scripts/fetch_gemma3.sh)",
-        path.display()
-    );
-    None
+    model_file(
+        "gemma-3-270m-q4_k_m.gguf",
+        "fetch_gemma3.sh",
+        "PG_REQUIRE_GEMMA3",
+    )
 }
 
 pub fn fixtures() -> PathBuf {
