@@ -31,6 +31,7 @@ echo "[run] report: $OUT_DIR/report/report.md (and report.json, figures/); bundl
 echo "[run] building the explorer page (first time: installs trunk, wasm-bindgen, binaryen)"
 ./scripts/build_explorer.sh >/dev/null
 cp "$OUT_DIR/$NAME.compact.pgb" "dist/run-$NAME.compact.pgb"
+cp "$OUT_DIR/$NAME.compact.pgb.head.json" "dist/run-$NAME.compact.pgb.head.json"
 [ -n "${PG_NO_SERVE:-}" ] && exit 0
 PORT="${PG_PORT:-8080}"
 echo "[run] explorer with this run's bundle:  http://127.0.0.1:$PORT/?bundle=run-$NAME.compact.pgb"

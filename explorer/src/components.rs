@@ -526,7 +526,16 @@ pub(crate) fn Provenance() -> impl IntoView {
                         <tr><th>"seed"</th><td>{p.seed}</td></tr>
                         <tr><th>"layer convention"</th><td>{p.layer_convention.clone()}</td></tr>
                         <tr><th>"methods"</th><td>"A = last token of the chat-templated prompt with the generation prompt; B = mean over the greedily generated response tokens"</td></tr>
-                        {p.extra.iter().map(|(k, v)| view! { <tr><th>{k.clone()}</th><td class="mono">{v.clone()}</td></tr> }).collect_view()}
+                        {p.extra.iter().map(|(k, v)| {
+                            // The published rows are a table above, not a JSON string here.
+                            let shown = if k == shared::analysis::REFERENCE_KEY {
+                                let n = shared::analysis::provenance_reference(&p).map(|r| r.len()).unwrap_or(0);
+                                format!("{n} rows of `analyze` on the full bundle (the EM-vs-base family rows are the table \"Published EM-vs-base rows\" above)")
+                            } else {
+                                v.clone()
+                            };
+                            view! { <tr><th>{k.clone()}</th><td class="mono">{shown}</td></tr> }
+                        }).collect_view()}
                     </table>
                     <h3>"Checkpoints"</h3>
                     {m.checkpoints.iter().map(|(n, r, l, prov)| view! {

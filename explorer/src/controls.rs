@@ -5,6 +5,7 @@
 use leptos::prelude::*;
 use shared::analysis::ALL_METRICS;
 use shared::bundle::Method;
+use shared::head::StudyHead;
 use shared::Bundle;
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -33,15 +34,23 @@ pub struct Meta {
 impl Meta {
     /// What the page shows about `bundle`, loaded from `name` (`size_bytes` long).
     pub fn of(name: &str, size_bytes: usize, bundle: &Bundle) -> Meta {
+        let mut head = StudyHead::of(bundle, &[]);
+        head.bundle_bytes = size_bytes as u64;
+        Meta::of_head(name, &head)
+    }
+
+    /// What the page shows from a study head (published beside the bundle), before the
+    /// bundle itself has arrived; the same as `of` on the bundle it describes.
+    pub fn of_head(name: &str, head: &StudyHead) -> Meta {
         Meta {
             source: name.to_string(),
-            size_bytes,
-            personas: bundle
+            size_bytes: head.bundle_bytes as usize,
+            personas: head
                 .personas
                 .iter()
                 .map(|p| (p.name.clone(), p.system_prompt.clone()))
                 .collect(),
-            checkpoints: bundle
+            checkpoints: head
                 .checkpoints
                 .iter()
                 .map(|c| {
@@ -53,16 +62,16 @@ impl Meta {
                     )
                 })
                 .collect(),
-            methods: bundle.methods.clone(),
-            layers: bundle.layers.clone(),
-            questions: bundle
+            methods: head.methods.clone(),
+            layers: head.layers.clone(),
+            questions: head
                 .questions
                 .iter()
                 .map(|q| (q.id, q.text.clone()))
                 .collect(),
-            provenance: bundle.provenance.clone(),
-            components: bundle.compact.as_ref().map(|c| c.components).unwrap_or(0),
-            published: shared::analysis::bundle_published(bundle),
+            provenance: head.provenance.clone(),
+            components: head.components,
+            published: shared::analysis::provenance_published(&head.provenance),
         }
     }
 }
@@ -82,6 +91,9 @@ pub struct Ctl {
     pub metric: RwSignal<String>,
     pub source: RwSignal<Option<String>>,
     pub meta: RwSignal<Option<Meta>>,
+    /// The bundle itself is decoded and analysed (until then `meta` may come from its study
+    /// head only: the study summary and published verdict show, the figures wait).
+    pub bundle_ready: RwSignal<bool>,
     pub status: RwSignal<String>,
     pub error: RwSignal<Option<String>>,
     pub progress: RwSignal<(usize, usize)>,
@@ -106,6 +118,7 @@ impl Ctl {
             metric: RwSignal::new("M1_raw".into()),
             source: RwSignal::new(None),
             meta: RwSignal::new(None),
+            bundle_ready: RwSignal::new(false),
             status: RwSignal::new(String::new()),
             error: RwSignal::new(None),
             progress: RwSignal::new((0, 0)),

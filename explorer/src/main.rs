@@ -163,6 +163,9 @@ fn App() -> impl IntoView {
             <Loader/>
             <Show when=move || ctl.meta.with(|m| m.is_some())>
                 <StudySummary/>
+            </Show>
+            // From the study head alone only the summary shows; figures wait for the bundle.
+            <Show when=move || ctl.bundle_ready.get()>
                 <Controls/>
                 <section id="hero">
                     <h2>"Hero figure"</h2>

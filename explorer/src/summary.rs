@@ -4,9 +4,7 @@
 //! under every criterion with its rule in one sentence.
 
 use super::*;
-use shared::analysis::{
-    row_reproduction, rule_sentences, Published, RowReproduction, FAMILY_METRICS,
-};
+use shared::analysis::{row_reproduction, rule_sentences, Published, RowReproduction};
 
 /// Whether the page's settings are those of the published run; if not, in words.
 fn settings_differ(ctl: Ctl, p: &Published, n_personas: usize) -> Option<String> {
@@ -144,6 +142,10 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
                             "Re-verified in this browser: the verdict differs under at least one criterion (marked below).".to_string()
                         }
                     }
+                    _ if !ctl.bundle_ready.get() => format!(
+                        "Shown from the study head published with the bundle; re-verification starts when the bundle has arrived ({}).",
+                        ctl.status.get().trim_end_matches(" ...")
+                    ),
                     _ => {
                         let line = progress_line(ctl);
                         format!("Re-verifying in this browser{}…", if line.is_empty() { String::new() } else { format!(": {line}") })
@@ -219,7 +221,6 @@ fn published_marks(ctl: Ctl, p: StoredValue<Published>) -> Vec<PublishedMark> {
     let report = full_report(ctl);
     let alpha = ctl.alpha.get();
     let complete = every_view_computed(ctl);
-    let ems: Vec<String> = p.with_value(|p| p.verdicts.iter().map(|v| v.em.clone()).collect());
     let base: Option<String> = ctl.meta.with(|m| {
         m.as_ref().and_then(|m| {
             m.checkpoints
@@ -231,11 +232,7 @@ fn published_marks(ctl: Ctl, p: StoredValue<Published>) -> Vec<PublishedMark> {
     p.with_value(|p| {
         p.rows
             .iter()
-            .filter(|r| {
-                Some(&r.pre) == base.as_ref()
-                    && ems.contains(&r.post)
-                    && FAMILY_METRICS.contains(&r.metric.as_str())
-            })
+            .filter(|r| base.as_deref().is_some_and(|b| p.is_family_row(r, b)))
             .map(|r| {
                 // A cell's rows exist once the cell is computed; BH needs the whole family.
                 let mine = report

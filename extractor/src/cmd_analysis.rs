@@ -214,8 +214,16 @@ pub fn run_compact(
             path.display()
         );
     }
-    let n = write_bundle(out, &c)?;
-    eprintln!("wrote {} ({:.2} MB)", out.display(), n as f64 / 1e6);
+    let bytes = c
+        .encode()
+        .with_context(|| format!("encoding bundle for {}", out.display()))?;
+    write_atomic(out, &bytes)?;
+    eprintln!(
+        "wrote {} ({:.2} MB)",
+        out.display(),
+        bytes.len() as f64 / 1e6
+    );
+    write_head(out, &c, &bytes)?;
     for b in &c.compact.as_ref().expect("compact").per_method_layer {
         eprintln!(
             "  method {} layer {}: basis {} dims ({} residual PCs), within-persona variance retained {:.2}%",
@@ -445,11 +453,36 @@ pub fn inspect_text(b: &Bundle, size: usize) -> String {
     s
 }
 
-pub fn run_inspect(bundle_path: &Path) -> Result<()> {
+pub fn run_inspect(bundle_path: &Path, with_head: bool) -> Result<()> {
     let bytes =
         std::fs::read(bundle_path).with_context(|| format!("reading {}", bundle_path.display()))?;
     let b = Bundle::decode(&bytes).with_context(|| format!("bundle {}", bundle_path.display()))?;
     print!("{}", inspect_text(&b, bytes.len()));
+    if with_head {
+        if b.compact.is_none() {
+            bail!(
+                "{} is a full bundle; the page reads compact ones (`persona-geometry compact`, which writes the head too)",
+                bundle_path.display()
+            );
+        }
+        write_head(bundle_path, &b, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Writes `BUNDLE.head.json` beside the compact bundle `bundle_path` (encoded as `bytes`): the
+/// page shows the study and its published verdict from it while the bundle downloads.
+fn write_head(bundle_path: &Path, bundle: &Bundle, bytes: &[u8]) -> Result<()> {
+    let mut head_path = bundle_path.as_os_str().to_owned();
+    head_path.push(shared::head::HEAD_SUFFIX);
+    let head_path = std::path::PathBuf::from(head_path);
+    let head = shared::head::StudyHead::of(bundle, bytes).to_json();
+    write_atomic(&head_path, head.as_bytes())?;
+    eprintln!(
+        "wrote {} ({:.1} kB): publish it beside the bundle; the page shows the study and its published verdict from it before the bundle has arrived",
+        head_path.display(),
+        head.len() as f64 / 1e3
+    );
     Ok(())
 }
 

@@ -240,7 +240,13 @@ enum Cmd {
         args: extractor::generate::GenerateArgs,
     },
     /// Print a human summary of a bundle (shapes, provenance, sizes, validity counts).
-    Inspect { bundle: PathBuf },
+    Inspect {
+        bundle: PathBuf,
+        /// Also write BUNDLE.head.json beside a compact bundle (what `compact` writes now): the
+        /// page's first screen for bundles compacted before heads existed.
+        #[arg(long)]
+        write_head: bool,
+    },
     /// Build a bundle from existing activations: an export (.npz, .safetensors, or a directory of
     /// .npy + meta.json), or a PyTorch .pt cache directory with --mapping.
     Import {
@@ -385,7 +391,7 @@ fn main() -> Result<()> {
             format,
             out,
         } => cmd_analysis::run_export(&bundle, &format, &out),
-        Cmd::Inspect { bundle } => cmd_analysis::run_inspect(&bundle),
+        Cmd::Inspect { bundle, write_head } => cmd_analysis::run_inspect(&bundle, write_head),
         Cmd::Train { args } => {
             let cfg = args.to_config()?;
             extractor::train::run::run_train(&cfg, args.resume).map(|_| ())

@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod coords;
 pub mod figures;
 pub mod geometry;
+pub mod head;
 pub mod lda;
 pub mod linalg;
 pub mod parallel;

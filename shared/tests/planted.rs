@@ -240,6 +240,43 @@ fn compact_form_agrees_with_full_bundle() {
     assert_eq!(published.alpha, Some(cf.alpha));
     assert_eq!(published.rows.len(), rfull.rows.len());
     assert!(shared::analysis::bundle_published(&c).is_none());
+    // The study head (the page's first screen, before the bundle arrives) carries the same
+    // claim with exactly the EM-vs-base family rows, the values analyze wrote, and no outside
+    // energy; it round-trips through JSON and describes these bytes only.
+    let bytes = with_ref.encode().unwrap();
+    let head = shared::head::StudyHead::of(&with_ref, &bytes);
+    let head = shared::head::StudyHead::from_json("h.json", &head.to_json()).unwrap();
+    assert_eq!(head.mismatch(&with_ref, &bytes), None);
+    assert!(head.mismatch(&c, &c.encode().unwrap()).is_some());
+    let hp = shared::analysis::provenance_published(&head.provenance).unwrap();
+    assert_eq!(hp.verdicts, rfull.verdicts);
+    assert_eq!(hp.tool_version, rfull.tool_version);
+    let family: Vec<&Row> = rfull
+        .rows
+        .iter()
+        .filter(|r| {
+            r.pre == "base"
+                && rfull.verdicts.iter().any(|v| v.em == r.post)
+                && matches!(
+                    r.metric.as_str(),
+                    "M1_raw" | "M1_separation" | "M2_em_axis" | "M3_accuracy" | "M3_log_posterior"
+                )
+        })
+        .collect();
+    assert!(!family.is_empty() && family.len() < rfull.rows.len());
+    assert_eq!(hp.rows.len(), family.len());
+    for (h, a) in hp.rows.iter().zip(&family) {
+        assert!(h.is_row(a));
+        assert_eq!((h.delta, h.p, h.p_bh), (a.delta, a.p, a.p_bh));
+    }
+    assert!(with_ref
+        .provenance
+        .get(shared::coords::OUTSIDE_ENERGY_KEY)
+        .is_some());
+    assert!(head
+        .provenance
+        .get(shared::coords::OUTSIDE_ENERGY_KEY)
+        .is_none());
     // Re-verification on the compact bundle: M1_raw point estimates are exact there, so every
     // published M1_raw row whose decision the truncated draws keep is marked reproduced.
     let reproduced = rfull

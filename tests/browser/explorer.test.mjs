@@ -39,12 +39,20 @@ before(async () => {
     '--reference', path.join(WORK, 'report-full', 'report.json'));
   const compact = fs.readFileSync(path.join(WORK, 'test.compact.pgb'));
   fs.writeFileSync(path.join(WORK, 'truncated.pgb'), compact.subarray(0, compact.length - 1000));
+  // `compact` writes BUNDLE.head.json beside the bundle; /slow-ref serves that pair with the
+  // bundle held back 4 s, /wrong-head serves another bundle under test-ref's head.
+  const refHead = path.join(WORK, 'test-ref.compact.pgb.head.json');
+  assert.ok(fs.existsSync(refHead), 'compact writes the study head');
   server = await serve(DIST, {
     '/test.compact.pgb': path.join(WORK, 'test.compact.pgb'),
     '/test.pgb': full,
     '/test-ref.compact.pgb': path.join(WORK, 'test-ref.compact.pgb'),
+    '/slow-ref.compact.pgb': path.join(WORK, 'test-ref.compact.pgb'),
+    '/slow-ref.compact.pgb.head.json': refHead,
+    '/wrong-head.compact.pgb': path.join(WORK, 'test.compact.pgb'),
+    '/wrong-head.compact.pgb.head.json': refHead,
     ...(E2E ? { '/e2e.compact.pgb': E2E } : {}),
-  });
+  }, { delayMs: { '/slow-ref.compact.pgb': 4000 } });
   browser = await launch();
 });
 
@@ -251,6 +259,59 @@ test('the published verdict shows before any test finishes, then is re-verified 
   const after = await page.$$eval('#published li[data-verdict]', (els) => els.map((e) => e.dataset.reproduced));
   assert.ok(after.every((m) => m === 'settings'));
   assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('with a study head the study and published verdict show before the bundle arrives', async () => {
+  const full = JSON.parse(fs.readFileSync(path.join(WORK, 'report-full', 'report.json'), 'utf8'));
+  const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  const t0 = Date.now();
+  await page.goto(`${server.url}/?bundle=slow-ref.compact.pgb&n=${N}`);
+  await page.waitForSelector('#published li[data-verdict]', { timeout: 60000 });
+  const shownAfter = Date.now() - t0;
+  // The bundle is held back 4 s: the claim is on screen from the head alone, no figure or
+  // control yet, and the status says what it waits for.
+  const first = await page.evaluate(() => ({
+    status: document.querySelector('#reverify-status').textContent,
+    hero: !!document.querySelector('#hero'),
+    controls: !!document.querySelector('#layer'),
+    loading: document.querySelector('#status').textContent,
+    verdicts: [...document.querySelectorAll('#published li[data-verdict]')].map((e) => [e.dataset.em, e.dataset.criterion, e.dataset.verdict]),
+    rows: document.querySelectorAll('#published-table tbody tr').length,
+    roles: [...document.querySelectorAll('#summary-checkpoints li')].map((e) => e.dataset.role),
+  }));
+  assert.ok(shownAfter < 4000, `shown after ${shownAfter} ms`);
+  assert.equal(first.hero, false);
+  assert.equal(first.controls, false);
+  assert.match(first.status, /study head.*re-verification starts when the bundle has arrived/);
+  assert.match(first.loading, /slow-ref\.compact\.pgb/);
+  assert.deepEqual(first.verdicts, full.verdicts.map((v) => [v.em, v.criterion, v.verdict]));
+  assert.deepEqual(first.roles, full.checkpoints.map((c) => c[1]));
+  // The table lists exactly analyze's EM-vs-base rows of the five family metrics.
+  const family = full.rows.filter((r) => r.pre === 'base' && full.verdicts.some((v) => v.em === r.post)
+    && ['M1_raw', 'M1_separation', 'M2_em_axis', 'M3_accuracy', 'M3_log_posterior'].includes(r.metric));
+  assert.equal(first.rows, family.length);
+  // Then the bundle arrives, matches its head (no notice), and the claim is re-verified.
+  await page.waitForFunction(() => document.querySelector('#reverify-status').textContent.startsWith('Re-verified'), null, { timeout: 300000 });
+  assert.ok(await page.locator('#hero').count() === 1);
+  assert.equal(await page.locator('#url-notices').count(), 0);
+  // The provenance table names the published rows instead of printing their JSON.
+  const refCell = await page.$$eval('#provenance tr', (trs) => trs.filter((tr) => tr.children[0].textContent === 'reference.analyze_rows').map((tr) => tr.children[1].textContent));
+  assert.deepEqual(refCell, [`${family.length} rows of \`analyze\` on the full bundle (the EM-vs-base family rows are the table "Published EM-vs-base rows" above)`]);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('a study head that does not describe its bundle is named, and the bundle is shown', async () => {
+  const page = await open('?bundle=wrong-head.compact.pgb', { all: false });
+  await page.waitForSelector('#url-notices');
+  const notice = await page.locator('#url-notices').innerText();
+  assert.match(notice, /study head .*wrong-head\.compact\.pgb\.head\.json does not describe this bundle .*payload CRC-32/);
+  // The bundle's own description replaced the head's: this bundle carries no published claim.
+  assert.equal(await page.locator('#published').count(), 0);
+  assert.deepEqual(page.errors, []);
   await page.close();
 });
 

@@ -10,8 +10,9 @@ const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'applic
 
 /** Serves `root` (plus `extra` = {urlPath: filePath}) on 127.0.0.1 at a free port; with
  * `prefix` (e.g. '/site') only under that sub-path, as a static host publishing there would;
- * `missing` lists files answered 404. */
-export function serve(root, extra = {}, { prefix = '', missing = [] } = {}) {
+ * `missing` lists files answered 404; `delayMs` = {urlPath: ms} holds those answers back (a slow
+ * network for one file). */
+export function serve(root, extra = {}, { prefix = '', missing = [], delayMs = {} } = {}) {
   root = path.resolve(root);
   return new Promise((resolve) => {
     const server = http.createServer((req, res) => {
@@ -23,11 +24,11 @@ export function serve(root, extra = {}, { prefix = '', missing = [] } = {}) {
       if (missing.includes(u)) { res.writeHead(404); res.end('not found'); return; }
       const file = extra[u] || path.join(root, u === '/' ? 'index.html' : path.normalize(u));
       if (!extra[u] && !file.startsWith(root + path.sep)) { res.writeHead(403); res.end(); return; }
-      fs.stat(file, (err, st) => {
+      setTimeout(() => fs.stat(file, (err, st) => {
         if (err || !st.isFile()) { res.writeHead(404); res.end('not found'); return; }
         res.writeHead(200, { 'Content-Type': TYPES[path.extname(file)] || 'application/octet-stream', 'Content-Length': st.size });
         fs.createReadStream(file).pipe(res);
-      });
+      }), delayMs[u] || 0);
     });
     server.listen(0, '127.0.0.1', () => {
       server.url = `http://127.0.0.1:${server.address().port}`;

@@ -155,7 +155,12 @@ pub fn embed_reference(
 /// The reference rows a compact bundle carries (None when it carries none or they do not
 /// parse: a report without them is still correct, only without the exact values beside).
 pub fn bundle_reference(bundle: &Bundle) -> Option<Vec<ReferenceRow>> {
-    serde_json::from_str(bundle.provenance.get(REFERENCE_KEY)?).ok()
+    provenance_reference(&bundle.provenance)
+}
+
+/// The reference rows in a bundle's (or a study head's) provenance.
+pub fn provenance_reference(provenance: &Provenance) -> Option<Vec<ReferenceRow>> {
+    serde_json::from_str(provenance.get(REFERENCE_KEY)?).ok()
 }
 
 /// What a compact bundle says it was published with: the verdicts and rows of `analyze` on its
@@ -174,17 +179,20 @@ pub struct Published {
 /// The published claim a compact bundle carries (None without `compact --reference`, or
 /// when it was made before verdicts travelled with the rows).
 pub fn bundle_published(bundle: &Bundle) -> Option<Published> {
-    let rows = bundle_reference(bundle)?;
+    provenance_published(&bundle.provenance)
+}
+
+/// The published claim in a bundle's (or a study head's) provenance.
+pub fn provenance_published(provenance: &Provenance) -> Option<Published> {
+    let rows = provenance_reference(provenance)?;
     let verdicts: Vec<Verdict> =
-        serde_json::from_str(bundle.provenance.get(REFERENCE_VERDICTS_KEY)?).ok()?;
-    let config: serde_json::Value = bundle
-        .provenance
+        serde_json::from_str(provenance.get(REFERENCE_VERDICTS_KEY)?).ok()?;
+    let config: serde_json::Value = provenance
         .get(REFERENCE_CONFIG_KEY)
         .and_then(|c| serde_json::from_str(c).ok())
         .unwrap_or_default();
     Some(Published {
-        tool_version: bundle
-            .provenance
+        tool_version: provenance
             .get(REFERENCE_TOOL_KEY)
             .unwrap_or("unknown")
             .to_string(),
@@ -194,6 +202,37 @@ pub fn bundle_published(bundle: &Bundle) -> Option<Published> {
         verdicts,
         rows,
     })
+}
+
+impl Published {
+    /// Whether `r` is one of the rows the published verdict rests on: an EM checkpoint (one
+    /// with a verdict) against `base`, one of the family metrics. The page's published table
+    /// shows these.
+    pub fn is_family_row(&self, r: &ReferenceRow, base: &str) -> bool {
+        r.pre == base
+            && self.verdicts.iter().any(|v| v.em == r.post)
+            && super::FAMILY_METRICS.contains(&r.metric.as_str())
+    }
+}
+
+/// `provenance` as a study head carries it: the published rows reduced to those the verdict
+/// rests on (`Published::is_family_row`; the bundle keeps every row for its reports), and
+/// without the per-persona outside energy (read by the analysis from the bundle).
+pub fn head_provenance(provenance: &Provenance, base: Option<&str>) -> Provenance {
+    let mut p = provenance.clone();
+    p.extra
+        .retain(|(k, _)| k != crate::coords::OUTSIDE_ENERGY_KEY);
+    if let (Some(published), Some(base)) = (provenance_published(provenance), base) {
+        let rows: Vec<&ReferenceRow> = published
+            .rows
+            .iter()
+            .filter(|r| published.is_family_row(r, base))
+            .collect();
+        if let Some(entry) = p.extra.iter_mut().find(|(k, _)| k == REFERENCE_KEY) {
+            entry.1 = serde_json::to_string(&rows).expect("rows serialise");
+        }
+    }
+    p
 }
 
 /// Published value and this run's value agree within this fraction of the statistic's scale
