@@ -201,8 +201,12 @@ pub fn run_batch_with(
     let b = prompts.len();
     let maxlen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let (tokens, valid) = left_pad(prompts, maxlen);
+    let prefill_start = std::time::Instant::now();
     let mut cache = model.new_cache(b, maxlen + max_new)?;
+    // The step returns Method A's states on the host: the prefill has finished when it returns.
     let out = model.step(&tokens, &valid, &mut cache, layers, method_b)?;
+    runtime::phases::add("Method A: prefill", prefill_start.elapsed().as_secs_f64());
+    let decode_start = std::time::Instant::now();
     let mut results: Vec<PromptResult> = (0..b)
         .map(|i| PromptResult {
             method_a: out.last_hidden.iter().map(|l| l[i].clone()).collect(),
@@ -280,6 +284,11 @@ pub fn run_batch_with(
         .iter()
         .map(|s| s.to_vec2::<f32>())
         .collect::<candle_core::Result<_>>()?;
+    // The tokens and pools came back to the host above: decoding has finished.
+    runtime::phases::add(
+        "Method B: decoding + pooling",
+        decode_start.elapsed().as_secs_f64(),
+    );
     for (i, r) in results.iter_mut().enumerate() {
         let n = r.response.len();
         if n > 0 {

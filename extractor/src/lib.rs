@@ -11,6 +11,7 @@ pub mod cmd_analysis;
 pub use runtime::{cuda_ops, lora, model, template, tokenize, weights};
 pub mod extract;
 pub mod fixture_check;
+pub mod full_study;
 pub mod generate;
 pub mod import;
 pub mod io_util;

@@ -1,6 +1,6 @@
 //! `persona-geometry`: extract persona activations, build and analyse bundles.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use extractor::cmd_analysis;
 use shared::analysis::defaults;
@@ -218,6 +218,19 @@ enum Cmd {
         /// Also time Method B with the fused CUDA kernels off (candle ops), same process.
         #[arg(long)]
         compare_unfused: bool,
+        /// The whole study from disk to bundle instead: write a random-weight checkpoint of
+        /// Qwen2.5-7B-Instruct's shape (or --config's) and two r = 32 adapters into DIR, run the
+        /// real `extract` on base + em + benign (12 personas x --questions, --new-tokens,
+        /// --layers) and print the time of every phase.
+        #[arg(long, value_name = "DIR", conflicts_with = "arch")]
+        full_study: Option<PathBuf>,
+        /// With --full-study: a directory holding the Qwen2.5 tokenizer.json and
+        /// tokenizer_config.json (e.g. the hf-tiny-qwen2 fixture's model/).
+        #[arg(long, requires = "full_study")]
+        tokenizer_from: Option<PathBuf>,
+        /// With --full-study: questions per persona (the default study: 240).
+        #[arg(long, default_value_t = 240)]
+        questions: usize,
     },
     /// Check this build against the Hugging Face fixture (hf-tiny-qwen2) on a device: prompts,
     /// ids and greedy generations exact, activations within 1e-4 (f32), bf16 agreement.
@@ -416,7 +429,33 @@ fn main() -> Result<()> {
             seed,
             methods,
             compare_unfused,
+            full_study,
+            tokenizer_from,
+            questions,
         } => {
+            if let Some(dir) = full_study {
+                let device_name = device.clone();
+                let device = extractor::study::device_from(Some(&device))?;
+                let dtype = extractor::study::dtype_from(dtype.as_deref(), &device)?;
+                let config_json = match &config {
+                    Some(p) => std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                    None => extractor::full_study::QWEN25_7B_CONFIG.to_string(),
+                };
+                return extractor::full_study::run(&extractor::full_study::FullStudyArgs {
+                    dir,
+                    tokenizer_from: tokenizer_from.context(
+                        "--full-study needs --tokenizer-from DIR (the Qwen2.5 tokenizer.json and tokenizer_config.json)",
+                    )?,
+                    config_json,
+                    questions,
+                    new_tokens,
+                    layers,
+                    device,
+                    device_name,
+                    dtype,
+                });
+            }
             anyhow::ensure!(
                 methods.iter().all(|m| m == "a" || m == "b"),
                 "bench-workload --methods: expected a, b or a,b, got {}",

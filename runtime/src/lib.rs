@@ -10,6 +10,7 @@ pub mod cuda_ops;
 pub mod hash;
 pub mod lora;
 pub mod model;
+pub mod phases;
 pub mod profile;
 pub mod random;
 pub mod template;

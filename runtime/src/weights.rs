@@ -137,15 +137,17 @@ pub fn load_hf_dir(dir: &Path) -> Result<LoadedModel> {
     };
     let mut weights = HashMap::new();
     for shard in &shards {
-        let w = candle_core::safetensors::load(shard, &Device::Cpu)
-            .with_context(|| format!("reading weights {}", shard.display()))?;
+        let w = crate::phases::time("read model weights", || {
+            candle_core::safetensors::load(shard, &Device::Cpu)
+        })
+        .with_context(|| format!("reading weights {}", shard.display()))?;
         files.push((
             shard
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string(),
-            sha256_file(shard)?,
+            crate::phases::time("hash model files", || sha256_file(shard))?,
         ));
         weights.extend(w);
     }

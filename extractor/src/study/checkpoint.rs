@@ -27,17 +27,21 @@ pub(super) fn checkpoint_model(run: &RunInputs, ck: usize) -> Result<(Model, Che
         prov.push(("arm".into(), arm.clone()));
     }
     if let Some(a) = &cspec.adapter {
-        let rep = merge_adapter(
-            a,
-            &mut weights,
-            &st.model.id,
-            cspec.allow_base_mismatch,
-            device,
-        )
+        let rep = runtime::phases::time("merge adapter", || {
+            merge_adapter(
+                a,
+                &mut weights,
+                &st.model.id,
+                cspec.allow_base_mismatch,
+                device,
+            )
+        })
         .with_context(|| format!("checkpoint `{}`", cspec.name))?;
         prov.extend(rep.provenance);
     }
-    let mut model = Model::new(loaded.cfg.clone(), weights, device, dtype)?;
+    let mut model = runtime::phases::time("build model on the device", || {
+        Model::new(loaded.cfg.clone(), weights, device, dtype)
+    })?;
     if let Some(s) = &cspec.steer {
         let v = steering_vector(s, loaded, template, rs, device, dtype)
             .with_context(|| format!("checkpoint `{}`: steering", cspec.name))?;
@@ -227,7 +231,9 @@ pub(super) fn extract_checkpoint(
                 texts: texts.clone(),
                 token_counts: counts.clone(),
             };
-            write_atomic(&unit_path(parts, ck, m, pi), &postcard::to_allocvec(&unit)?)?;
+            runtime::phases::time("write units", || {
+                write_atomic(&unit_path(parts, ck, m, pi), &postcard::to_allocvec(&unit)?)
+            })?;
             *units_written += 1;
             // Test hook: simulate a crash after N units (the resume test uses it).
             if std::env::var("PG_TEST_ABORT_AFTER_UNITS")

@@ -153,9 +153,15 @@ fn run_whole(pr: &Prepared, resume: bool) -> Result<PathBuf> {
     }
     let header = bundle_header(&run);
     let locate = |ck: usize, m: Method, p: usize| unit_path(&parts, ck, m, p);
-    let bundle = assemble_bundle(&header, checkpoints, created, &locate)?;
-    let n = write_bundle(&rs.output, &bundle)?;
+    let n = runtime::phases::time("assemble and write the bundle", || -> Result<usize> {
+        let bundle = assemble_bundle(&header, checkpoints, created, &locate)?;
+        write_bundle(&rs.output, &bundle)
+    })?;
     std::fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
     eprintln!("wrote {} ({:.2} MB)", rs.output.display(), n as f64 / 1e6);
+    eprintln!(
+        "time per phase (wall clock, summed):\n{}",
+        runtime::phases::table()
+    );
     Ok(rs.output.clone())
 }
