@@ -20,6 +20,11 @@
 #               Qwen2.5-7B-shaped weights, upstream recipe, 20 steps of 16 x ~300 tokens:
 #               tokens/s and peak GPU memory (nvidia-smi, both sides)
 #   trainnodrop ours again with lora_dropout = 0 (after trainbench): what the dropout masks cost
+#   fullstudy   bench-workload --full-study: a random 7B-shaped checkpoint + two adapters written
+#               to disk, the real extract on base + em + benign at the default size, every phase
+#               timed; then extract again on the written files (cold if the page cache drops)
+#   trainprof   `train` on the trainbench workload for 3 steps (wall time per step), then every
+#               kernel's duration over a window after warm-up (ncu, CSV, xz)
 #   families    verify-fixture on the GPU for the Qwen3, Gemma 2 and Gemma 3 fixtures
 #               (.gpu/families.tar.xz, made by bench/pack_gpu.sh)
 #   qwen3 / gemma2  bench-workload --arch qwen3-8b / gemma2-9b against the HF reference on the
@@ -131,6 +136,28 @@ for what in "$@"; do
            "$PG" extract $S/study.toml --devices 0,1 -o $S/devices.pgb 2>&1 | tail -2
            sha256sum $S/single.pgb $S/devices.pgb | tee "$OUT/shard_bytes.txt"
            cmp $S/single.pgb $S/devices.pgb && echo "bundles identical" | tee -a "$OUT/shard_bytes.txt" ;;
+    fullstudy) # the whole 3-checkpoint study from disk to bundle (issue #18), phases timed
+           rm -rf /tmp/fs; sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null && echo "page cache dropped" || echo "page cache not dropped"
+           "$PG" bench-workload --full-study /tmp/fs --tokenizer-from "$FX/hf-tiny-qwen2/model" \
+             --layers "${FS_LAYERS:-4,10,16,22,27}" > "$OUT/fullstudy.log" 2> "$OUT/fullstudy.err"
+           echo "rc $?"; cat "$OUT/fullstudy.log"; grep -A12 "time per phase" "$OUT/fullstudy.err"
+           # Again with the model files cold if the cache could be dropped, else warm (a rerun).
+           sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
+           rm -f /tmp/fs/full-study.pgb; /usr/bin/time -v "$PG" extract /tmp/fs/study.toml > "$OUT/fullstudy2.log" 2>&1
+           echo "rerun rc $?"; grep -A12 "time per phase" "$OUT/fullstudy2.log"; grep -E "Elapsed|Maximum resident" "$OUT/fullstudy2.log" ;;
+    trainprof) # where a training micro-batch's time goes: wall time per step, then every
+           # kernel's duration (ncu) over a window after warm-up
+           [ -d /tmp/tb/model ] || python3 bench/gpu_train.py make-bench /tmp/tb "$FX"
+           printf '%s\n' 'data = "/tmp/tb/data.jsonl"' 'output = "/tmp/tb/prof"' 'checkpoint_every = 0' \
+             '[model]' 'id = "bench/qwen2.5-7b-shaped-random"' 'path = "/tmp/tb/model"' 'device = "cuda"' \
+             '[recipe]' "max_steps = ${PROF_STEPS:-3}" > /tmp/tb/prof.toml
+           rm -rf /tmp/tb/prof; "$PG" train /tmp/tb/prof.toml > "$OUT/trainprof.log" 2>&1
+           tr '\r' '\n' < "$OUT/trainprof.log" | grep -v "^ *$" | tail -5
+           rm -rf /tmp/tb/prof; timeout 420 ncu --clock-control none --metrics gpu__time_duration.sum \
+             --launch-skip "${PROF_SKIP:-40000}" --launch-count "${PROF_COUNT:-15000}" --csv --print-units base \
+             "$PG" train /tmp/tb/prof.toml > "$OUT/trainkernels.csv" 2> "$OUT/trainkernels.err"
+           echo "ncu rc $?"; tail -2 "$OUT/trainkernels.err"; wc -l "$OUT/trainkernels.csv"
+           xz -f "$OUT/trainkernels.csv" ;;
     *) echo "unknown step $what" ;;
   esac
 done

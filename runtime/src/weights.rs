@@ -135,21 +135,42 @@ pub fn load_hf_dir(dir: &Path) -> Result<LoadedModel> {
             dir.display()
         );
     };
-    let mut weights = HashMap::new();
-    for shard in &shards {
-        let w = crate::phases::time("read model weights", || {
-            candle_core::safetensors::load(shard, &Device::Cpu)
-        })
-        .with_context(|| format!("reading weights {}", shard.display()))?;
+    // Shards are hashed (provenance) on threads of their own while they are read: for a 7B
+    // model, reading and hashing one after the other took 8.6 + 12.6 s on the GPU host.
+    let (weights, hashes) = std::thread::scope(|scope| -> Result<_> {
+        let hashers: Vec<_> = shards
+            .iter()
+            .map(|shard| scope.spawn(move || sha256_file(shard)))
+            .collect();
+        let mut weights = HashMap::new();
+        for shard in &shards {
+            let w = crate::phases::time("read model weights", || {
+                candle_core::safetensors::load(shard, &Device::Cpu)
+            })
+            .with_context(|| format!("reading weights {}", shard.display()))?;
+            weights.extend(w);
+        }
+        // What hashing adds after the reading is done.
+        let hashes = crate::phases::time("hash model files (after reading)", || {
+            hashers
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("hashing thread panicked")))
+                })
+                .collect::<Result<Vec<String>>>()
+        })?;
+        Ok((weights, hashes))
+    })?;
+    for (shard, hash) in shards.iter().zip(hashes) {
         files.push((
             shard
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string(),
-            crate::phases::time("hash model files", || sha256_file(shard))?,
+            hash,
         ));
-        weights.extend(w);
     }
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)

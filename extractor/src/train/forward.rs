@@ -1,11 +1,12 @@
-//! The training forward pass: the model of `crate::model` with LoRA on its projections, written
-//! with candle ops that all have a backward pass.
+//! The training forward pass: the model of `crate::model` with LoRA on its projections, every
+//! piece differentiable.
 //!
 //! candle's fused RmsNorm, RoPE and softmax kernels (and this project's CUDA kernels) have no
 //! backward: a gradient through them stops silently (candle issues #2168, #3568, #3569). So
-//! this pass composes them from differentiable primitives (square, mean, sqrt, narrow, cat,
-//! exp, sum, gather), operation for operation as Hugging Face's eager Qwen2 does, and the
-//! tests check its gradients against the training oracle and against finite differences.
+//! the block's pieces (RMSNorm, RoPE, attention, SiLU-gated product, LoRA projection) are
+//! autograd nodes of their own (`ops`) whose forward computes operation for operation what
+//! Hugging Face's eager Qwen2 does and whose backward is written out; the tests check the
+//! gradients against the training oracle and against finite differences.
 //!
 //! Frozen weights are plain tensors used through `frozen_linear` (whose backward computes the
 //! input's gradient only); the LoRA A and B are `Var`s. Sequences are right-padded (as the Trainer's collator does): with a causal mask,
@@ -16,6 +17,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::adapter::{module_path, TrainableLora, PROJECTIONS};
 use super::data::Tokenized;
+use super::ops::{attention, lora_projection, rms_norm, rope, silu_mul, wide};
 use crate::model::Model;
 
 /// LoRA dropout on the adapter's input: the mask of each (micro-batch, module) comes from a
@@ -130,48 +132,6 @@ impl MicroBatch {
     }
 }
 
-/// At least f32: where half-precision activations are widened (norms, softmax, loss).
-fn wide(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
-}
-
-/// RMSNorm as HF computes it: in at least f32, x · rsqrt(mean(x²) + eps), rounded back to the
-/// input's dtype, times w.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let xf = x.to_dtype(wide(dtype))?;
-    let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-        .sqrt()?
-        .recip()?;
-    Ok(xf
-        .broadcast_mul(&inv)?
-        .to_dtype(dtype)?
-        .broadcast_mul(&w.to_dtype(dtype)?)?)
-}
-
-/// HF's rotary embedding: x·cos + rotate_half(x)·sin with cos/sin [t, hd] (halves repeated)
-/// and rotate_half(x) = cat(−x₂, x₁).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
-}
-
-/// Softmax over the last axis from exp and sum. The row maximum is subtracted as a constant
-/// (detached): softmax does not depend on it, so no gradient needs to flow through it.
-/// `x` in at least f32.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
 /// The summed next-token cross-entropy of the label rows of `logits` [n, vocab] (f32).
 fn summed_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let m = logits.max_keepdim(D::Minus1)?.detach();
@@ -201,27 +161,27 @@ impl TrainForward<'_> {
     ) -> Result<Tensor> {
         let dtype = self.model.dtype;
         let act = x.dtype();
-        let base = frozen_linear(&x.to_dtype(dtype)?, w)?.to_dtype(act)?;
         let Some(pair) = &self.lora.pairs[layer][proj] else {
-            return Ok(base);
+            return Ok(frozen_linear(&x.to_dtype(dtype)?, w)?.to_dtype(act)?);
         };
-        let x = match dropout {
-            Some(d) if d.p > 0.0 => {
-                let mask = d.mask(
-                    &module_path(layer, PROJECTIONS[proj]),
-                    x.dims2()?,
-                    x.device(),
-                    x.dtype(),
-                )?;
-                (x * mask)?
-            }
-            _ => x.clone(),
+        let mask = match dropout {
+            Some(d) if d.p > 0.0 => Some(d.mask(
+                &module_path(layer, PROJECTIONS[proj]),
+                x.dims2()?,
+                x.device(),
+                act,
+            )?),
+            _ => None,
         };
         // In the activations' dtype, as PEFT's f32 LoRA weights run under bf16 autocast.
-        let delta = x
-            .matmul(&pair.a.as_tensor().to_dtype(act)?.t()?)?
-            .matmul(&pair.b.as_tensor().to_dtype(act)?.t()?)?;
-        Ok((base + (delta * self.lora.shape.scale())?)?)
+        lora_projection(
+            x,
+            w,
+            pair.a.as_tensor(),
+            pair.b.as_tensor(),
+            mask,
+            self.lora.shape.scale(),
+        )
     }
 
     /// cos and sin [t, hd] of positions 0..t (right padding: positions are plain indices).
@@ -345,15 +305,7 @@ impl TrainForward<'_> {
         // The `rep` query heads of a KV head (HF repeat_kv order) stacked along the query
         // axis, so repeated keys and values are never materialised.
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = (q.matmul(&k.t()?)? * scale)?
-            .to_dtype(wide(act))?
-            .reshape((b, nkv, rep, t, t))?
-            .broadcast_add(&pass.mask)?;
-        let probs = softmax_last(&scores)?
-            .to_dtype(act)?
-            .reshape((b, nkv, rep * t, t))?;
-        let y = probs
-            .matmul(&v)?
+        let y = attention(&q, &k, &v, &pass.mask, scale)?
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
@@ -361,7 +313,7 @@ impl TrainForward<'_> {
         let x2 = rms_norm(&h, &layer.ln2, cfg.rms_eps)?;
         let g = self.projection(&x2, &layer.gate, l, 4, dropout)?;
         let u = self.projection(&x2, &layer.up, l, 5, dropout)?;
-        let gu = (g.silu()? * u)?;
+        let gu = silu_mul(&g, &u)?;
         Ok((h + self.projection(&gu, &layer.down, l, 6, dropout)?)?)
     }
 

@@ -1,0 +1,537 @@
+//! The training block's pieces as single autograd nodes with hand-written backward passes:
+//! RMSNorm, RoPE, causal attention, SiLU-gated product and the LoRA projection.
+//!
+//! Why: composed from candle primitives, one block was ~140 graph nodes, and candle's backward
+//! spends a zero-fill and an add on every gradient it accumulates (`or_insert` + `add`), plus a
+//! cast or broadcast per primitive. On the 7B benchmark that made elementwise kernels ~75% of
+//! the GPU time of a micro-batch (Nsight Compute, docs/benchmarks.md) while the matrix products
+//! were ~15%. As nodes of their own, a block is ~30 nodes and each backward is the textbook
+//! formula in a few products. The forward is computed with plain tensor ops on detached inputs
+//! (as HF computes it, same dtypes and roundings) and handed to the node (one copy of the
+//! output); the backward uses what the forward kept. Each op's gradient is tested against
+//! candle's autograd of the composed form (f64, tests below) and the whole pass against the
+//! training oracle and finite differences (tests/train_oracle.rs).
+
+use anyhow::Result;
+use candle_core::{backend::BackendStorage, CustomOp1, CustomOp2, CustomOp3, DType, Tensor, D};
+
+/// At least f32: where half-precision activations are widened (norms, softmax).
+pub fn wide(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// The storage of an already computed result `y` (a fresh, contiguous tensor: the output of a
+/// product or an elementwise op), for a custom op's forward: one copy.
+fn stashed<S: BackendStorage>(
+    y: &Tensor,
+    pick: impl Fn(&candle_core::Storage) -> Option<&S>,
+) -> candle_core::Result<(S, candle_core::Shape)> {
+    let (storage, layout) = y.storage_and_layout();
+    match pick(&storage) {
+        Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+        None => candle_core::bail!("training op: inputs on different devices"),
+    }
+}
+
+fn cpu(s: &candle_core::Storage) -> Option<&candle_core::CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Some(c),
+        _ => None,
+    }
+}
+
+fn cuda(s: &candle_core::Storage) -> Option<&candle_core::CudaStorage> {
+    match s {
+        candle_core::Storage::Cuda(c) => Some(c),
+        _ => None,
+    }
+}
+
+use candle_core::{CpuStorage as Cs, CudaStorage as Gs, Layout as L, Shape};
+type R<S> = candle_core::Result<(S, Shape)>;
+
+/// The forward of an op whose result was computed beforehand (`self.y`).
+macro_rules! stashed_forward {
+    (1) => {
+        fn cpu_fwd(&self, _: &Cs, _: &L) -> R<Cs> {
+            stashed(&self.y, cpu)
+        }
+        fn cuda_fwd(&self, _: &Gs, _: &L) -> R<Gs> {
+            stashed(&self.y, cuda)
+        }
+    };
+    (2) => {
+        fn cpu_fwd(&self, _: &Cs, _: &L, _: &Cs, _: &L) -> R<Cs> {
+            stashed(&self.y, cpu)
+        }
+        fn cuda_fwd(&self, _: &Gs, _: &L, _: &Gs, _: &L) -> R<Gs> {
+            stashed(&self.y, cuda)
+        }
+    };
+    (3) => {
+        fn cpu_fwd(&self, _: &Cs, _: &L, _: &Cs, _: &L, _: &Cs, _: &L) -> R<Cs> {
+            stashed(&self.y, cpu)
+        }
+        fn cuda_fwd(&self, _: &Gs, _: &L, _: &Gs, _: &L, _: &Gs, _: &L) -> R<Gs> {
+            stashed(&self.y, cuda)
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: y = (x·rsqrt(mean(x²) + eps)) rounded to x's dtype, times w (frozen).
+
+struct RmsNorm {
+    w: Tensor,
+    /// rsqrt(mean(x²) + eps) per row, in the wide dtype.
+    inv: Tensor,
+    y: Tensor,
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "train-rms-norm"
+    }
+    stashed_forward!(1);
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // With x̂ = x·inv and g = gy·w: dx = inv·(g − x̂·mean(g·x̂)), in the wide dtype.
+        let dtype = x.dtype();
+        let wd = wide(dtype);
+        let g = gy.broadcast_mul(&self.w.to_dtype(dtype)?)?.to_dtype(wd)?;
+        let xhat = x.to_dtype(wd)?.broadcast_mul(&self.inv)?;
+        let dot = (&g * &xhat)?.mean_keepdim(D::Minus1)?;
+        let dx = (g - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&self.inv)?;
+        Ok(Some(dx.to_dtype(dtype)?))
+    }
+}
+
+/// RMSNorm as HF computes it: in at least f32, x · rsqrt(mean(x²) + eps), rounded back to the
+/// input's dtype, times w (frozen).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.detach().to_dtype(wide(dtype))?;
+    let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let y = xf
+        .broadcast_mul(&inv)?
+        .to_dtype(dtype)?
+        .broadcast_mul(&w.to_dtype(dtype)?)?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    let op = RmsNorm {
+        w: w.clone(),
+        inv,
+        y: y.contiguous()?,
+    };
+    Ok(x.apply_op1(op)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE: y = x·cos + rotate_half(x)·sin, rotate_half(x) = cat(−x₂, x₁).
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    y: Tensor,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "train-rope"
+    }
+    stashed_forward!(1);
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // dx = g·cos + rotate_halfᵀ(g·sin), rotate_halfᵀ(z) = cat(z₂, −z₁).
+        let hd = gy.dim(D::Minus1)?;
+        let zs = gy.broadcast_mul(&self.sin)?;
+        let z1 = zs.narrow(D::Minus1, 0, hd / 2)?;
+        let z2 = zs.narrow(D::Minus1, hd / 2, hd / 2)?;
+        let back = Tensor::cat(&[&z2, &z1.neg()?], D::Minus1)?;
+        Ok(Some((gy.broadcast_mul(&self.cos)? + back)?))
+    }
+}
+
+/// HF's rotary embedding with cos/sin [t, hd] (halves repeated), on x [.., t, hd].
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let xd = x.detach();
+    let hd = xd.dim(D::Minus1)?;
+    let x1 = xd.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = xd.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let y = (xd.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    let op = Rope {
+        cos: cos.clone(),
+        sin: sin.clone(),
+        y: y.contiguous()?,
+    };
+    Ok(x.apply_op1(op)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU-gated product: y = silu(g)·u.
+
+struct SiluMul {
+    y: Tensor,
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "train-silu-mul"
+    }
+    stashed_forward!(2);
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // σ = sigmoid(g): d silu/dg = σ·(1 + g·(1 − σ)). In the wide dtype, then rounded.
+        let dtype = g.dtype();
+        let wd = wide(dtype);
+        let (gw, uw, gyw) = (g.to_dtype(wd)?, u.to_dtype(wd)?, gy.to_dtype(wd)?);
+        let sig = candle_nn::ops::sigmoid(&gw)?;
+        let dsilu = (&sig * ((&gw * (1.0 - &sig)?)? + 1.0)?)?;
+        let du = (&gyw * (&gw * &sig)?)?;
+        let dg = ((&gyw * &uw)? * dsilu)?;
+        Ok((Some(dg.to_dtype(dtype)?), Some(du.to_dtype(dtype)?)))
+    }
+}
+
+/// silu(g)·u as HF's MLP computes it (in the activations' dtype).
+pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let y = (g.detach().silu()? * u.detach())?;
+    if !g.track_op() && !u.track_op() {
+        return Ok(y);
+    }
+    Ok(g.apply_op2(u, SiluMul { y: y.contiguous()? })?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal attention core on grouped heads: q [b, kv, rep·t, hd] (the rep query heads of a KV
+// head stacked), k and v [b, kv, t, hd]; softmax in the wide dtype with the additive mask
+// [t, t]; output [b, kv, rep·t, hd].
+
+struct Attention {
+    /// Softmax probabilities [b, kv, rep·t, t], wide dtype.
+    probs: Tensor,
+    scale: f64,
+    y: Tensor,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "train-attention"
+    }
+    stashed_forward!(3);
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let act = q.dtype();
+        let p_act = self.probs.to_dtype(act)?;
+        // y = P·v: dv = Pᵀ·gy, dP = gy·vᵀ.
+        let dv = p_act.t()?.matmul(gy)?;
+        let dp = gy.matmul(&v.t()?)?.to_dtype(self.probs.dtype())?;
+        // Softmax: dS = P·(dP − rowsum(dP·P)); scores = scale·q·kᵀ.
+        let rowdot = (&dp * &self.probs)?.sum_keepdim(D::Minus1)?;
+        let ds = ((dp.broadcast_sub(&rowdot)? * &self.probs)? * self.scale)?.to_dtype(act)?;
+        let dq = ds.matmul(k)?;
+        let dk = ds.t()?.matmul(q)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// softmax(scale·q·kᵀ + mask)·v as HF's eager attention computes it (scores rounded to the
+/// activations' dtype before the softmax, which runs in the wide dtype; probabilities rounded
+/// back before the product with v).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, nkv, rows, _hd) = q.dims4()?;
+    let t = k.dim(2)?;
+    let rep = rows / t;
+    let act = q.dtype();
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let scores = (qd.matmul(&kd.t()?)? * scale)?
+        .to_dtype(wide(act))?
+        .reshape((b, nkv, rep, t, t))?
+        .broadcast_add(mask)?;
+    let m = scores.max_keepdim(D::Minus1)?;
+    let e = scores.broadcast_sub(&m)?.exp()?;
+    let probs = e
+        .broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+        .reshape((b, nkv, rows, t))?;
+    let y = probs.to_dtype(act)?.matmul(&vd)?;
+    if !q.track_op() && !k.track_op() && !v.track_op() {
+        return Ok(y);
+    }
+    let op = Attention {
+        probs,
+        scale,
+        y: y.contiguous()?,
+    };
+    Ok(q.apply_op3(k, v, op)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A frozen projection with LoRA: y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ, x [n, in] in the activations'
+// dtype, W [out, in] frozen (model dtype), A [r, in] and B [out, r] the trainable variables
+// (LoRA dtype, used in the activations' dtype as under autocast).
+
+struct LoraProjection {
+    w: Tensor,
+    /// A and B in the activations' dtype.
+    a: Tensor,
+    b: Tensor,
+    /// drop(x) and drop(x)·Aᵀ, kept for dA and dB.
+    x_drop: Tensor,
+    mid: Tensor,
+    mask: Option<Tensor>,
+    scale: f64,
+    y: Tensor,
+}
+
+impl CustomOp3 for LoraProjection {
+    fn name(&self) -> &'static str {
+        "train-lora-projection"
+    }
+    stashed_forward!(3);
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let act = x.dtype();
+        let model = self.w.dtype();
+        // Through the frozen weight: gy·W.
+        let mut dx = gy.to_dtype(model)?.matmul(&self.w)?.to_dtype(act)?;
+        // Through the adapter: g_mid = s·gy·B [n, r].
+        let g_mid = (gy.matmul(&self.b)? * self.scale)?;
+        let dx_drop = g_mid.matmul(&self.a)?;
+        dx = match &self.mask {
+            Some(m) => (dx + (dx_drop * m)?)?,
+            None => (dx + dx_drop)?,
+        };
+        let da = g_mid.t()?.matmul(&self.x_drop)?.to_dtype(a.dtype())?;
+        let db = (gy.t()?.matmul(&self.mid)? * self.scale)?.to_dtype(b.dtype())?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// y = x·Wᵀ + scale·(drop(x)·Aᵀ)·Bᵀ (`mask` = the dropout mask, kept values already scaled by
+/// 1/(1 − p); None without dropout), differentiable in x, A and B.
+pub fn lora_projection(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    mask: Option<Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let act = x.dtype();
+    let xd = x.detach();
+    let base = xd.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(act)?;
+    let x_drop = match &mask {
+        Some(m) => (&xd * m)?,
+        None => xd.clone(),
+    };
+    let (a_act, b_act) = (a.detach().to_dtype(act)?, b.detach().to_dtype(act)?);
+    let mid = x_drop.matmul(&a_act.t()?)?;
+    let y = (base + (mid.matmul(&b_act.t()?)? * scale)?)?;
+    let op = LoraProjection {
+        w: w.clone(),
+        a: a_act,
+        b: b_act,
+        x_drop,
+        mid,
+        mask,
+        scale,
+        y: y.contiguous()?,
+    };
+    Ok(x.apply_op3(a, b, op)?)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each op's gradients against candle's autograd of the same function composed from
+    //! primitives (f64, CPU): the composed forms are the previous training pass.
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = shared::rng::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.next_f64() * 2.0 - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// max |a − b| / max |b|.
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f64>().unwrap() / m.to_scalar::<f64>().unwrap().max(1e-300)
+    }
+
+    /// Gradients of Σ y·probe w.r.t. `vars`, for y = f(vars).
+    fn grads(vars: &[&Var], y: &Tensor, probe: &Tensor) -> Vec<Tensor> {
+        let loss = (y * probe).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        vars.iter()
+            .map(|v| g.get(v.as_tensor()).unwrap().clone())
+            .collect()
+    }
+
+    fn check(name: &str, got: &[Tensor], want: &[Tensor], y: (&Tensor, &Tensor)) {
+        assert!(rel(y.0, y.1) < 1e-12, "{name}: forward differs");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let e = rel(g, w);
+            assert!(e < 1e-10, "{name}: gradient {i} differs by {e:e}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_rope_silu_mul_gradients_equal_autograd() {
+        let x = Var::from_tensor(&randn(&[6, 8], 1)).unwrap();
+        let w = (randn(&[8], 2) + 1.0).unwrap();
+        let probe = randn(&[6, 8], 3);
+        let mine = rms_norm(x.as_tensor(), &w, 1e-6).unwrap();
+        let g1 = grads(&[&x], &mine, &probe);
+        let xs = x.as_tensor();
+        let inv = (xs.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .recip()
+            .unwrap();
+        let composed = xs.broadcast_mul(&inv).unwrap().broadcast_mul(&w).unwrap();
+        let g2 = grads(&[&x], &composed, &probe);
+        check("rms_norm", &g1, &g2, (&mine, &composed));
+
+        let x = Var::from_tensor(&randn(&[2, 3, 5, 8], 4)).unwrap();
+        let (cos, sin) = (randn(&[5, 8], 5), randn(&[5, 8], 6));
+        let probe = randn(&[2, 3, 5, 8], 7);
+        let mine = rope(x.as_tensor(), &cos, &sin).unwrap();
+        let g1 = grads(&[&x], &mine, &probe);
+        let xs = x.as_tensor();
+        let rotated = Tensor::cat(
+            &[
+                &xs.narrow(3, 4, 4).unwrap().neg().unwrap(),
+                &xs.narrow(3, 0, 4).unwrap(),
+            ],
+            3,
+        )
+        .unwrap();
+        let composed =
+            (xs.broadcast_mul(&cos).unwrap() + rotated.broadcast_mul(&sin).unwrap()).unwrap();
+        let g2 = grads(&[&x], &composed, &probe);
+        check("rope", &g1, &g2, (&mine, &composed));
+
+        let g = Var::from_tensor(&(randn(&[4, 6], 8) * 3.0).unwrap()).unwrap();
+        let u = Var::from_tensor(&randn(&[4, 6], 9)).unwrap();
+        let probe = randn(&[4, 6], 10);
+        let mine = silu_mul(g.as_tensor(), u.as_tensor()).unwrap();
+        let g1 = grads(&[&g, &u], &mine, &probe);
+        let composed = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
+        let g2 = grads(&[&g, &u], &composed, &probe);
+        check("silu_mul", &g1, &g2, (&mine, &composed));
+    }
+
+    #[test]
+    fn attention_gradients_equal_autograd() {
+        // 2 KV heads of 3 query heads each, t = 5, hd = 4, causal mask.
+        let (b, nkv, rep, t, hd) = (2, 2, 3, 5, 4);
+        let q = Var::from_tensor(&randn(&[b, nkv, rep * t, hd], 11)).unwrap();
+        let k = Var::from_tensor(&randn(&[b, nkv, t, hd], 12)).unwrap();
+        let v = Var::from_tensor(&randn(&[b, nkv, t, hd], 13)).unwrap();
+        let mask: Vec<f64> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f64::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let probe = randn(&[b, nkv, rep * t, hd], 14);
+        let scale = 0.5;
+        let mine = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, scale).unwrap();
+        let g1 = grads(&[&q, &k, &v], &mine, &probe);
+        let scores = (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap() * scale)
+            .unwrap()
+            .reshape((b, nkv, rep, t, t))
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let m = scores.max_keepdim(D::Minus1).unwrap().detach();
+        let e = scores.broadcast_sub(&m).unwrap().exp().unwrap();
+        let probs = e
+            .broadcast_div(&e.sum_keepdim(D::Minus1).unwrap())
+            .unwrap()
+            .reshape((b, nkv, rep * t, t))
+            .unwrap();
+        let composed = probs.matmul(v.as_tensor()).unwrap();
+        let g2 = grads(&[&q, &k, &v], &composed, &probe);
+        check("attention", &g1, &g2, (&mine, &composed));
+    }
+
+    #[test]
+    fn lora_projection_gradients_equal_autograd_with_and_without_dropout() {
+        let (n, inp, out, r) = (7, 6, 5, 3);
+        let w = randn(&[out, inp], 21);
+        let x = Var::from_tensor(&randn(&[n, inp], 22)).unwrap();
+        let a = Var::from_tensor(&randn(&[r, inp], 23)).unwrap();
+        let b = Var::from_tensor(&randn(&[out, r], 24)).unwrap();
+        let probe = randn(&[n, out], 25);
+        // A dropout mask with kept values scaled by 1/(1 − p), p = 0.25.
+        let keep: Vec<f64> = (0..n * inp)
+            .map(|i| if i % 4 == 1 { 0.0 } else { 1.0 / 0.75 })
+            .collect();
+        let mask = Tensor::from_vec(keep, (n, inp), &Device::Cpu).unwrap();
+        for mask in [None, Some(mask)] {
+            let mine = lora_projection(
+                x.as_tensor(),
+                &w,
+                a.as_tensor(),
+                b.as_tensor(),
+                mask.clone(),
+                2.0,
+            )
+            .unwrap();
+            let g1 = grads(&[&x, &a, &b], &mine, &probe);
+            let xs = x.as_tensor();
+            let dropped = match &mask {
+                Some(m) => (xs * m).unwrap(),
+                None => xs.clone(),
+            };
+            let delta = dropped
+                .matmul(&a.as_tensor().t().unwrap())
+                .unwrap()
+                .matmul(&b.as_tensor().t().unwrap())
+                .unwrap();
+            let composed = (xs.matmul(&w.t().unwrap()).unwrap() + (delta * 2.0).unwrap()).unwrap();
+            let g2 = grads(&[&x, &a, &b], &composed, &probe);
+            check("lora_projection", &g1, &g2, (&mine, &composed));
+        }
+    }
+}
