@@ -42,5 +42,5 @@ export RUSTFLAGS="-C target-cpu=x86-64-v3 -L $STUB -L $CU/lib"
 cargo build --release --locked -p extractor --features cuda "$@"
 # The CUDA-only unit tests that need no GPU (every kernel name the launches use is in the PTX);
 # the stub stands in for the driver library at load time.
-LD_LIBRARY_PATH="$STUB:$LD_LIBRARY_PATH" cargo test --release --locked -p runtime --features cuda --lib cuda_ops
+LD_LIBRARY_PATH="$STUB:$LD_LIBRARY_PATH" cargo test --release --locked -p runtime --features cuda --lib -- cuda_ops train_kernels
 echo "built $CARGO_TARGET_DIR/release/persona-geometry"

@@ -165,7 +165,7 @@ mod imp {
 }
 
 #[cfg(feature = "cuda")]
-mod imp {
+pub(crate) mod imp {
     use super::*;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
@@ -227,6 +227,8 @@ mod imp {
         };
     }
 
+    pub(crate) use {cuda_only, with_dtype};
+
     /// The PTX entry of the attention kernel for a dtype suffix and head dimension (64 and 128
     /// have loops unrolled at compile time; others read the head dimension at run time).
     fn attention_kernel(sfx: &str, hd: usize) -> String {
@@ -239,11 +241,11 @@ mod imp {
     }
 
     /// The PTX entry of one of the other kernels (`qkv_rope`, `silu_mul`, ...) for a suffix.
-    fn kernel_name(op: &str, sfx: &str) -> String {
+    pub(crate) fn kernel_name(op: &str, sfx: &str) -> String {
         format!("{op}_{sfx}")
     }
 
-    fn is_kernel_dtype(dtype: DType) -> bool {
+    pub(crate) fn is_kernel_dtype(dtype: DType) -> bool {
         matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
     }
 
@@ -255,7 +257,7 @@ mod imp {
     }
 
     /// An op's contiguous input as a typed device view.
-    fn view<'a, T: CudaDType>(
+    pub(crate) fn view<'a, T: CudaDType>(
         s: &'a CudaStorage,
         l: &Layout,
         what: &str,
@@ -279,13 +281,16 @@ mod imp {
     }
 
     /// An output buffer of `n` elements; every kernel below writes each element of its output.
-    fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> candle_core::Result<CudaSlice<T>> {
+    pub(crate) fn output<T: DeviceRepr>(
+        dev: &CudaDevice,
+        n: usize,
+    ) -> candle_core::Result<CudaSlice<T>> {
         // SAFETY: uninitialised device memory, fully written by the kernel launched next.
         unsafe { dev.alloc::<T>(n) }
     }
 
     /// A one-dimensional launch over `n` work items (the kernels loop with a grid stride).
-    fn elementwise_config(n: usize) -> LaunchConfig {
+    pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
             block_dim: (256, 1, 1),

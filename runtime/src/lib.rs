@@ -15,4 +15,5 @@ pub mod profile;
 pub mod random;
 pub mod template;
 pub mod tokenize;
+pub mod train_kernels;
 pub mod weights;

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::adapter::{module_path, TrainableLora, PROJECTIONS};
 use super::data::Tokenized;
-use super::ops::{attention, lora_projection, rms_norm, rope, silu_mul, wide};
+use super::ops::{attention, lora_projection, rms_norm, rope, silu_mul, wide, DropoutMask};
 use crate::model::Model;
 
 /// LoRA dropout on the adapter's input: the mask of each (micro-batch, module) comes from a
@@ -25,8 +25,8 @@ use crate::model::Model;
 /// resumed from a checkpoint, and the block recomputed in the backward pass, draw the same
 /// masks. Inverted dropout (kept values scaled by 1/(1 − p)) as torch's `nn.Dropout`, with
 /// other random numbers. On the CPU the mask is drawn from this project's xoshiro stream; on
-/// CUDA from the device's generator (cuRAND), seeded per (seed, micro-batch, block), because a
-/// 7B model needs over a billion draws per micro-batch: CUDA runs are reproducible on CUDA, but
+/// CUDA it is a hash of (a seed from that stream, element index) that a kernel applies (a 7B
+/// model needs over a billion draws per micro-batch): CUDA runs are reproducible on CUDA, but
 /// with dropout > 0 a CUDA run and a CPU run draw different masks.
 #[derive(Clone, Copy, Debug)]
 pub struct Dropout {
@@ -37,34 +37,22 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// On CUDA: seeds the device generator for block `l` of this micro-batch (once per block,
-    /// not per module: re-creating cuRAND's generator for each of a 7B model's 196 modules, twice
-    /// per micro-batch, costs more than the draws).
-    fn seed_block(&self, l: usize, device: &Device) -> Result<()> {
-        if device.is_cuda() && self.p > 0.0 {
-            let mut rng =
-                shared::rng::Rng::stream(self.seed, &format!("dropout/block{l}"), self.micro_batch);
-            device.set_seed(rng.next_u64())?;
-        }
-        Ok(())
-    }
-
     fn mask(
         &self,
         module: &str,
         shape: (usize, usize),
         device: &Device,
         dtype: DType,
-    ) -> Result<Tensor> {
+    ) -> Result<DropoutMask> {
         let keep = 1.0 - self.p;
-        if device.is_cuda() {
-            // The generator was seeded for this block (`seed_block`); the block draws its
-            // masks in a fixed order, so its recomputation draws the same ones.
-            let u = Tensor::rand(0f32, 1f32, shape, device)?;
-            return Ok((u.ge(self.p)?.to_dtype(dtype)? * (1.0 / keep))?);
-        }
         let mut rng =
             shared::rng::Rng::stream(self.seed, &format!("dropout/{module}"), self.micro_batch);
+        if device.is_cuda() {
+            return Ok(DropoutMask::Hashed {
+                seed: rng.next_u64(),
+                p: self.p as f32,
+            });
+        }
         let n = shape.0 * shape.1;
         // keep with probability `keep`: the top 53 bits below keep · 2^53.
         let threshold = (keep * (1u64 << 53) as f64) as u64;
@@ -78,7 +66,9 @@ impl Dropout {
                 }
             })
             .collect();
-        Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
+        Ok(DropoutMask::Tensor(
+            Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?,
+        ))
     }
 }
 
@@ -268,9 +258,6 @@ impl TrainForward<'_> {
         let act = self.act_dtype();
         let scale = 1.0 / (hd as f64).sqrt();
         let (q_rows, kv_rows) = (nh * hd, nkv * hd);
-        if let Some(d) = dropout {
-            d.seed_block(l, &m.device)?;
-        }
         let x = rms_norm(h, &layer.ln1, cfg.rms_eps)?;
         let bias = |offset: usize, len: usize, y: Tensor| -> Result<Tensor> {
             Ok(match &layer.qkv_b {
@@ -433,12 +420,13 @@ mod tests {
             micro_batch: 3,
         };
         let mask = |d: &Dropout, module: &str| -> Vec<f32> {
-            d.mask(module, (100, 100), &Device::Cpu, DType::F32)
+            let DropoutMask::Tensor(m) = d
+                .mask(module, (100, 100), &Device::Cpu, DType::F32)
                 .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
+            else {
+                panic!("a tensor mask on the CPU")
+            };
+            m.flatten_all().unwrap().to_vec1().unwrap()
         };
         let m = mask(&d, "model.layers.0.self_attn.q_proj");
         let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / m.len() as f64;

@@ -12,7 +12,7 @@
 //! candle's autograd of the composed form (f64, tests below) and the whole pass against the
 //! training oracle and finite differences (tests/train_oracle.rs).
 
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use candle_core::{backend::BackendStorage, CustomOp1, CustomOp2, CustomOp3, DType, Tensor, D};
 
 /// At least f32: where half-precision activations are widened (norms, softmax).
@@ -198,6 +198,9 @@ impl CustomOp2 for SiluMul {
         _: &Tensor,
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if let Some((dg, du)) = runtime::train_kernels::silu_mul_backward(g, u, gy).map_err(ext)? {
+            return Ok((Some(dg), Some(du)));
+        }
         // σ = sigmoid(g): d silu/dg = σ·(1 + g·(1 − σ)). In the wide dtype, then rounded.
         let dtype = g.dtype();
         let wd = wide(dtype);
@@ -212,7 +215,11 @@ impl CustomOp2 for SiluMul {
 
 /// silu(g)·u as HF's MLP computes it (in the activations' dtype).
 pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    let y = (g.detach().silu()? * u.detach())?;
+    // The decoding pass's fused kernel computes the same roundings (silu in T, then × u).
+    let y = match runtime::cuda_ops::silu_mul(&g.detach(), &u.detach())? {
+        Some(y) => y,
+        None => (g.detach().silu()? * u.detach())?,
+    };
     if !g.track_op() && !u.track_op() {
         return Ok(y);
     }
@@ -249,10 +256,18 @@ impl CustomOp3 for Attention {
         let p_act = self.probs.to_dtype(act)?;
         // y = P·v: dv = Pᵀ·gy, dP = gy·vᵀ.
         let dv = p_act.t()?.matmul(gy)?;
-        let dp = gy.matmul(&v.t()?)?.to_dtype(self.probs.dtype())?;
-        // Softmax: dS = P·(dP − rowsum(dP·P)); scores = scale·q·kᵀ.
-        let rowdot = (&dp * &self.probs)?.sum_keepdim(D::Minus1)?;
-        let ds = ((dp.broadcast_sub(&rowdot)? * &self.probs)? * self.scale)?.to_dtype(act)?;
+        let dp = gy.matmul(&v.t()?)?;
+        // Softmax: dS = scale·P·(dP − rowsum(dP·P)); scores = scale·q·kᵀ.
+        let ds = match runtime::train_kernels::softmax_backward(&self.probs, &dp, self.scale as f32)
+            .map_err(ext)?
+        {
+            Some(ds) => ds,
+            None => {
+                let dp = dp.to_dtype(self.probs.dtype())?;
+                let rowdot = (&dp * &self.probs)?.sum_keepdim(D::Minus1)?;
+                ((dp.broadcast_sub(&rowdot)? * &self.probs)? * self.scale)?.to_dtype(act)?
+            }
+        };
         let dq = ds.matmul(k)?;
         let dk = ds.t()?.matmul(q)?;
         Ok((Some(dq), Some(dk), Some(dv)))
@@ -268,15 +283,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     let rep = rows / t;
     let act = q.dtype();
     let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let scores = (qd.matmul(&kd.t()?)? * scale)?
-        .to_dtype(wide(act))?
-        .reshape((b, nkv, rep, t, t))?
-        .broadcast_add(mask)?;
-    let m = scores.max_keepdim(D::Minus1)?;
-    let e = scores.broadcast_sub(&m)?.exp()?;
-    let probs = e
-        .broadcast_div(&e.sum_keepdim(D::Minus1)?)?
-        .reshape((b, nkv, rows, t))?;
+    let raw = qd.matmul(&kd.t()?)?;
+    // On CUDA one kernel does the scale, the causal mask and the softmax (`mask` is the causal
+    // mask, which it builds itself: right padding needs no other).
+    let probs = match runtime::train_kernels::causal_softmax(&raw, t, scale as f32)? {
+        Some(p) => p,
+        None => {
+            let scores = (raw * scale)?
+                .to_dtype(wide(act))?
+                .reshape((b, nkv, rep, t, t))?
+                .broadcast_add(mask)?;
+            let m = scores.max_keepdim(D::Minus1)?;
+            let e = scores.broadcast_sub(&m)?.exp()?;
+            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+                .reshape((b, nkv, rows, t))?
+        }
+    };
     let y = probs.to_dtype(act)?.matmul(&vd)?;
     if !q.track_op() && !k.track_op() && !v.track_op() {
         return Ok(y);
@@ -302,9 +324,34 @@ struct LoraProjection {
     /// drop(x) and drop(x)·Aᵀ, kept for dA and dB.
     x_drop: Tensor,
     mid: Tensor,
-    mask: Option<Tensor>,
+    mask: Option<DropoutMask>,
     scale: f64,
     y: Tensor,
+}
+
+/// LoRA dropout's mask: a tensor (CPU: drawn from this project's stream, kept values already
+/// scaled by 1/(1 − p)), or on CUDA a seed whose hashed mask a kernel applies and re-applies in
+/// the backward without storing it.
+#[derive(Clone, Debug)]
+pub enum DropoutMask {
+    Tensor(Tensor),
+    Hashed { seed: u64, p: f32 },
+}
+
+impl DropoutMask {
+    /// x ⊙ mask.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            DropoutMask::Tensor(m) => Ok((x * m)?),
+            DropoutMask::Hashed { seed, p } => runtime::train_kernels::dropout(x, *seed, *p)?
+                .ok_or_else(|| anyhow::anyhow!("hashed dropout needs a CUDA tensor")),
+        }
+    }
+}
+
+/// An anyhow error inside a candle op's backward.
+fn ext(e: anyhow::Error) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{e:#}"))
 }
 
 impl CustomOp3 for LoraProjection {
@@ -329,7 +376,7 @@ impl CustomOp3 for LoraProjection {
         let g_mid = (gy.matmul(&self.b)? * self.scale)?;
         let dx_drop = g_mid.matmul(&self.a)?;
         dx = match &self.mask {
-            Some(m) => (dx + (dx_drop * m)?)?,
+            Some(m) => (dx + m.apply(&dx_drop).map_err(ext)?)?,
             None => (dx + dx_drop)?,
         };
         let da = g_mid.t()?.matmul(&self.x_drop)?.to_dtype(a.dtype())?;
@@ -345,14 +392,14 @@ pub fn lora_projection(
     w: &Tensor,
     a: &Tensor,
     b: &Tensor,
-    mask: Option<Tensor>,
+    mask: Option<DropoutMask>,
     scale: f64,
 ) -> Result<Tensor> {
     let act = x.dtype();
     let xd = x.detach();
     let base = xd.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(act)?;
     let x_drop = match &mask {
-        Some(m) => (&xd * m)?,
+        Some(m) => m.apply(&xd)?,
         None => xd.clone(),
     };
     let (a_act, b_act) = (a.detach().to_dtype(act)?, b.detach().to_dtype(act)?);
@@ -369,6 +416,126 @@ pub fn lora_projection(
         y: y.contiguous()?,
     };
     Ok(x.apply_op3(a, b, op)?)
+}
+
+/// On a CUDA device: checks the training kernels (runtime::train_kernels) against the candle
+/// ops they replace, on random data, in f32 and bf16, before any training step; fails naming
+/// the kernel. Returns a one-line summary (None on other devices).
+pub fn check_cuda_kernels(device: &candle_core::Device) -> Result<Option<String>> {
+    use runtime::train_kernels as k;
+    if !device.is_cuda() {
+        return Ok(None);
+    }
+    let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
+        let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+        let d = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        Ok(d / b
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?
+            .max(f32::MIN_POSITIVE))
+    };
+    let mut worst = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+        let rnd = |shape: &[usize]| -> Result<Tensor> {
+            Ok(Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?)
+        };
+        let (b, nkv, rep, t) = (2usize, 2usize, 3usize, 37usize);
+        let scale = 0.37;
+        // Causal softmax and its backward.
+        let raw = (rnd(&[b, nkv, rep * t, t])? * 4.0)?;
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), device)?;
+        let scores = (&raw * scale)?
+            .to_dtype(DType::F32)?
+            .reshape((b, nkv, rep, t, t))?
+            .broadcast_add(&mask)?;
+        let m = scores.max_keepdim(D::Minus1)?;
+        let e = scores.broadcast_sub(&m)?.exp()?;
+        let want = e
+            .broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+            .reshape((b, nkv, rep * t, t))?;
+        let got = k::causal_softmax(&raw, t, scale as f32)?.context("causal_softmax")?;
+        let err = rel(&got, &want)?;
+        ensure!(
+            err <= tol,
+            "causal_softmax kernel ({dtype:?}) differs from candle's: {err:e}"
+        );
+        worst.push(err);
+        let dp = rnd(&[b, nkv, rep * t, t])?;
+        let dpf = dp.to_dtype(DType::F32)?;
+        let rowdot = (&dpf * &want)?.sum_keepdim(D::Minus1)?;
+        let want_ds = ((dpf.broadcast_sub(&rowdot)? * &want)? * scale)?.to_dtype(dtype)?;
+        let got_ds = k::softmax_backward(&want, &dp, scale as f32)?.context("softmax_backward")?;
+        let err = rel(&got_ds, &want_ds)?;
+        ensure!(
+            err <= tol,
+            "softmax_backward kernel ({dtype:?}) differs from candle's: {err:e}"
+        );
+        worst.push(err);
+        // silu·mul backward.
+        let (g, u, gy) = (
+            (rnd(&[64, 300])? * 3.0)?,
+            rnd(&[64, 300])?,
+            rnd(&[64, 300])?,
+        );
+        let (gw, uw, gyw) = (
+            g.to_dtype(DType::F32)?,
+            u.to_dtype(DType::F32)?,
+            gy.to_dtype(DType::F32)?,
+        );
+        let sig = candle_nn::ops::sigmoid(&gw)?;
+        let dsilu = (&sig * ((&gw * (1.0 - &sig)?)? + 1.0)?)?;
+        let want_du = (&gyw * (&gw * &sig)?)?;
+        let want_dg = ((&gyw * &uw)? * dsilu)?;
+        let (dg, du) = k::silu_mul_backward(&g, &u, &gy)?.context("silu_mul_backward")?;
+        for (what, got, want) in [("dg", &dg, &want_dg), ("du", &du, &want_du)] {
+            let err = rel(got, want)?;
+            ensure!(
+                err <= tol,
+                "silu_mul_backward kernel ({dtype:?}, {what}) differs: {err:e}"
+            );
+            worst.push(err);
+        }
+        // Hashed dropout: a keep fraction of 1 − p, kept values scaled by 1/(1 − p), the same
+        // mask for the same seed (so the backward re-applies the forward's), another for another.
+        let ones = Tensor::ones((1000, 100), dtype, device)?;
+        let mask = k::dropout(&ones, 7, 0.25)?.context("dropout")?;
+        let v: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let kept = v.iter().filter(|&&x| x != 0.0).count() as f64 / v.len() as f64;
+        ensure!(
+            (kept - 0.75).abs() < 0.01
+                && v.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-2),
+            "dropout kernel ({dtype:?}): kept {kept}, values not 0 or 1/(1 - p)"
+        );
+        let x = rnd(&[1000, 100])?;
+        let err = rel(
+            &k::dropout(&x, 7, 0.25)?.context("dropout")?,
+            &(&x * &mask)?,
+        )?;
+        ensure!(
+            err <= tol,
+            "dropout kernel ({dtype:?}) is not the same mask for the same seed"
+        );
+        let other = k::dropout(&ones, 8, 0.25)?.context("dropout")?;
+        ensure!(
+            rel(&other, &mask)? > 0.1,
+            "dropout kernel: seeds 7 and 8 give the same mask"
+        );
+    }
+    let max = worst.iter().cloned().fold(0f32, f32::max);
+    Ok(Some(format!(
+        "training kernels checked against candle's ops on this GPU (f32, bf16): worst relative error {max:.1e}"
+    )))
 }
 
 #[cfg(test)]
@@ -514,7 +681,7 @@ mod tests {
                 &w,
                 a.as_tensor(),
                 b.as_tensor(),
-                mask.clone(),
+                mask.clone().map(DropoutMask::Tensor),
                 2.0,
             )
             .unwrap();

@@ -61,6 +61,10 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
     }
     let device = device_from(cfg.model.device.as_deref())?;
     let dtype = dtype_from(cfg.model.dtype.as_deref(), &device)?;
+    // A wrong kernel stops the run before any step (as `bench-workload` does for decoding).
+    if let Some(line) = super::ops::check_cuda_kernels(&device)? {
+        eprintln!("{line}");
+    }
     let model_path = resolve_model_path(
         &cfg.model.id,
         cfg.model.path.as_deref(),
