@@ -108,6 +108,13 @@ pub fn release_cached_memory(device: &candle_core::Device) -> Result<()> {
     imp::release_cached_memory(device)
 }
 
+/// The CUDA memory pool's high-water marks since the process started: (bytes in use at the
+/// peak, bytes the pool held at its peak; what nvidia-smi sees is the latter plus the context).
+/// None on the CPU.
+pub fn pool_high_water(device: &candle_core::Device) -> Result<Option<(u64, u64)>> {
+    imp::pool_high_water(device)
+}
+
 /// silu(gate) · up ([.., n] each, same shape), or `None` where the kernel does not apply.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     imp::silu_mul(gate, up)
@@ -134,6 +141,9 @@ mod imp {
     }
     pub fn release_cached_memory(_: &candle_core::Device) -> Result<()> {
         Ok(())
+    }
+    pub fn pool_high_water(_: &candle_core::Device) -> Result<Option<(u64, u64)>> {
+        Ok(None)
     }
     pub fn add_residual(_: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
@@ -738,6 +748,28 @@ pub(crate) mod imp {
             .result()
             .map_err(|e| anyhow::anyhow!("querying the CUDA memory pool: {e:?}"))?;
         Ok(pool)
+    }
+
+    pub fn pool_high_water(device: &candle_core::Device) -> Result<Option<(u64, u64)>> {
+        let candle_core::Device::Cuda(d) = device else {
+            return Ok(None);
+        };
+        device.synchronize()?;
+        let pool = default_pool(d)?;
+        let mut read = |attr| -> Result<u64> {
+            let mut v: u64 = 0;
+            // SAFETY: a valid pool and a pointer to a u64, the attribute's type.
+            unsafe {
+                sys::cuMemPoolGetAttribute(pool, attr, &mut v as *mut u64 as *mut std::ffi::c_void)
+            }
+            .result()
+            .map_err(|e| anyhow::anyhow!("reading the CUDA memory pool: {e:?}"))?;
+            Ok(v)
+        };
+        Ok(Some((
+            read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+            read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+        )))
     }
 
     pub fn release_cached_memory(device: &candle_core::Device) -> Result<()> {

@@ -88,6 +88,20 @@ pub struct MicroBatch {
 }
 
 impl MicroBatch {
+    /// The label rows and their targets in chunks of at most `n` rows.
+    pub fn label_chunks(&self, n: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        (0..self.label_tokens)
+            .step_by(n.max(1))
+            .map(|s| {
+                let len = n.max(1).min(self.label_tokens - s);
+                Ok((
+                    self.label_rows.narrow(0, s, len)?,
+                    self.targets.narrow(0, s, len)?,
+                ))
+            })
+            .collect()
+    }
+
     pub fn new(
         examples: &[&Tokenized],
         pad_id: u32,
@@ -306,13 +320,19 @@ impl TrainForward<'_> {
 
     /// The summed cross-entropy of the label tokens given the last block's output `h`.
     pub fn head_loss(&self, h: &Tensor, mb: &MicroBatch) -> Result<Tensor> {
+        self.head_loss_rows(h, &mb.label_rows, &mb.targets)
+    }
+
+    /// The summed cross-entropy of the label rows `rows` (flat indices into `h`) with their
+    /// next tokens `targets` [rows, 1].
+    pub fn head_loss_rows(&self, h: &Tensor, rows: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let m = self.model;
         // Only the label positions need logits: [labels, hidden] → [labels, vocab].
-        let h = h.index_select(&mb.label_rows, 0)?;
+        let h = h.index_select(rows, 0)?;
         let h = rms_norm(&h, &m.norm, m.cfg.rms_eps)?;
         let logits =
             frozen_linear(&h.to_dtype(m.dtype)?, &m.lm_head)?.to_dtype(self.lora.dtype())?;
-        summed_cross_entropy(&logits, &mb.targets)
+        summed_cross_entropy(&logits, targets)
     }
 
     /// The summed cross-entropy of the micro-batch's label tokens with the whole graph kept (a

@@ -305,6 +305,13 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         trained_tokens as f64 / secs.max(1e-9),
         if device.is_cuda() { "CUDA" } else { "CPU" }
     );
+    if let Some((used, reserved)) = runtime::cuda_ops::pool_high_water(&device)? {
+        eprintln!(
+            "GPU memory: peak in use {:.2} GB, peak held by the memory pool {:.2} GB (nvidia-smi adds the CUDA context)",
+            used as f64 / 1e9,
+            reserved as f64 / 1e9
+        );
+    }
 
     lora.save_peft(out, &cfg.model.id, recipe.lora_dropout)?;
     write_loss_outputs(out, &rows, cfg, &lora.shape)?;

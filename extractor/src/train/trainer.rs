@@ -35,11 +35,25 @@ pub struct StepRecord {
 /// back-propagates the gradient arriving at its output (the surrogate Σ output ⊙ grad), so a
 /// pass holds one block's graph at a time. Same gradients as one graph of the whole pass (the
 /// tests compare both and the oracle), one more forward of compute.
+/// Label rows per chunk of the head's loss (`accumulated_gradients`).
+const HEAD_CHUNK_ROWS: usize = 256;
+
 pub fn accumulated_gradients(
     model: &Model,
     lora: &TrainableLora,
     micro_batches: &[MicroBatch],
     dropout: &[Option<Dropout>],
+) -> Result<(Vec<Tensor>, f64)> {
+    accumulated_gradients_with(model, lora, micro_batches, dropout, HEAD_CHUNK_ROWS)
+}
+
+/// `accumulated_gradients` with the head's loss taken `head_chunk` label rows at a time.
+pub fn accumulated_gradients_with(
+    model: &Model,
+    lora: &TrainableLora,
+    micro_batches: &[MicroBatch],
+    dropout: &[Option<Dropout>],
+    head_chunk: usize,
 ) -> Result<(Vec<Tensor>, f64)> {
     let fwd = TrainForward { model, lora };
     let label_tokens: usize = micro_batches.iter().map(|m| m.label_tokens).sum();
@@ -83,15 +97,25 @@ pub fn accumulated_gradients(
             inputs.push(out);
         }
         let top = Var::from_tensor(&inputs[model.layers.len()])?;
-        let summed = fwd.head_loss(top.as_tensor(), mb)?;
-        loss += summed.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let grads = (summed / label_tokens as f64)?
-            .backward()
-            .context("backward pass (head)")?;
-        let mut grad_out = grads
-            .get(top.as_tensor())
-            .context("no gradient reached the last block's output")?
-            .clone();
+        // The head in chunks of label rows, each with its own backward: the f32 logits over a
+        // 152k vocabulary and their gradients exist for one chunk at a time (the gradient is
+        // the sum over disjoint rows, so chunking changes no value but the loss's summation order).
+        let mut grad_out: Option<Tensor> = None;
+        for (rows, targets) in mb.label_chunks(head_chunk)? {
+            let summed = fwd.head_loss_rows(top.as_tensor(), &rows, &targets)?;
+            loss += summed.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grads = (summed / label_tokens as f64)?
+                .backward()
+                .context("backward pass (head)")?;
+            let g = grads
+                .get(top.as_tensor())
+                .context("no gradient reached the last block's output")?;
+            grad_out = Some(match grad_out {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            });
+        }
+        let mut grad_out = grad_out.context("a micro-batch without label rows")?;
         for l in (0..model.layers.len()).rev() {
             // Block 0's input is the frozen embedding: no gradient needed below it.
             let input = if l > 0 {
