@@ -756,7 +756,7 @@ pub(crate) mod imp {
         };
         device.synchronize()?;
         let pool = default_pool(d)?;
-        let mut read = |attr| -> Result<u64> {
+        let read = |attr| -> Result<u64> {
             let mut v: u64 = 0;
             // SAFETY: a valid pool and a pointer to a u64, the attribute's type.
             unsafe {
