@@ -17,7 +17,9 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::adapter::{module_path, TrainableLora, PROJECTIONS};
 use super::data::Tokenized;
-use super::ops::{attention, lora_projection, rms_norm, rope, silu_mul, wide, DropoutMask};
+use super::ops::{
+    attention, causal_mask, lora_projection, rms_norm, rope, silu_mul, wide, DropoutMask,
+};
 use crate::model::Model;
 
 /// LoRA dropout on the adapter's input: the mask of each (micro-batch, module) comes from a
@@ -224,18 +226,7 @@ impl TrainForward<'_> {
     pub fn prepare(&self, mb: &MicroBatch) -> Result<PassConstants> {
         let t = mb.t;
         let (cos, sin) = self.rope_tables(t)?;
-        // Causal mask [t, t]: 0 on and below the diagonal, −∞ above.
-        let mask: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask =
-            Tensor::from_vec(mask, (t, t), &self.model.device)?.to_dtype(wide(self.act_dtype()))?;
+        let mask = causal_mask(t, &self.model.device)?.to_dtype(wide(self.act_dtype()))?;
         Ok(PassConstants {
             cos,
             sin,

@@ -24,6 +24,21 @@ pub fn wide(dtype: DType) -> DType {
     }
 }
 
+/// The causal mask [t, t] (f32): 0 on and below the diagonal, −∞ above (query i sees keys
+/// 0..=i; right padding needs no other mask).
+pub fn causal_mask(t: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t > i / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, t), device)?)
+}
+
 /// The storage of an already computed result `y` (a fresh, contiguous tensor: the output of a
 /// product or an elementwise op), for a custom op's forward: one copy.
 fn stashed<S: BackendStorage>(
@@ -445,16 +460,7 @@ pub fn check_cuda_kernels(device: &candle_core::Device) -> Result<Option<String>
         let scale = 0.37;
         // Causal softmax and its backward.
         let raw = (rnd(&[b, nkv, rep * t, t])? * 4.0)?;
-        let mask: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), device)?;
+        let mask = causal_mask(t, device)?;
         let scores = (&raw * scale)?
             .to_dtype(DType::F32)?
             .reshape((b, nkv, rep, t, t))?
@@ -630,16 +636,10 @@ mod tests {
         let q = Var::from_tensor(&randn(&[b, nkv, rep * t, hd], 11)).unwrap();
         let k = Var::from_tensor(&randn(&[b, nkv, t, hd], 12)).unwrap();
         let v = Var::from_tensor(&randn(&[b, nkv, t, hd], 13)).unwrap();
-        let mask: Vec<f64> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f64::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let mask = causal_mask(t, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
         let probe = randn(&[b, nkv, rep * t, hd], 14);
         let scale = 0.5;
         let mine = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, scale).unwrap();

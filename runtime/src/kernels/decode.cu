@@ -6,20 +6,7 @@
 //   KV head's `rep` query heads, softmax and P·V in f32, one rounding to the output type; each
 //   K/V row is read once for all of the KV head's query heads.
 // qkv_rope_*, silu_mul_*, add_residual_*, rms_norm_to_*, argmax_rows_*: see each kernel.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+#include "common.cuh"
 
 // 16 bytes of T as floats (4 f32 or 8 bf16/f16). `p` is 16-byte aligned (checked on the host:
 // head_dim · sizeof(T) is a multiple of 16 and the buffers come from cudaMalloc).

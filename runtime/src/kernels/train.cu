@@ -11,19 +11,7 @@
 //                      them broadcasts over [b, kv, rep, t, t]).
 // softmax_backward_*:  dS = scale · P · (dP − Σ dP·P) per row, rounded to T.
 // silu_mul_backward_*: dg = gy·u·σ(g)(1 + g(1 − σ(g))), du = gy·silu(g) in f32, rounded to T.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+#include "common.cuh"
 
 // splitmix64 of (seed, index): 24 uniform bits → [0, 1).
 __device__ __forceinline__ float hash_uniform(uint64_t seed, uint64_t i) {
