@@ -130,6 +130,9 @@ fn PublishedVerdict(ctl: Ctl, published: Published, n_personas: usize) -> impl I
         <div id="published" class="published">
             <h3>{head}</h3>
             <p id="reverify-status" role="status" aria-live="polite">{move || {
+                if !ctl.bundle_ready.get() && ctl.error.with(|e| e.is_some()) {
+                    return "The bundle could not be loaded (the error above says why): these are the published numbers as published, not re-verified in this browser.".to_string();
+                }
                 if let Some(d) = differ.get() {
                     return d;
                 }

@@ -51,6 +51,7 @@ before(async () => {
     '/slow-ref.compact.pgb.head.json': refHead,
     '/wrong-head.compact.pgb': path.join(WORK, 'test.compact.pgb'),
     '/wrong-head.compact.pgb.head.json': refHead,
+    '/no-bundle.compact.pgb.head.json': refHead,
     ...(E2E ? { '/e2e.compact.pgb': E2E } : {}),
   }, { delayMs: { '/slow-ref.compact.pgb': 4000 } });
   browser = await launch();
@@ -312,6 +313,20 @@ test('a study head that does not describe its bundle is named, and the bundle is
   // The bundle's own description replaced the head's: this bundle carries no published claim.
   assert.equal(await page.locator('#published').count(), 0);
   assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test('a study head whose bundle cannot be downloaded says the published numbers are not re-verified', async () => {
+  const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${server.url}/?bundle=no-bundle.compact.pgb`);
+  await page.waitForSelector('#error', { timeout: 60000 });
+  await page.waitForSelector('#published li[data-verdict]', { timeout: 60000 });
+  assert.match(await page.locator('#error').innerText(), /no-bundle\.compact\.pgb.*404/);
+  await page.waitForFunction(() => /could not be loaded.*not re-verified/.test(document.querySelector('#reverify-status').textContent));
+  assert.equal(await page.locator('#hero').count(), 0);
+  assert.deepEqual(errors, []);
   await page.close();
 });
 
