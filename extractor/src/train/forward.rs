@@ -164,6 +164,7 @@ impl TrainForward<'_> {
         layer: usize,
         proj: usize,
         dropout: Option<&Dropout>,
+        record: bool,
     ) -> Result<Tensor> {
         let dtype = self.model.dtype;
         let act = x.dtype();
@@ -187,6 +188,7 @@ impl TrainForward<'_> {
             pair.b.as_tensor(),
             mask,
             self.lora.shape.scale(),
+            record,
         )
     }
 
@@ -246,13 +248,37 @@ impl TrainForward<'_> {
             .reshape((mb.b * mb.t, self.model.cfg.hidden_size))?)
     }
 
-    /// Decoder block `l` on the residual stream `h` [b·t, hidden].
+    /// Decoder block `l` on the residual stream `h` [b·t, hidden], its autograd graph recorded
+    /// (the LoRA variables' gradients reach it).
     pub fn block(
         &self,
         l: usize,
         h: &Tensor,
         pass: &PassConstants,
         dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        self.block_with(l, h, pass, dropout, true)
+    }
+
+    /// The same values as `block` with no graph recorded: the checkpointed first pass, whose
+    /// outputs are detached anyway (no node, no stashed copies, no kept activations).
+    pub fn block_values(
+        &self,
+        l: usize,
+        h: &Tensor,
+        pass: &PassConstants,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        self.block_with(l, &h.detach(), pass, dropout, false)
+    }
+
+    fn block_with(
+        &self,
+        l: usize,
+        h: &Tensor,
+        pass: &PassConstants,
+        dropout: Option<&Dropout>,
+        record: bool,
     ) -> Result<Tensor> {
         let m = self.model;
         let cfg = &m.cfg;
@@ -277,18 +303,22 @@ impl TrainForward<'_> {
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = heads(
-            bias(0, q_rows, self.projection(&x, &wq, l, 0, dropout)?)?,
+            bias(0, q_rows, self.projection(&x, &wq, l, 0, dropout, record)?)?,
             nh,
         )?;
         let k = heads(
-            bias(q_rows, kv_rows, self.projection(&x, &wk, l, 1, dropout)?)?,
+            bias(
+                q_rows,
+                kv_rows,
+                self.projection(&x, &wk, l, 1, dropout, record)?,
+            )?,
             nkv,
         )?;
         let v = heads(
             bias(
                 q_rows + kv_rows,
                 kv_rows,
-                self.projection(&x, &wv, l, 2, dropout)?,
+                self.projection(&x, &wv, l, 2, dropout, record)?,
             )?,
             nkv,
         )?;
@@ -301,12 +331,12 @@ impl TrainForward<'_> {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?;
-        let h = (h + self.projection(&y, &layer.o, l, 3, dropout)?)?;
+        let h = (h + self.projection(&y, &layer.o, l, 3, dropout, record)?)?;
         let x2 = rms_norm(&h, &layer.ln2, cfg.rms_eps)?;
-        let g = self.projection(&x2, &layer.gate, l, 4, dropout)?;
-        let u = self.projection(&x2, &layer.up, l, 5, dropout)?;
+        let g = self.projection(&x2, &layer.gate, l, 4, dropout, record)?;
+        let u = self.projection(&x2, &layer.up, l, 5, dropout, record)?;
         let gu = silu_mul(&g, &u)?;
-        Ok((h + self.projection(&gu, &layer.down, l, 6, dropout)?)?)
+        Ok((h + self.projection(&gu, &layer.down, l, 6, dropout, record)?)?)
     }
 
     /// The summed cross-entropy of the label tokens given the last block's output `h`.

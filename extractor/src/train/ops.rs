@@ -401,7 +401,8 @@ impl CustomOp3 for LoraProjection {
 }
 
 /// y = x·Wᵀ + scale·(drop(x)·Aᵀ)·Bᵀ (`mask` = the dropout mask, kept values already scaled by
-/// 1/(1 − p); None without dropout), differentiable in x, A and B.
+/// 1/(1 − p); None without dropout), differentiable in x, A and B when `record` (else the
+/// values only: A and B are variables, so without the flag every pass would build a node).
 pub fn lora_projection(
     x: &Tensor,
     w: &Tensor,
@@ -409,6 +410,7 @@ pub fn lora_projection(
     b: &Tensor,
     mask: Option<DropoutMask>,
     scale: f64,
+    record: bool,
 ) -> Result<Tensor> {
     let act = x.dtype();
     let xd = x.detach();
@@ -420,6 +422,9 @@ pub fn lora_projection(
     let (a_act, b_act) = (a.detach().to_dtype(act)?, b.detach().to_dtype(act)?);
     let mid = x_drop.matmul(&a_act.t()?)?;
     let y = (base + (mid.matmul(&b_act.t()?)? * scale)?)?;
+    if !record {
+        return Ok(y);
+    }
     let op = LoraProjection {
         w: w.clone(),
         a: a_act,
@@ -683,6 +688,7 @@ mod tests {
                 b.as_tensor(),
                 mask.clone().map(DropoutMask::Tensor),
                 2.0,
+                true,
             )
             .unwrap();
             let g1 = grads(&[&x, &a, &b], &mine, &probe);

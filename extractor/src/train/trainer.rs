@@ -93,7 +93,7 @@ pub fn accumulated_gradients_with(
         let pass = fwd.prepare(mb)?;
         let mut inputs = vec![fwd.embed(mb)?];
         for l in 0..model.layers.len() {
-            let out = fwd.block(l, &inputs[l], &pass, d)?.detach();
+            let out = fwd.block_values(l, &inputs[l], &pass, d)?;
             inputs.push(out);
         }
         let top = Var::from_tensor(&inputs[model.layers.len()])?;
