@@ -10,9 +10,10 @@
 #               scripts/build_cuda.sh --example merge_speed)
 #   profile     per-section profile of one 720-row batch (device synchronised per section)
 #   hf          the HF transformers reference (bench/hf_reference_workload.py), same card
-#   big         Method B at batch 1440 (fused), to see whether larger batches still pay
+#   big         Method B at batch $BIG_BATCH (default 1440), to see whether larger batches pay
 #   ncu         Nsight Compute counters of one decoding-attention launch
 #   kernels     every kernel's duration over ~3 decoding steps of a 720-row batch (ncu, CSV)
+#   kernelsA    the same over ~3 prefill batches of Method A (batch 64)
 #   train       `train` on the training oracle's recipe in f32 and bf16 on the GPU, checked against
 #               the Trainer's record, and the adapter loaded with PEFT (bench/gpu_train.py check);
 #               needs .gpu/fixtures.tar.xz (hf-tiny-qwen2 + lora-train, made by bench/pack_gpu.sh)
@@ -81,7 +82,7 @@ for what in "$@"; do
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
     profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;
-    big) timeout 240 "$PG" bench-workload --methods b --batch-b 1440 2>&1 | tee "$OUT/big.log" ;;
+    big) timeout 240 "$PG" bench-workload --methods b --batch-b "${BIG_BATCH:-1440}" 2>&1 | tee "$OUT/big-${BIG_BATCH:-1440}.log" ;;
     ncu) ncu --clock-control none -k regex:cached_attention --launch-skip 300 --launch-count 1 \
            --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
            --section Occupancy --section LaunchStats --section SchedulerStats \
@@ -91,6 +92,10 @@ for what in "$@"; do
                --launch-count 1500 --csv --print-units base \
                "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 12 \
                > "$OUT/kernels.csv" 2> "$OUT/kernels.err"; tail -3 "$OUT/kernels.err" ;;
+    kernelsA) ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 2500 \
+               --launch-count 1000 --csv --print-units base \
+               "$PG" bench-workload --prompts 640 --methods a \
+               > "$OUT/kernelsA.csv" 2> "$OUT/kernelsA.err"; tail -3 "$OUT/kernelsA.err" ;;
     hf) PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py 2>&1 | tee "$OUT/hf.log" ;;
     train) rm -rf /tmp/tr && mkdir -p /tmp/tr
            "$PG" train "$(train_toml /tmp/tr/f32 f32)" 2>&1 | tail -3 | tee "$OUT/train.log"
@@ -103,6 +108,7 @@ for what in "$@"; do
            rm -rf /tmp/tb/ours
            with_peak "$OUT/trainbench_ours" timeout "${OURS_TIMEOUT:-400}" "$PG" train /tmp/tb/train.toml > "$OUT/trainbench_ours.log" 2>&1
            tr '\r' '\n' < "$OUT/trainbench_ours.log" | grep -v "^ *$" | tail -8
+           [ "${TRAIN_HF:-1}" = 0 ] && continue  # ours only (e.g. a PG_POOL_TRACE look)
            with_peak "$OUT/trainbench_hf" python3 bench/gpu_train.py hf /tmp/tb "${TRAIN_STEPS:-20}" > "$OUT/trainbench_hf.log" 2>&1
            tail -1 "$OUT/trainbench_hf.log" ;;
     trainnodrop) # ours again without LoRA dropout (what the masks cost); after trainbench

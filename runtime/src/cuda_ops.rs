@@ -108,11 +108,24 @@ pub fn release_cached_memory(device: &candle_core::Device) -> Result<()> {
     imp::release_cached_memory(device)
 }
 
-/// The CUDA memory pool's high-water marks since the process started: (bytes in use at the
-/// peak, bytes the pool held at its peak; what nvidia-smi sees is the latter plus the context).
-/// None on the CPU.
-pub fn pool_high_water(device: &candle_core::Device) -> Result<Option<(u64, u64)>> {
-    imp::pool_high_water(device)
+/// The CUDA memory pool's bytes (after synchronising): in use and held now, and their
+/// high-water marks since the process started or the last `reset_high_water` (what nvidia-smi
+/// sees is the pool's holding plus the context).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub used: u64,
+    pub reserved: u64,
+    pub used_high: u64,
+    pub reserved_high: u64,
+}
+
+/// The pool's [`PoolStats`]; with `reset_high_water` the marks restart from the current values
+/// (to attribute a peak to one phase). None on the CPU.
+pub fn pool_stats(
+    device: &candle_core::Device,
+    reset_high_water: bool,
+) -> Result<Option<PoolStats>> {
+    imp::pool_stats(device, reset_high_water)
 }
 
 /// silu(gate) · up ([.., n] each, same shape), or `None` where the kernel does not apply.
@@ -142,7 +155,7 @@ mod imp {
     pub fn release_cached_memory(_: &candle_core::Device) -> Result<()> {
         Ok(())
     }
-    pub fn pool_high_water(_: &candle_core::Device) -> Result<Option<(u64, u64)>> {
+    pub fn pool_stats(_: &candle_core::Device, _: bool) -> Result<Option<super::PoolStats>> {
         Ok(None)
     }
     pub fn add_residual(_: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
@@ -750,7 +763,11 @@ pub(crate) mod imp {
         Ok(pool)
     }
 
-    pub fn pool_high_water(device: &candle_core::Device) -> Result<Option<(u64, u64)>> {
+    pub fn pool_stats(
+        device: &candle_core::Device,
+        reset_high_water: bool,
+    ) -> Result<Option<super::PoolStats>> {
+        use sys::CUmemPool_attribute as A;
         let candle_core::Device::Cuda(d) = device else {
             return Ok(None);
         };
@@ -766,10 +783,31 @@ pub(crate) mod imp {
             .map_err(|e| anyhow::anyhow!("reading the CUDA memory pool: {e:?}"))?;
             Ok(v)
         };
-        Ok(Some((
-            read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
-            read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
-        )))
+        let stats = super::PoolStats {
+            used: read(A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+            reserved: read(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
+            used_high: read(A::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+            reserved_high: read(A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+        };
+        if reset_high_water {
+            for attr in [
+                A::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+            ] {
+                let mut zero: u64 = 0;
+                // SAFETY: as above; the high-water attributes may only be set to 0 (= reset).
+                unsafe {
+                    sys::cuMemPoolSetAttribute(
+                        pool,
+                        attr,
+                        &mut zero as *mut u64 as *mut std::ffi::c_void,
+                    )
+                }
+                .result()
+                .map_err(|e| anyhow::anyhow!("resetting the CUDA memory pool's marks: {e:?}"))?;
+            }
+        }
+        Ok(Some(stats))
     }
 
     pub fn release_cached_memory(device: &candle_core::Device) -> Result<()> {

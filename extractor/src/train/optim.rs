@@ -41,25 +41,35 @@ pub struct AdamWConfig {
 
 /// AdamW's state: first and second moments per parameter (same order as the parameters) and
 /// the number of steps taken.
+///
+/// The moments are updated in place (`Var::set` copies into the same buffer): buffers that
+/// live for the whole run are allocated once, before any activation. Reallocating them every
+/// step put long-lived blocks among each step's transient ones, and on the GPU the memory
+/// pool's holding grew ~0.3 GB per step from the fragmentation (7.5 GB over 20 steps of the
+/// 7B benchmark).
 pub struct AdamW {
     pub cfg: AdamWConfig,
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    pub m: Vec<Var>,
+    pub v: Vec<Var>,
+    /// The step's accumulated gradient per parameter, written in place by
+    /// `trainer::accumulate_gradients_into` (working memory, not saved in checkpoints).
+    pub step_grads: Vec<Var>,
     pub steps: u64,
 }
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, params: &[&Var]) -> Result<AdamW> {
-        let zeros = || -> Result<Vec<Tensor>> {
+        let zeros = || -> Result<Vec<Var>> {
             params
                 .iter()
-                .map(|p| Ok(p.as_tensor().zeros_like()?))
+                .map(|p| Ok(Var::from_tensor(&p.as_tensor().zeros_like()?)?))
                 .collect()
         };
         Ok(AdamW {
             cfg,
             m: zeros()?,
             v: zeros()?,
+            step_grads: zeros()?,
             steps: 0,
         })
     }
@@ -76,10 +86,12 @@ impl AdamW {
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             let g = g.to_dtype(p.dtype())?;
             let decayed = (p.as_tensor() * (1.0 - lr * c.weight_decay))?;
-            self.m[i] = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((self.v[i].sqrt()? / bias2_sqrt)? + c.eps)?;
-            let update = ((&self.m[i] / denom)? * (lr / bias1))?;
+            let m = ((self.m[i].as_tensor() * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((self.v[i].as_tensor() * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+            let update = ((&m / denom)? * (lr / bias1))?;
+            self.m[i].set(&m)?;
+            self.v[i].set(&v)?;
             p.set(&(decayed - update)?)
                 .with_context(|| format!("updating parameter {i}"))?;
         }

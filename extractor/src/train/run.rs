@@ -215,8 +215,8 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         };
         for (i, (name, var)) in named.iter().enumerate() {
             var.set(&get(name)?)?;
-            adam.m[i] = get(&format!("adam.m.{name}"))?;
-            adam.v[i] = get(&format!("adam.v.{name}"))?;
+            adam.m[i].set(&get(&format!("adam.m.{name}"))?)?;
+            adam.v[i].set(&get(&format!("adam.v.{name}"))?)?;
         }
         adam.steps = idx.step as u64;
         rows = idx.rows.clone();
@@ -247,6 +247,26 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(start as u64);
+    // PG_POOL_TRACE=1: the CUDA pool's bytes after loading and after every step, each step's
+    // own peaks (what attributes nvidia-smi's peak to a phase).
+    let pool_trace = std::env::var_os("PG_POOL_TRACE").is_some();
+    let mut pool_peaks = (0u64, 0u64);
+    let mut trace_pool = |what: &str| -> Result<()> {
+        if let Some(p) = runtime::cuda_ops::pool_stats(&device, true)? {
+            pool_peaks = (
+                pool_peaks.0.max(p.used_high),
+                pool_peaks.1.max(p.reserved_high),
+            );
+            eprintln!(
+                "pool after {what}: in use {:.2} GB, held {:.2} GB; peaks since the last line: in use {:.2} GB, held {:.2} GB",
+                p.used as f64 / 1e9, p.reserved as f64 / 1e9, p.used_high as f64 / 1e9, p.reserved_high as f64 / 1e9
+            );
+        }
+        Ok(())
+    };
+    if pool_trace {
+        trace_pool("loading")?;
+    }
     let clock = std::time::Instant::now();
     let mut trained_tokens = 0usize;
     for (s, step) in plan.iter().enumerate().skip(start) {
@@ -291,6 +311,9 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         }
         bar.set_message(status);
         bar.inc(1);
+        if pool_trace {
+            trace_pool(&format!("step {}", s + 1))?;
+        }
         let done = s + 1;
         if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < total {
             save_checkpoint(&ckpt_dir, &config_hash, done, &named, &adam, &rows)?;
@@ -305,7 +328,11 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         trained_tokens as f64 / secs.max(1e-9),
         if device.is_cuda() { "CUDA" } else { "CPU" }
     );
-    if let Some((used, reserved)) = runtime::cuda_ops::pool_high_water(&device)? {
+    if let Some(p) = runtime::cuda_ops::pool_stats(&device, false)? {
+        let (used, reserved) = (
+            p.used_high.max(pool_peaks.0),
+            p.reserved_high.max(pool_peaks.1),
+        );
         eprintln!(
             "GPU memory: peak in use {:.2} GB, peak held by the memory pool {:.2} GB (nvidia-smi adds the CUDA context)",
             used as f64 / 1e9,
@@ -357,8 +384,14 @@ fn save_checkpoint(
     let mut tensors = BTreeMap::new();
     for (i, (name, var)) in named.iter().enumerate() {
         tensors.insert(name.clone(), var.as_tensor().to_device(&Device::Cpu)?);
-        tensors.insert(format!("adam.m.{name}"), adam.m[i].to_device(&Device::Cpu)?);
-        tensors.insert(format!("adam.v.{name}"), adam.v[i].to_device(&Device::Cpu)?);
+        tensors.insert(
+            format!("adam.m.{name}"),
+            adam.m[i].as_tensor().to_device(&Device::Cpu)?,
+        );
+        tensors.insert(
+            format!("adam.v.{name}"),
+            adam.v[i].as_tensor().to_device(&Device::Cpu)?,
+        );
     }
     let bytes = safetensors_bytes(&tensors)?;
     let file = format!("state-{step:07}.safetensors");

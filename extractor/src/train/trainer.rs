@@ -55,6 +55,27 @@ pub fn accumulated_gradients_with(
     dropout: &[Option<Dropout>],
     head_chunk: usize,
 ) -> Result<(Vec<Tensor>, f64)> {
+    let sums = lora
+        .named_vars()
+        .iter()
+        .map(|(_, v)| Ok(Var::from_tensor(&v.as_tensor().zeros_like()?)?))
+        .collect::<Result<Vec<_>>>()?;
+    let loss = accumulate_gradients_into(model, lora, micro_batches, dropout, head_chunk, &sums)?;
+    Ok((sums.iter().map(|v| v.as_tensor().detach()).collect(), loss))
+}
+
+/// `accumulated_gradients_with`, the gradients written in place into `sums` (one buffer per
+/// LoRA variable, `lora.named_vars()` order; their old values are overwritten): the training
+/// loop keeps these buffers for the whole run, so no step allocates memory that outlives it
+/// among its activations (see `AdamW`).
+pub fn accumulate_gradients_into(
+    model: &Model,
+    lora: &TrainableLora,
+    micro_batches: &[MicroBatch],
+    dropout: &[Option<Dropout>],
+    head_chunk: usize,
+    sums: &[Var],
+) -> Result<f64> {
     let fwd = TrainForward { model, lora };
     let label_tokens: usize = micro_batches.iter().map(|m| m.label_tokens).sum();
     anyhow::ensure!(
@@ -79,12 +100,20 @@ pub fn accumulated_gradients_with(
         next == named.len(),
         "LoRA variables outside the decoder blocks"
     );
-    let mut sums: Vec<Option<Tensor>> = vec![None; named.len()];
+    anyhow::ensure!(
+        sums.len() == named.len(),
+        "{} gradient buffers for {} LoRA variables",
+        sums.len(),
+        named.len()
+    );
+    let mut written = vec![false; named.len()];
     let mut add = |i: usize, g: &Tensor| -> Result<()> {
-        sums[i] = Some(match sums[i].take() {
-            Some(s) => (s + g)?,
-            None => g.clone(),
-        });
+        if written[i] {
+            sums[i].set(&(sums[i].as_tensor() + g)?)?;
+        } else {
+            sums[i].set(g)?;
+            written[i] = true;
+        }
         Ok(())
     };
     let mut loss = 0.0f64;
@@ -146,11 +175,10 @@ pub fn accumulated_gradients_with(
             }
         }
     }
-    let grads = sums
-        .into_iter()
-        .map(|g| g.context("a LoRA variable received no gradient"))
-        .collect::<Result<_>>()?;
-    Ok((grads, loss / label_tokens as f64))
+    if let Some(i) = written.iter().position(|w| !w) {
+        anyhow::bail!("{}: received no gradient", named[i].0);
+    }
+    Ok(loss / label_tokens as f64)
 }
 
 /// One optimizer step at learning rate `lr`: accumulated gradients, clipping to `max_grad_norm`,
@@ -164,7 +192,19 @@ pub fn optimizer_step(
     lr: f64,
     max_grad_norm: f64,
 ) -> Result<StepRecord> {
-    let (mut grads, loss) = accumulated_gradients(model, lora, micro_batches, dropout)?;
+    let loss = accumulate_gradients_into(
+        model,
+        lora,
+        micro_batches,
+        dropout,
+        HEAD_CHUNK_ROWS,
+        &adam.step_grads,
+    )?;
+    let mut grads: Vec<Tensor> = adam
+        .step_grads
+        .iter()
+        .map(|v| v.as_tensor().detach())
+        .collect();
     anyhow::ensure!(
         loss.is_finite(),
         "the loss is {loss}: the model or the data produce non-finite values"
