@@ -14,6 +14,8 @@
 #   ncu         Nsight Compute counters of one decoding-attention launch
 #   kernels     every kernel's duration over ~3 decoding steps of a 720-row batch (ncu, CSV)
 #   kernelsA    the same over ~3 prefill batches of Method A (batch 64)
+#   clocks      `bench` (A + B, auto batch) with the SM clock and power sampled every 200 ms
+#   batchA      Method A at batch 64, 128 and 256, then the HF reference's A at 64 and 256
 #   train       `train` on the training oracle's recipe in f32 and bf16 on the GPU, checked against
 #               the Trainer's record, and the adapter loaded with PEFT (bench/gpu_train.py check);
 #               needs .gpu/fixtures.tar.xz (hf-tiny-qwen2 + lora-train, made by bench/pack_gpu.sh)
@@ -21,6 +23,8 @@
 #               Qwen2.5-7B-shaped weights, upstream recipe, 20 steps of 16 x ~300 tokens:
 #               tokens/s and peak GPU memory (nvidia-smi, both sides)
 #   trainnodrop ours again with lora_dropout = 0 (after trainbench): what the dropout masks cost
+#   trainours   ours again on the trainbench workload with the caller's environment ($TAG names
+#               the log), e.g. PG_FUSED_ADAM=0 TAG=candle-adam
 #   fullstudy   bench-workload --full-study: a random 7B-shaped checkpoint + two adapters written
 #               to disk, the real extract on base + em + benign at the default size, every phase
 #               timed; then extract again on the written files (cold if the page cache drops)
@@ -96,6 +100,12 @@ for what in "$@"; do
                --launch-count 1000 --csv --print-units base \
                "$PG" bench-workload --prompts 640 --methods a \
                > "$OUT/kernelsA.csv" 2> "$OUT/kernelsA.err"; tail -3 "$OUT/kernelsA.err" ;;
+    clocks) nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > "$OUT/clocks.csv" &
+          mon=$!
+          "$PG" bench-workload --batch-b 0 2>&1 | grep -v "^fused" | tee "$OUT/clocks-bench.log"
+          kill $mon; sort -t, -k1 -n "$OUT/clocks.csv" | awk -F, '{c[NR]=$1} END {print "SM clock MHz: min", c[1], "median", c[int(NR/2)], "max", c[NR]}' ;;
+    batchA) for n in 64 128 256; do "$PG" bench-workload --methods a --batch-a $n 2>&1 | grep "method A"; done | tee "$OUT/batchA.log"
+          for n in 64 256; do PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py --skip-b --batch-a $n 2>&1 | grep "method A"; done | tee -a "$OUT/batchA.log" ;;
     hf) PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py 2>&1 | tee "$OUT/hf.log" ;;
     train) rm -rf /tmp/tr && mkdir -p /tmp/tr
            "$PG" train "$(train_toml /tmp/tr/f32 f32)" 2>&1 | tail -3 | tee "$OUT/train.log"
@@ -111,6 +121,11 @@ for what in "$@"; do
            [ "${TRAIN_HF:-1}" = 0 ] && continue  # ours only (e.g. a PG_POOL_TRACE look)
            with_peak "$OUT/trainbench_hf" python3 bench/gpu_train.py hf /tmp/tb "${TRAIN_STEPS:-20}" > "$OUT/trainbench_hf.log" 2>&1
            tail -1 "$OUT/trainbench_hf.log" ;;
+    trainours) # ours again on the trainbench workload (after trainbench), with the caller's env
+           # (e.g. PG_FUSED_ADAM=0); log trainbench_ours-$TAG
+           sed 's#/tmp/tb/ours#/tmp/tb/again#' /tmp/tb/train.toml > /tmp/tb/again.toml; rm -rf /tmp/tb/again
+           timeout "${OURS_TIMEOUT:-400}" "$PG" train /tmp/tb/again.toml > "$OUT/trainbench_ours-${TAG:-again}.log" 2>&1
+           tr '\r' '\n' < "$OUT/trainbench_ours-${TAG:-again}.log" | grep -v "^ *$" | tail -3 ;;
     trainnodrop) # ours again without LoRA dropout (what the masks cost); after trainbench
            sed 's/^\[recipe\]$/[recipe]\nlora_dropout = 0.0/' /tmp/tb/train.toml > /tmp/tb/nodrop.toml
            sed -i 's#/tmp/tb/ours#/tmp/tb/nodrop#' /tmp/tb/nodrop.toml; rm -rf /tmp/tb/nodrop

@@ -252,11 +252,21 @@ pub fn run_batch_with(
         // Pool this token's states if it is a response token: not a stop, not after one.
         let weight = ((1.0 - &stopped)? * (1.0 - &stop_now)?)?;
         stopped = stopped.maximum(&stop_now)?;
-        if step % CHECK_EVERY == CHECK_EVERY - 1 && stopped.min_all()?.to_scalar::<f32>()? > 0.5 {
+        let synced = step % CHECK_EVERY == CHECK_EVERY - 1;
+        if synced && stopped.min_all()?.to_scalar::<f32>()? > 0.5 {
             break;
         }
         let last = step + 1 == max_new;
+        let clock = std::time::Instant::now();
         let (next, captured) = model.decode_step(&ids, step, &tables, &mut cache, layers, !last)?;
+        if synced && runtime::profile::host_timing() {
+            // Right after a synchronisation the queue is empty: this is the host's own cost.
+            runtime::profile::add(
+                "host: queue a decoding step after a sync",
+                clock.elapsed().as_secs_f64(),
+            );
+            runtime::profile::add("host: (decoding steps timed)", 1.0);
+        }
         for (s, c) in sums.iter_mut().zip(&captured) {
             *s = (&*s + c.broadcast_mul(&weight)?)?;
         }

@@ -383,6 +383,7 @@ fn method_a(
     checksum: &mut f64,
 ) -> Result<()> {
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
+    crate::model::profile::take_totals(); // not the warm-up's
     let t = Instant::now();
     for chunk in prompts.chunks(batch_a) {
         let r = run_batch_with(model, &[], layers, chunk, 0, false)?;
@@ -396,6 +397,12 @@ fn method_a(
         prompt_tokens as f64 / ta,
         flop_per_token * prompt_tokens as f64 / ta / 1e12
     );
+    if crate::model::profile::host_timing() {
+        println!(
+            "  host timing (s): {}",
+            crate::model::profile::take_totals()
+        );
+    }
     Ok(())
 }
 
@@ -411,6 +418,8 @@ fn method_b(
     checksum: &mut f64,
 ) -> Result<()> {
     let prompt_tokens: usize = prompts.iter().map(|p| p.len()).sum();
+    runtime::phases::reset();
+    crate::model::profile::take_totals();
     let t = Instant::now();
     let mut generated = 0usize;
     for chunk in prompts.chunks(batch_b) {
@@ -431,5 +440,29 @@ fn method_b(
         generated as f64 / tb,
         flop_per_token * (generated + prompt_tokens) as f64 / tb / 1e12
     );
+    // Where it went: the prefill (Method A's pass, shared in a study) and the decoding steps.
+    let phase = |name: &str| {
+        runtime::phases::snapshot()
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|p| p.1)
+            .unwrap_or(0.0)
+    };
+    let (prefill, decode) = (
+        phase("Method A: prefill"),
+        phase("Method B: decoding + pooling"),
+    );
+    let steps = prompts.len().div_ceil(batch_b.max(1)) * new_tokens;
+    println!(
+        "  of which prefill {prefill:.2} s, decoding {decode:.2} s ({:.2} ms per step of {} rows)",
+        1e3 * decode / steps.max(1) as f64,
+        batch_b.min(prompts.len())
+    );
+    if crate::model::profile::host_timing() {
+        println!(
+            "  host timing (s): {}",
+            crate::model::profile::take_totals()
+        );
+    }
     Ok(())
 }

@@ -292,7 +292,7 @@ pub(crate) mod imp {
     }
 
     /// A tensor an op holds besides its inputs (read under its storage lock) as a typed view.
-    fn held_view<'a, T: CudaDType>(
+    pub(crate) fn held_view<'a, T: CudaDType>(
         s: &'a Storage,
         l: &Layout,
         what: &str,

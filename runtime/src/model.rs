@@ -237,7 +237,25 @@ impl Model {
             }
             cache.key_valid[i].extend_from_slice(&valid[i]);
         }
-        let rope = self.rope_tables(&positions)?;
+        // cos/sin per distinct position (t of them at most, not b·t: the trigonometry runs on
+        // the host while the device waits), then gathered per token on the device; the same
+        // values as computing them per token.
+        let max_pos = positions.iter().flatten().copied().max().unwrap_or(0) + 1;
+        let pos_ids: Vec<u32> = positions.iter().flatten().map(|&p| p as u32).collect();
+        let pos_ids = Tensor::from_vec(pos_ids, (b * t,), &self.device)?;
+        let rope = self
+            .rope_tables(&[(0..max_pos).collect()])?
+            .into_iter()
+            .map(|(c, s)| {
+                let gather = |x: Tensor| -> Result<Tensor> {
+                    let half = x.dim(2)?;
+                    Ok(x.reshape((max_pos, half))?
+                        .index_select(&pos_ids, 0)?
+                        .reshape((b, t, half))?)
+                };
+                Ok((gather(c)?, gather(s)?))
+            })
+            .collect::<Result<RopeTables>>()?;
         let first_key = self.first_keys(cache)?;
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(ids, (b * t,), &self.device)?;
@@ -707,7 +725,11 @@ impl Model {
         want_logits: bool,
     ) -> Result<StepOutput> {
         let t = tokens[0].len();
+        let clock = std::time::Instant::now();
         let (h, captured) = self.forward_blocks(tokens, valid, cache, capture, false)?;
+        if profile::host_timing() {
+            profile::add("host: queue a prefill pass", clock.elapsed().as_secs_f64());
+        }
         let next_tokens = if want_logits {
             Some(
                 self.greedy_next(&h.narrow(1, t - 1, 1)?.squeeze(1)?)?
@@ -720,6 +742,9 @@ impl Model {
             .iter()
             .map(|c| Ok(c.to_dtype(DType::F32)?.to_vec2()?))
             .collect::<Result<_>>()?;
+        if profile::host_timing() {
+            profile::add("host: a prefill pass, wall", clock.elapsed().as_secs_f64());
+        }
         Ok(StepOutput {
             next_tokens,
             last_hidden,

@@ -8,6 +8,13 @@ pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("PG_PROFILE").is_some())
 }
+/// PG_HOST_TIMING=1: how long the host takes to queue a prefill pass or a decoding step, timed
+/// where the device queue is known to be empty (no synchronisation added). Host time close to
+/// the wall time of the same work means the host, not the device, sets the pace.
+pub fn host_timing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PG_HOST_TIMING").is_some())
+}
 pub fn add(name: &'static str, secs: f64) {
     let mut t = TOTALS.lock().expect("profile lock");
     match t.iter_mut().find(|(n, _)| *n == name) {
@@ -36,4 +43,22 @@ pub fn report() -> String {
         .map(|(n, s)| format!("{n}: {s:.2} s ({:.0}%)", 100.0 * s / total.max(1e-12)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+/// Every total as "name: seconds", then forgets them (one method's figures at a time).
+pub fn take_totals() -> String {
+    let mut t = TOTALS.lock().expect("profile lock");
+    let s = t
+        .iter()
+        .map(|(n, s)| format!("{n}: {s:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    t.clear();
+    s
+}
+/// With PG_HOST_TIMING: adds the time since `clock` to `name` and restarts `clock`.
+pub fn host_lap(clock: &mut std::time::Instant, name: &'static str) {
+    if host_timing() {
+        add(name, clock.elapsed().as_secs_f64());
+        *clock = std::time::Instant::now();
+    }
 }

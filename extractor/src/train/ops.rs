@@ -543,9 +543,51 @@ pub fn check_cuda_kernels(device: &candle_core::Device) -> Result<Option<String>
             "dropout kernel: seeds 7 and 8 give the same mask"
         );
     }
+    // The fused AdamW step against the candle ops it replaces: the same bits, clipped or not,
+    // over three steps (bias corrections change with the step).
+    for clip in [1.0, 0.37] {
+        let shape = [97usize, 131];
+        let p0 = Tensor::randn(0f32, 1.0, &shape[..], device)?;
+        let cfg = super::optim::AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
+        let grads = (0..3)
+            .map(|step| Ok(Tensor::randn(0f32, 1.0 + step as f32, &shape[..], device)?))
+            .collect::<Result<Vec<_>>>()?;
+        let mut finals = Vec::new();
+        for fused in [false, true] {
+            let p = candle_core::Var::from_tensor(&p0)?;
+            let mut adam = super::optim::AdamW::new(cfg, &[&p])?;
+            for g in &grads {
+                adam.step_with(&[&p], std::slice::from_ref(g), clip, 1e-3, fused)?;
+            }
+            finals.push([
+                p.as_tensor().clone(),
+                adam.m[0].as_tensor().clone(),
+                adam.v[0].as_tensor().clone(),
+            ]);
+        }
+        for (what, (a, b)) in ["p", "m", "v"].iter().zip(finals[0].iter().zip(&finals[1])) {
+            let (a, b): (Vec<f32>, Vec<f32>) =
+                (a.flatten_all()?.to_vec1()?, b.flatten_all()?.to_vec1()?);
+            let differ = a
+                .iter()
+                .zip(&b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            ensure!(
+                differ == 0,
+                "fused AdamW kernel (clip {clip}): {differ} of {} elements of {what} differ from candle's ops",
+                a.len()
+            );
+        }
+    }
     let max = worst.iter().cloned().fold(0f32, f32::max);
     Ok(Some(format!(
-        "training kernels checked against candle's ops on this GPU (f32, bf16): worst relative error {max:.1e}"
+        "training kernels checked against candle's ops on this GPU (f32, bf16): worst relative error {max:.1e}; fused AdamW bit-identical"
     )))
 }
 

@@ -5,30 +5,40 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor, Var};
 
 /// The global L2 norm of all gradients (f32 per tensor, then the norm of the norms, as
-/// `clip_grad_norm_` does), and the gradients scaled by min(1, max_norm / (norm + 1e-6)).
-pub fn clip_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for g in grads.iter() {
-        let n = g
-            .sqr()?
-            .sum_all()?
-            .sqrt()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        sum += n * n;
-    }
-    let norm = sum.sqrt();
+/// `clip_grad_norm_` does) and the clip coefficient min(1, max_norm / (norm + 1e-6)).
+pub fn global_norm(grads: &[Tensor], max_norm: f64) -> Result<(f64, f64)> {
+    // Per-tensor norms in f32 on the device, read back in one transfer (one synchronisation
+    // per step instead of one per tensor), then the norm of the norms in f64.
+    let norms = grads
+        .iter()
+        .map(|g| Ok(g.sqr()?.sum_all()?.sqrt()?.reshape(1)?))
+        .collect::<Result<Vec<_>>>()?;
+    let norms = Tensor::cat(&norms, 0)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    let norm = norms.iter().map(|n| n * n).sum::<f64>().sqrt();
     anyhow::ensure!(
         norm.is_finite(),
         "the gradient norm is {norm}: the loss diverged (lower the learning rate) or the data produce NaN"
     );
-    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    Ok((norm, (max_norm / (norm + 1e-6)).min(1.0)))
+}
+
+/// `global_norm`, and the gradients scaled by its coefficient when it is below 1.
+pub fn clip_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let (norm, coef) = global_norm(grads, max_norm)?;
     if coef < 1.0 {
         for g in grads.iter_mut() {
             *g = (&*g * coef)?;
         }
     }
     Ok(norm)
+}
+
+/// `PG_FUSED_ADAM=0` runs AdamW with candle's ops on the GPU too (to compare the two paths).
+fn fused_adam_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PG_FUSED_ADAM").map_or(true, |v| v != "0"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -77,14 +87,64 @@ impl AdamW {
     /// One step at learning rate `lr`: p ← p·(1 − lr·wd); m ← β₁m + (1−β₁)g;
     /// v ← β₂v + (1−β₂)g²; p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + eps).
     pub fn step(&mut self, params: &[&Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_clipped(params, grads, 1.0, lr)
+    }
+
+    /// `step` with each gradient first multiplied by `clip` (a `global_norm` coefficient; 1 =
+    /// unclipped). On CUDA one fused kernel per parameter (`runtime::train_kernels::adamw_step`,
+    /// the same bits as the candle ops below, which the CPU runs).
+    pub fn step_clipped(
+        &mut self,
+        params: &[&Var],
+        grads: &[Tensor],
+        clip: f64,
+        lr: f64,
+    ) -> Result<()> {
+        self.step_with(params, grads, clip, lr, fused_adam_enabled())
+    }
+
+    /// `step_clipped`, with the fused kernel only if `fused` (the GPU check runs both).
+    pub(crate) fn step_with(
+        &mut self,
+        params: &[&Var],
+        grads: &[Tensor],
+        clip: f64,
+        lr: f64,
+        fused: bool,
+    ) -> Result<()> {
         anyhow::ensure!(params.len() == grads.len() && params.len() == self.m.len());
         self.steps += 1;
         let t = self.steps as i32;
         let c = self.cfg;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        // candle rounds a scalar operand to the tensor's dtype: f64 → f32 here (`tensor / x`
+        // is an affine by 1/x, `tensor + x` one by 1 and x).
+        let scalars = runtime::train_kernels::AdamWScalars {
+            clip: (clip < 1.0).then_some(clip as f32),
+            decay: (1.0 - lr * c.weight_decay) as f32,
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            inv_bias2_sqrt: (1.0 / bias2_sqrt) as f32,
+            eps: c.eps as f32,
+            step_size: (lr / bias1) as f32,
+        };
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            if fused
+                && runtime::train_kernels::adamw_step(
+                    p.as_tensor(),
+                    g,
+                    self.m[i].as_tensor(),
+                    self.v[i].as_tensor(),
+                    &scalars,
+                )?
+            {
+                continue;
+            }
             let g = g.to_dtype(p.dtype())?;
+            let g = if clip < 1.0 { (g * clip)? } else { g };
             let decayed = (p.as_tensor() * (1.0 - lr * c.weight_decay))?;
             let m = ((self.m[i].as_tensor() * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((self.v[i].as_tensor() * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;

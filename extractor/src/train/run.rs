@@ -267,6 +267,18 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
     if pool_trace {
         trace_pool("loading")?;
     }
+    #[cfg(feature = "host-profile")]
+    let host_profiler = match std::env::var_os("PG_HOST_PROFILE") {
+        Some(path) => Some((
+            path,
+            pprof::ProfilerGuardBuilder::default()
+                .frequency(499)
+                .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+                .build()
+                .context("starting the host profiler")?,
+        )),
+        None => None,
+    };
     let clock = std::time::Instant::now();
     let mut trained_tokens = 0usize;
     for (s, step) in plan.iter().enumerate().skip(start) {
@@ -321,6 +333,10 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
     }
     bar.finish();
     let secs = clock.elapsed().as_secs_f64();
+    #[cfg(feature = "host-profile")]
+    if let Some((path, guard)) = host_profiler {
+        write_folded_stacks(&guard.report().build()?, std::path::Path::new(&path))?;
+    }
     eprintln!(
         "trained {} steps ({} tokens) in {secs:.1} s: {:.0} tokens/s on {}",
         total - start,
@@ -328,6 +344,9 @@ pub fn run_train(cfg: &TrainConfig, resume: bool) -> Result<TrainOutcome> {
         trained_tokens as f64 / secs.max(1e-9),
         if device.is_cuda() { "CUDA" } else { "CPU" }
     );
+    if runtime::profile::host_timing() {
+        eprintln!("host timing (s): {}", runtime::profile::take_totals());
+    }
     if let Some(p) = runtime::cuda_ops::pool_stats(&device, false)? {
         let (used, reserved) = (
             p.used_high.max(pool_peaks.0),
@@ -456,4 +475,26 @@ fn write_loss_outputs(
         "loss",
         &crate::cmd_analysis::figure_render_options(),
     )
+}
+
+/// The host profile as folded stacks ("outer;…;inner count" per line, the input of
+/// flamegraph tools), heaviest first.
+#[cfg(feature = "host-profile")]
+fn write_folded_stacks(report: &pprof::Report, path: &Path) -> Result<()> {
+    let mut lines: Vec<(isize, String)> = report
+        .data
+        .iter()
+        .map(|(frames, &count)| {
+            let stack: Vec<String> = frames
+                .frames
+                .iter()
+                .rev()
+                .map(|f| f.iter().map(|s| s.name()).collect::<Vec<_>>().join(";"))
+                .collect();
+            (count, format!("{};{}", frames.thread_name, stack.join(";")))
+        })
+        .collect();
+    lines.sort_by(|a, b| b.0.cmp(&a.0));
+    let text: String = lines.iter().map(|(c, s)| format!("{s} {c}\n")).collect();
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::adapter::TrainableLora;
 use super::forward::{Dropout, MicroBatch, TrainForward};
-use super::optim::{clip_global_norm, AdamW};
+use super::optim::{global_norm, AdamW};
 use crate::model::Model;
 
 /// What one optimizer step measured (also the rows of training.json, loss.csv and
@@ -116,7 +116,10 @@ pub fn accumulate_gradients_into(
         }
         Ok(())
     };
-    let mut loss = 0.0f64;
+    // Each chunk's summed loss stays on the device until the end of the step: reading it at
+    // once would synchronise (and drain the queue) a few times per micro-batch.
+    let mut chunk_losses: Vec<Tensor> = Vec::new();
+    let mut clock = std::time::Instant::now();
     for (mb, d) in micro_batches.iter().zip(dropout) {
         let d = d.as_ref();
         let pass = fwd.prepare(mb)?;
@@ -125,6 +128,7 @@ pub fn accumulate_gradients_into(
             let out = fwd.block_values(l, &inputs[l], &pass, d)?;
             inputs.push(out);
         }
+        runtime::profile::host_lap(&mut clock, "train host: forward (no graph)");
         let top = Var::from_tensor(&inputs[model.layers.len()])?;
         // The head in chunks of label rows, each with its own backward: the f32 logits over a
         // 152k vocabulary and their gradients exist for one chunk at a time (the gradient is
@@ -132,7 +136,7 @@ pub fn accumulate_gradients_into(
         let mut grad_out: Option<Tensor> = None;
         for (rows, targets) in mb.label_chunks(head_chunk)? {
             let summed = fwd.head_loss_rows(top.as_tensor(), &rows, &targets)?;
-            loss += summed.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            chunk_losses.push(summed.detach().reshape(1)?);
             let grads = (summed / label_tokens as f64)?
                 .backward()
                 .context("backward pass (head)")?;
@@ -145,6 +149,7 @@ pub fn accumulate_gradients_into(
             });
         }
         let mut grad_out = grad_out.context("a micro-batch without label rows")?;
+        runtime::profile::host_lap(&mut clock, "train host: head chunks");
         for l in (0..model.layers.len()).rev() {
             // Block 0's input is the frozen embedding: no gradient needed below it.
             let input = if l > 0 {
@@ -174,9 +179,25 @@ pub fn accumulate_gradients_into(
                     .clone();
             }
         }
+        runtime::profile::host_lap(&mut clock, "train host: backward (recompute + graph)");
     }
     if let Some(i) = written.iter().position(|w| !w) {
         anyhow::bail!("{}: received no gradient", named[i].0);
+    }
+    // Summed in f64 on the host in chunk order, as they were produced. With PG_HOST_TIMING
+    // the wait here (the device finishing what the host queued) is recorded: near zero
+    // means the host sets the pace.
+    let wait = std::time::Instant::now();
+    let loss: f64 = Tensor::cat(&chunk_losses, 0)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?
+        .iter()
+        .sum();
+    if runtime::profile::host_timing() {
+        runtime::profile::add(
+            "host: waiting for the device at the step's loss",
+            wait.elapsed().as_secs_f64(),
+        );
     }
     Ok(loss / label_tokens as f64)
 }
@@ -200,7 +221,7 @@ pub fn optimizer_step(
         HEAD_CHUNK_ROWS,
         &adam.step_grads,
     )?;
-    let mut grads: Vec<Tensor> = adam
+    let grads: Vec<Tensor> = adam
         .step_grads
         .iter()
         .map(|v| v.as_tensor().detach())
@@ -209,9 +230,12 @@ pub fn optimizer_step(
         loss.is_finite(),
         "the loss is {loss}: the model or the data produce non-finite values"
     );
-    let norm = clip_global_norm(&mut grads, max_grad_norm)?;
+    let mut clock = std::time::Instant::now();
+    let (norm, clip) = global_norm(&grads, max_grad_norm)?;
+    runtime::profile::host_lap(&mut clock, "train host: gradient norms (one sync)");
     let vars: Vec<&Var> = lora.named_vars().into_iter().map(|(_, v)| v).collect();
-    adam.step(&vars, &grads, lr)?;
+    adam.step_clipped(&vars, &grads, clip, lr)?;
+    runtime::profile::host_lap(&mut clock, "train host: AdamW");
     Ok(StepRecord {
         step: 0,
         loss,

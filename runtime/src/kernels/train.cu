@@ -121,3 +121,28 @@ __device__ void silu_mul_backward(const T* __restrict__ g, const T* __restrict__
 DEFINE(f32, float)
 DEFINE(bf16, __nv_bfloat16)
 DEFINE(f16, __half)
+
+// adamw_f32: one AdamW step for one f32 parameter, in place (p, m, v), with the gradient
+// scaled by `gscale` first when `clip` is set. The exact op sequence and f32 roundings of the
+// candle path in extractor/src/train/optim.rs, so both paths give the same bits: candle's
+// affine (x·mul + add, also tensor·scalar and tensor/scalar) compiles to one fma.rn, its
+// binary ops, sqr and sqrt are IEEE round-to-nearest (the train check compares the two).
+extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restrict__ g,
+                                     float* __restrict__ m, float* __restrict__ v, size_t n,
+                                     int clip, float gscale, float decay, float b1, float omb1,
+                                     float b2, float omb2, float inv_bias2_sqrt, float eps,
+                                     float step_size) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    float gi = g[i];
+    if (clip) gi = __fmaf_rn(gi, gscale, 0.f);
+    const float decayed = __fmaf_rn(p[i], decay, 0.f);
+    const float mi = __fadd_rn(__fmaf_rn(m[i], b1, 0.f), __fmaf_rn(gi, omb1, 0.f));
+    const float vi = __fadd_rn(__fmaf_rn(v[i], b2, 0.f), __fmaf_rn(__fmul_rn(gi, gi), omb2, 0.f));
+    const float denom = __fmaf_rn(__fmaf_rn(__fsqrt_rn(vi), inv_bias2_sqrt, 0.f), 1.f, eps);
+    const float update = __fmaf_rn(__fdiv_rn(mi, denom), step_size, 0.f);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = __fsub_rn(decayed, update);
+  }
+}
