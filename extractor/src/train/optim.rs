@@ -158,3 +158,73 @@ impl AdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    /// What the training loop does (`global_norm`, then `step_clipped` with its coefficient)
+    /// gives the same bits as clipping the gradients first and an unclipped `step`, whether
+    /// the clip applies or not.
+    #[test]
+    fn clipped_step_equals_clipping_then_stepping() {
+        let dev = Device::Cpu;
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
+        let shapes = [(7usize, 5usize), (3, 11)];
+        let p0: Vec<Tensor> = shapes
+            .iter()
+            .map(|&s| Tensor::randn(0f32, 1.0, s, &dev).unwrap())
+            .collect();
+        let steps: Vec<Vec<Tensor>> = (0..3)
+            .map(|k| {
+                shapes
+                    .iter()
+                    .map(|&s| Tensor::randn(0f32, 1.0 + k as f32, s, &dev).unwrap())
+                    .collect()
+            })
+            .collect();
+        for (max_norm, clips) in [(0.5, true), (1e6, false)] {
+            let run = |fused_form: bool| -> (Vec<f64>, Vec<Vec<u32>>) {
+                let vars: Vec<Var> = p0.iter().map(|p| Var::from_tensor(p).unwrap()).collect();
+                let refs: Vec<&Var> = vars.iter().collect();
+                let mut adam = AdamW::new(cfg, &refs).unwrap();
+                let mut norms = Vec::new();
+                for grads in &steps {
+                    if fused_form {
+                        let (norm, coef) = global_norm(grads, max_norm).unwrap();
+                        assert_eq!(coef < 1.0, clips);
+                        adam.step_clipped(&refs, grads, coef, 1e-3).unwrap();
+                        norms.push(norm);
+                    } else {
+                        let mut g = grads.clone();
+                        norms.push(clip_global_norm(&mut g, max_norm).unwrap());
+                        adam.step(&refs, &g, 1e-3).unwrap();
+                    }
+                }
+                let mut out: Vec<Vec<u32>> = vars.iter().map(|v| bits(v.as_tensor())).collect();
+                out.extend(adam.m.iter().chain(&adam.v).map(|v| bits(v.as_tensor())));
+                (norms, out)
+            };
+            let (na, a) = run(false);
+            let (nb, b) = run(true);
+            assert_eq!(na, nb);
+            assert_eq!(a, b, "max_norm {max_norm}");
+        }
+    }
+}
