@@ -85,6 +85,77 @@ fn batched_equals_one_at_a_time() {
     }
 }
 
+/// A batch larger than `PREFILL_ROWS` is prefilled in chunks of rows, each only as long as its
+/// longest prompt, then decoded together: every row as if run alone (greedy tokens exactly,
+/// Method A and B within 1e-4), the chunk boundary included.
+#[test]
+fn a_batch_of_several_prefill_chunks_equals_one_at_a_time() {
+    let loaded = load_hf_dir(&fixture().join("model")).unwrap();
+    let model = loaded.model(&device(), DType::F32).unwrap();
+    let template = loaded.chat_template().unwrap();
+    let layers = [1usize, 3];
+    let ex = Extractor::of(&model, &loaded, &template, &layers);
+    let personas =
+        extractor::study::parse_personas(extractor::study::DEFAULT_PERSONAS, "personas").unwrap();
+    let questions = [
+        "Why?",
+        "Why do people travel?",
+        "What would you do with a free afternoon in a city you have never visited before?",
+        "Name a colour.",
+        "How should a small team decide what to build next, and who should decide it?",
+        "Is it ever right to lie?",
+    ];
+    let mut prompts: Vec<Vec<u32>> = personas
+        .iter()
+        .flat_map(|p| {
+            questions
+                .iter()
+                .map(|q| ex.prompt_ids(&p.system_prompt, q).unwrap())
+        })
+        .collect();
+    prompts.sort_by_key(|p| p.len());
+    let n = prompts.len();
+    assert!(
+        n > extractor::extract::PREFILL_ROWS,
+        "{n} prompts fit in one chunk"
+    );
+    let (first, last) = (prompts[0].len(), prompts[n - 1].len());
+    assert!(
+        last > first + 10,
+        "lengths {first}..{last} too alike to test the cut"
+    );
+    let batched = ex.run_batch(&prompts, 6, true).unwrap();
+    let rows = extractor::extract::PREFILL_ROWS;
+    let mut checked = 0;
+    for i in (0..n).filter(|i| i % 9 == 0 || *i == rows - 1 || *i == rows || *i == n - 1) {
+        let single = ex
+            .run_batch(std::slice::from_ref(&prompts[i]), 6, true)
+            .unwrap()
+            .remove(0);
+        let b = &batched[i];
+        assert_eq!(single.generated, b.generated, "prompt {i}");
+        for l in 0..layers.len() {
+            let diff = |x: &[f32], y: &[f32]| {
+                x.iter()
+                    .zip(y)
+                    .map(|(a, c)| (a - c).abs())
+                    .fold(0f32, f32::max)
+            };
+            let da = diff(&single.method_a[l], &b.method_a[l]);
+            let db = diff(
+                &single.method_b.as_ref().unwrap()[l],
+                &b.method_b.as_ref().unwrap()[l],
+            );
+            assert!(
+                da < 1e-4 && db < 1e-4,
+                "prompt {i}, layer {l}: A {da}, B {db}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10);
+}
+
 /// bf16 compute agrees with f32 per vector (Method A, every layer, all 20 prompts). This tiny
 /// model has random weights of std 0.2 and is chaotic (errors grow from block to block), so its
 /// bound is 0.997; the real-model bound (0.999) is checked on SmolLM2 in smollm2_smoke.rs.

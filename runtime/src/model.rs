@@ -824,6 +824,9 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 #[path = "model_load.rs"]
 mod load;
 
+#[path = "prefill_chunks.rs"]
+mod prefill_chunks;
+
 #[cfg(test)]
 #[path = "model_tests.rs"]
 mod tests;

@@ -120,3 +120,95 @@ fn the_cache_holds_each_pass_at_its_offset() {
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(apart > 100.0 * diff.max(1e-7), "{apart} vs {diff}");
 }
+
+#[test]
+fn a_prefill_in_row_chunks_equals_one_pass_and_decodes_the_same() {
+    // Five prompts of 2..7 tokens, left-padded to 7, prefilled in chunks of 2 rows (each chunk
+    // at its own longest length, right-aligned in the shared cache) and in one pass: the same
+    // captured states, next tokens, key masks and positions, and three decoding steps from
+    // either cache give the same tokens and states.
+    let m = tiny_model();
+    let lens = [2usize, 3, 5, 6, 7];
+    let prompts: Vec<Vec<u32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n)
+                .map(|j| (1 + 7 * i + 3 * j) as u32 % 60 + 1)
+                .collect()
+        })
+        .collect();
+    let maxlen = 7;
+    let tokens: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| [vec![0u32; maxlen - p.len()], p.clone()].concat())
+        .collect();
+    let valid: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|p| [vec![false; maxlen - p.len()], vec![true; p.len()]].concat())
+        .collect();
+    let run = |chunk: usize| {
+        let mut cache = m.new_cache(5, maxlen + 3).unwrap();
+        let out = m
+            .prefill_in_row_chunks(&tokens, &valid, &mut cache, &[0, 1], true, chunk)
+            .unwrap();
+        // The columns left of a chunk's longest prompt were not computed: rows 0 and 1 (2 and
+        // 3 tokens) hold nothing in columns 0..4 when chunked; one pass wrote padding there.
+        let skipped = cache.k[0]
+            .narrow(0, 0, 2)
+            .unwrap()
+            .narrow(2, 0, 4)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(skipped == 0.0, chunk == 2, "{skipped}");
+        let tables = m.decode_tables(&cache, 3).unwrap();
+        let mut ids =
+            Tensor::from_vec(out.next_tokens.clone().unwrap(), (5,), &Device::Cpu).unwrap();
+        let mut decoded = Vec::new();
+        for step in 0..3 {
+            let (next, captured) = m
+                .decode_step(&ids, step, &tables, &mut cache, &[1], true)
+                .unwrap();
+            decoded.push(captured[0].to_vec2::<f32>().unwrap());
+            ids = next.unwrap();
+            decoded.push(vec![ids
+                .to_vec1::<u32>()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f32)
+                .collect()]);
+        }
+        (
+            out,
+            cache.key_valid.clone(),
+            cache.next_pos.clone(),
+            cache.len,
+            decoded,
+        )
+    };
+    let (one, kv1, pos1, len1, dec1) = run(5);
+    let (chunked, kv2, pos2, len2, dec2) = run(2);
+    assert_eq!((kv1, pos1, len1), (kv2, pos2, len2));
+    assert_eq!(one.next_tokens, chunked.next_tokens);
+    let close = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-5 * scale, "differ by {diff} (scale {scale})");
+    };
+    for (a, b) in one.last_hidden.iter().zip(&chunked.last_hidden) {
+        assert_eq!(a.len(), 5);
+        for (x, y) in a.iter().zip(b) {
+            close(x, y);
+        }
+    }
+    for (a, b) in dec1.iter().zip(&dec2) {
+        for (x, y) in a.iter().zip(b) {
+            close(x, y);
+        }
+    }
+}
