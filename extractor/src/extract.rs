@@ -273,7 +273,6 @@ pub fn run_batch_with(
                 "host: queue a decoding step after a sync",
                 clock.elapsed().as_secs_f64(),
             );
-            runtime::profile::add("host: (decoding steps timed)", 1.0);
         }
         for (s, c) in sums.iter_mut().zip(&captured) {
             *s = (&*s + c.broadcast_mul(&weight)?)?;

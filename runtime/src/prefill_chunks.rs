@@ -56,10 +56,14 @@ impl Model {
             let n = rows_per_chunk.min(b - r0);
             // The chunk's first column with a real token (a row without any keeps one column).
             let first = (r0..r0 + n)
-                .map(|i| valid[i].iter().position(|&v| v).unwrap_or(maxlen - 1))
+                .map(|i| {
+                    valid[i]
+                        .iter()
+                        .position(|&v| v)
+                        .unwrap_or(maxlen.saturating_sub(1))
+                })
                 .min()
-                .unwrap_or(0)
-                .min(maxlen.saturating_sub(1));
+                .unwrap_or(0);
             let rows_tokens: Vec<Vec<u32>> = tokens[r0..r0 + n]
                 .iter()
                 .map(|t| t[first..].to_vec())

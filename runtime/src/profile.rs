@@ -3,7 +3,7 @@
 //! (the syncs cost time themselves).
 
 use std::sync::Mutex;
-static TOTALS: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+static TOTALS: crate::phases::Tally = crate::phases::Tally::new();
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("PG_PROFILE").is_some())
@@ -16,11 +16,7 @@ pub fn host_timing() -> bool {
     *ON.get_or_init(|| std::env::var_os("PG_HOST_TIMING").is_some())
 }
 pub fn add(name: &'static str, secs: f64) {
-    let mut t = TOTALS.lock().expect("profile lock");
-    match t.iter_mut().find(|(n, _)| *n == name) {
-        Some(e) => e.1 += secs,
-        None => t.push((name, secs)),
-    }
+    TOTALS.add(name, secs);
 }
 /// Section names of a prefill pass are prefixed ("prefill: mlp"), decoding ones not.
 pub fn label(decoding: bool, name: &'static str) -> &'static str {
@@ -37,23 +33,21 @@ pub fn label(decoding: bool, name: &'static str) -> &'static str {
     l
 }
 pub fn report() -> String {
-    let t = TOTALS.lock().expect("profile lock");
+    let t = TOTALS.snapshot();
     let total: f64 = t.iter().map(|x| x.1).sum();
     t.iter()
-        .map(|(n, s)| format!("{n}: {s:.2} s ({:.0}%)", 100.0 * s / total.max(1e-12)))
+        .map(|(n, s, _)| format!("{n}: {s:.2} s ({:.0}%)", 100.0 * s / total.max(1e-12)))
         .collect::<Vec<_>>()
         .join(", ")
 }
-/// Every total as "name: seconds", then forgets them (one method's figures at a time).
+/// Every total as "name: seconds over n", then forgets them (one method's figures at a time).
 pub fn take_totals() -> String {
-    let mut t = TOTALS.lock().expect("profile lock");
-    let s = t
+    TOTALS
+        .take()
         .iter()
-        .map(|(n, s)| format!("{n}: {s:.3}"))
+        .map(|(n, s, k)| format!("{n}: {s:.3} over {k}"))
         .collect::<Vec<_>>()
-        .join(", ");
-    t.clear();
-    s
+        .join(", ")
 }
 /// With PG_HOST_TIMING: adds the time since `clock` to `name` and restarts `clock`.
 pub fn host_lap(clock: &mut std::time::Instant, name: &'static str) {

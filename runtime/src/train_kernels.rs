@@ -360,7 +360,7 @@ mod imp {
             let v = held_view::<f32>(&v_storage, v_layout, "AdamW v")?;
             let g = view::<f32>(sg, lg, "gradient")?;
             let mut p = sp.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
-            let f = dev.get_or_load_custom_func("adamw_f32", MODULE, PTX)?;
+            let f = dev.get_or_load_custom_func(&kernel_name("adamw", "f32"), MODULE, PTX)?;
             let s = &self.s;
             let (n64, clip, gscale) = (n as u64, s.clip.is_some() as i32, s.clip.unwrap_or(1.0));
             let mut b = f.builder();
