@@ -4,6 +4,7 @@
 # scripts/build_cuda.sh), then runs what the arguments name, logging to $OUT (or /tmp/pg-out):
 #   verify      parity with the HF fixture on the GPU (f32 within 1e-4, the fused kernels in use)
 #   bench       Method A + B (auto batch) with the fused kernels, and B again with them off
+#   benchab     Method A + B (auto batch) alone (bench without the unfused comparison)
 #   bench256    Method B at batch 256 (the reference's batch)
 #   check       the kernel checks and a quarter of the workload (a quick look after a change)
 #   merge       LoRA merge time on the GPU for a 7B-shaped r = 32 adapter (.gpu/merge.xz, built by
@@ -61,9 +62,11 @@ with_peak() {
   local log="$1"; shift
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$log.mem" &
   local mon=$!
+  local t0; t0=$(date +%s.%N)
   "$@"; local rc=$?
+  local t1; t1=$(date +%s.%N)
   kill $mon 2>/dev/null; wait $mon 2>/dev/null
-  echo "peak GPU memory: $(sort -n "$log.mem" | tail -1) MiB" | tee -a "$log.peak"
+  echo "peak GPU memory: $(sort -n "$log.mem" | tail -1) MiB; process wall time $(awk "BEGIN{printf \"%.1f\", $t1 - $t0}") s" | tee -a "$log.peak"
   return $rc
 }
 train_toml() { # $1 = output dir, $2 = dtype
@@ -81,6 +84,7 @@ for what in "$@"; do
   case "$what" in
     verify) "$PG" verify-fixture "$FIXTURE" --device cuda 2>&1 | tee "$OUT/verify.log" | tail -25 ;;
     bench) "$PG" bench-workload --batch-b 0 --compare-unfused 2>&1 | tee "$OUT/bench.log" ;;
+    benchab) "$PG" bench-workload --batch-b 0 2>&1 | tee "$OUT/benchab.log" ;;
     merge) xz -dc .gpu/merge.xz > /tmp/merge_speed && chmod +x /tmp/merge_speed \
            && /tmp/merge_speed 32 cuda 2>&1 | tee "$OUT/merge.log" ;;
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;

@@ -1,5 +1,5 @@
-//! With the `cuda` feature, compiles src/kernels/decode.cu and train.cu to PTX for
-//! src/cuda_ops.rs and src/train_kernels.rs (nvcc from
+//! With the `cuda` feature, compiles src/kernels/decode.cu and train.cu to fatbins (SASS +
+//! PTX, loaded by src/kernel_modules.rs) and to PTX (read by the tests) (nvcc from
 //! $CUDA_HOME/bin or PATH; target CUDA_COMPUTE_CAP, default 90). Without it, nothing to do.
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,23 +19,43 @@ fn main() {
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    // For the runtime's error when a card cannot load the kernels (src/kernel_modules.rs).
+    println!("cargo:rustc-env=PG_CUDA_COMPUTE_CAP={cap}");
     for name in ["decode", "train"] {
-        let out =
-            PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join(format!("{name}.ptx"));
         let src = format!("src/kernels/{name}.cu");
-        let status = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "-std=c++17"])
-            .arg(format!("-arch=sm_{cap}"))
-            .arg(&src)
-            .arg("-o")
-            .arg(&out)
-            .status()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running {} (the `cuda` feature needs nvcc): {e}",
-                    nvcc.display()
-                )
-            });
-        assert!(status.success(), "nvcc failed on {src}");
+        let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+        // The fatbin is what the runtime loads (src/kernel_modules.rs): machine code for this
+        // compute capability, so a fresh machine has nothing to JIT-compile, plus the PTX for
+        // newer GPUs. The plain PTX is kept for the tests that check the kernels' names.
+        let targets = [
+            (
+                out_dir.join(format!("{name}.fatbin")),
+                vec![
+                    "--fatbin".to_string(),
+                    format!("-gencode=arch=compute_{cap},code=sm_{cap}"),
+                    format!("-gencode=arch=compute_{cap},code=compute_{cap}"),
+                ],
+            ),
+            (
+                out_dir.join(format!("{name}.ptx")),
+                vec!["--ptx".to_string(), format!("-arch=sm_{cap}")],
+            ),
+        ];
+        for (out, mode) in targets {
+            let status = Command::new(&nvcc)
+                .args(&mode)
+                .args(["-O3", "-std=c++17"])
+                .arg(&src)
+                .arg("-o")
+                .arg(&out)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "running {} (the `cuda` feature needs nvcc): {e}",
+                        nvcc.display()
+                    )
+                });
+            assert!(status.success(), "nvcc failed on {src} ({mode:?})");
+        }
     }
 }

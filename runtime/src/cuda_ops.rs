@@ -190,6 +190,7 @@ mod imp {
 #[cfg(feature = "cuda")]
 pub(crate) mod imp {
     use super::*;
+    use crate::kernel_modules::Kernel;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         sys, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -200,9 +201,16 @@ pub(crate) mod imp {
         Storage,
     };
 
+    /// The kernels as PTX text: only the tests read it (launches load the fatbin, see
+    /// crate::kernel_modules).
+    #[cfg(test)]
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
-    const MODULE: &str = "persona_geometry_decode";
     const THREADS: u32 = 128;
+
+    /// Kernel `name` of decode.cu (loaded from its fatbin once per device).
+    fn decode_kernel(dev: &CudaDevice, name: &str) -> candle_core::Result<Kernel> {
+        crate::kernel_modules::function(dev, &crate::kernel_modules::DECODE, name)
+    }
     /// Dynamic shared memory without raising the per-kernel limit.
     const SHARED_LIMIT: usize = 48 * 1024;
     /// Query heads per KV head that the kernel holds in registers (REP4 in decode.cu).
@@ -362,8 +370,7 @@ pub(crate) mod imp {
                     view::<T>(sv, lv, "v")?,
                 );
                 let out = output::<T>(dev, self.b * self.t * self.nh * self.hd)?;
-                let f =
-                    dev.get_or_load_custom_func(&attention_kernel(sfx, self.hd), MODULE, PTX)?;
+                let f = decode_kernel(dev, &attention_kernel(sfx, self.hd))?;
                 let mut builder = f.builder();
                 builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
                 for x in &ints {
@@ -478,7 +485,7 @@ pub(crate) mod imp {
                     None => None,
                 };
                 let q = output::<T>(dev, self.b * self.nh * self.t * self.hd)?;
-                let f = dev.get_or_load_custom_func(&kernel_name("qkv_rope", sfx), MODULE, PTX)?;
+                let f = decode_kernel(dev, &kernel_name("qkv_rope", sfx))?;
                 let mut builder = f.builder();
                 builder.arg(&x);
                 match &bias {
@@ -570,7 +577,7 @@ pub(crate) mod imp {
             let out = with_dtype!(sg.dtype(), |T, sfx| {
                 let (g, u) = (view::<T>(sg, lg, "gate")?, view::<T>(su, lu, "up")?);
                 let out = output::<T>(dev, n)?;
-                let f = dev.get_or_load_custom_func(&kernel_name("silu_mul", sfx), MODULE, PTX)?;
+                let f = decode_kernel(dev, &kernel_name("silu_mul", sfx))?;
                 let n64 = n as u64;
                 let mut builder = f.builder();
                 builder.arg(&g).arg(&u).arg(&out).arg(&n64);
@@ -615,8 +622,7 @@ pub(crate) mod imp {
             let out = output::<f32>(dev, n)?;
             with_dtype!(sd.dtype(), |T, sfx| {
                 let d = view::<T>(sd, ld, "delta")?;
-                let f =
-                    dev.get_or_load_custom_func(&kernel_name("add_residual", sfx), MODULE, PTX)?;
+                let f = decode_kernel(dev, &kernel_name("add_residual", sfx))?;
                 let n64 = n as u64;
                 let mut builder = f.builder();
                 builder.arg(&h).arg(&d).arg(&out).arg(&n64);
@@ -671,8 +677,7 @@ pub(crate) mod imp {
             let cols = cols as i32;
             let out = with_dtype!(self.dtype, |T, sfx| {
                 let out = output::<T>(dev, n)?;
-                let f =
-                    dev.get_or_load_custom_func(&kernel_name("rms_norm_to", sfx), MODULE, PTX)?;
+                let f = decode_kernel(dev, &kernel_name("rms_norm_to", sfx))?;
                 let mut builder = f.builder();
                 builder.arg(&x).arg(&w).arg(&out).arg(&cols).arg(&self.eps);
                 // SAFETY: argument types and order match the kernel's signature.
@@ -723,8 +728,7 @@ pub(crate) mod imp {
             let cols = cols as i32;
             with_dtype!(s.dtype(), |T, sfx| {
                 let x = view::<T>(s, l, "logits")?;
-                let f =
-                    dev.get_or_load_custom_func(&kernel_name("argmax_rows", sfx), MODULE, PTX)?;
+                let f = decode_kernel(dev, &kernel_name("argmax_rows", sfx))?;
                 let mut builder = f.builder();
                 builder.arg(&x).arg(&out).arg(&cols);
                 // SAFETY: argument types and order match the kernel's signature.

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod cuda_ops;
 pub mod hash;
+mod kernel_modules;
 pub mod lora;
 pub mod model;
 pub mod phases;

@@ -105,8 +105,18 @@ mod imp {
         CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape,
     };
 
+    /// The kernels as PTX text: only the tests read it (launches load the fatbin, see
+    /// crate::kernel_modules).
+    #[cfg(test)]
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
-    const MODULE: &str = "persona_geometry_train";
+
+    /// Kernel `name` of train.cu (loaded from its fatbin once per device).
+    fn train_kernel(
+        dev: &candle_core::CudaDevice,
+        name: &str,
+    ) -> candle_core::Result<crate::kernel_modules::Kernel> {
+        crate::kernel_modules::function(dev, &crate::kernel_modules::TRAIN, name)
+    }
 
     /// One block of 256 threads per row.
     fn rows_config(rows: usize) -> LaunchConfig {
@@ -134,7 +144,7 @@ mod imp {
             let out = with_dtype!(s.dtype(), |T, sfx| {
                 let x = view::<T>(s, l, "dropout input")?;
                 let out = output::<T>(dev, n)?;
-                let f = dev.get_or_load_custom_func(&kernel_name("dropout", sfx), MODULE, PTX)?;
+                let f = train_kernel(dev, &kernel_name("dropout", sfx))?;
                 let n64 = n as u64;
                 let mut b = f.builder();
                 b.arg(&x).arg(&out).arg(&n64).arg(&self.seed).arg(&self.p);
@@ -174,8 +184,7 @@ mod imp {
             let out = with_dtype!(s.dtype(), |T, sfx| {
                 let x = view::<T>(s, l, "scores")?;
                 let out = output::<f32>(dev, rows * t)?;
-                let f =
-                    dev.get_or_load_custom_func(&kernel_name("causal_softmax", sfx), MODULE, PTX)?;
+                let f = train_kernel(dev, &kernel_name("causal_softmax", sfx))?;
                 let (t32, tq32) = (t as i32, self.t_q as i32);
                 let mut b = f.builder();
                 b.arg(&x).arg(&out).arg(&t32).arg(&tq32).arg(&self.scale);
@@ -219,11 +228,7 @@ mod imp {
                 let p = view::<f32>(sp, lp, "probabilities")?;
                 let g = view::<T>(sg, lg, "dP")?;
                 let out = output::<T>(dev, rows * t)?;
-                let f = dev.get_or_load_custom_func(
-                    &kernel_name("softmax_backward", sfx),
-                    MODULE,
-                    PTX,
-                )?;
+                let f = train_kernel(dev, &kernel_name("softmax_backward", sfx))?;
                 let t32 = t as i32;
                 let mut b = f.builder();
                 b.arg(&p).arg(&g).arg(&out).arg(&t32).arg(&self.scale);
@@ -272,11 +277,7 @@ mod imp {
                     view::<T>(sy, ly, "dy")?,
                 );
                 let mut out = output::<T>(dev, 2 * n)?;
-                let f = dev.get_or_load_custom_func(
-                    &kernel_name("silu_mul_backward", sfx),
-                    MODULE,
-                    PTX,
-                )?;
+                let f = train_kernel(dev, &kernel_name("silu_mul_backward", sfx))?;
                 let n64 = n as u64;
                 {
                     let (mut dg, mut du) = out.split_at_mut(n);
@@ -360,7 +361,7 @@ mod imp {
             let v = held_view::<f32>(&v_storage, v_layout, "AdamW v")?;
             let g = view::<f32>(sg, lg, "gradient")?;
             let mut p = sp.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
-            let f = dev.get_or_load_custom_func(&kernel_name("adamw", "f32"), MODULE, PTX)?;
+            let f = train_kernel(&dev, &kernel_name("adamw", "f32"))?;
             let s = &self.s;
             let (n64, clip, gscale) = (n as u64, s.clip.is_some() as i32, s.clip.unwrap_or(1.0));
             let mut b = f.builder();
