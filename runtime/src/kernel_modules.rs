@@ -7,9 +7,10 @@
 //! training's first step (5.4 s vs 1.4 s steady) and ~16 s inside the full study's first
 //! checkpoint. build.rs now builds each as a fatbin holding machine code (SASS) for the build's
 //! compute capability plus PTX for newer GPUs, and [`function`] loads kernels from those images:
-//! on the card the build targets nothing is compiled (measured: step 1 1.45 s vs 1.19 s steady,
-//! docs/benchmarks.md). candle's own kernels stay PTX; on the H200 they cost no measurable
-//! first-step time.
+//! on the card the build targets none of ours is compiled. candle's own kernels stay PTX: where
+//! the driver's cache has never seen them, the functions a training step uses are compiled at
+//! first launch, ~2.3-2.5 s in step 1 on an H200 (docs/benchmarks.md, Training, session 8;
+//! loading candle's whole modules ahead on a thread was tried and compiled for 24 s: slower).
 //!
 //! Only with the `cuda` feature.
 
