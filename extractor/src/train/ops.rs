@@ -2,8 +2,9 @@
 //! RMSNorm, RoPE, causal attention, SiLU-gated product and the LoRA projection.
 //!
 //! Why: composed from candle primitives, one block was ~140 graph nodes, and candle's backward
-//! spends a zero-fill and an add on every gradient it accumulates (`or_insert` + `add`), plus a
-//! cast or broadcast per primitive. On the 7B benchmark that made elementwise kernels ~75% of
+//! spent a zero-fill and an add on every gradient it accumulated (`or_insert` + `add`; the
+//! vendored candle-core now stores the first one as it is, vendor/README.md), plus a cast or
+//! broadcast per primitive. On the 7B benchmark that made elementwise kernels ~75% of
 //! the GPU time of a micro-batch (Nsight Compute, docs/benchmarks.md) while the matrix products
 //! were ~15%. As nodes of their own, a block is ~30 nodes and each backward is the textbook
 //! formula in a few products. The forward is computed with plain tensor ops on detached inputs
