@@ -7,10 +7,11 @@
 //! training's first step (5.4 s vs 1.4 s steady) and ~16 s inside the full study's first
 //! checkpoint. build.rs now builds each as a fatbin holding machine code (SASS) for the build's
 //! compute capability plus PTX for newer GPUs, and [`function`] loads kernels from those images:
-//! on the card the build targets none of ours is compiled. candle's own kernels stay PTX: where
-//! the driver's cache has never seen them, the functions a training step uses are compiled at
-//! first launch, ~2.3-2.5 s in step 1 on an H200 (docs/benchmarks.md, Training, session 8;
-//! loading candle's whole modules ahead on a thread was tried and compiled for 24 s: slower).
+//! on the card the build targets none of ours is compiled. candle's own kernels get the same
+//! treatment in the vendored candle-kernels/candle-core (vendor/README.md): with the driver's
+//! cache disabled a 7B training run took 38.0 s instead of 49.7 s (docs/benchmarks.md,
+//! Training, session 8; loading candle's PTX ahead on a thread was tried first and compiled
+//! whole modules for 24 s: slower).
 //!
 //! Only with the `cuda` feature.
 
@@ -104,5 +105,46 @@ mod imp {
             func,
             stream: dev.cuda_stream(),
         })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use candle_core::cuda_backend::kernels;
+
+        /// A fatbin starts with the magic 0xBA55ED50 (little-endian): these images load
+        /// without JIT compilation, where PTX text would start with "//".
+        fn is_fatbin(image: &[u8]) -> bool {
+            image.len() > 8 && image[..4] == 0xBA55ED50u32.to_le_bytes()
+        }
+
+        #[test]
+        fn our_kernel_modules_are_fatbins() {
+            for m in [&DECODE, &TRAIN] {
+                assert!(is_fatbin(m.image), "{} is not a fatbin", m.name);
+            }
+        }
+
+        #[test]
+        fn the_candle_modules_we_launch_come_as_fatbins() {
+            // The vendored candle-kernels builds these when CUDA_COMPUTE_CAP is set (as
+            // scripts/build_cuda.sh does); without them the driver compiles their PTX.
+            let launched = [
+                ("affine", &kernels::AFFINE),
+                ("binary", &kernels::BINARY),
+                ("cast", &kernels::CAST),
+                ("fill", &kernels::FILL),
+                ("indexing", &kernels::INDEXING),
+                ("reduce", &kernels::REDUCE),
+                ("ternary", &kernels::TERNARY),
+                ("unary", &kernels::UNARY),
+            ];
+            for (name, m) in launched {
+                let image = m
+                    .image()
+                    .unwrap_or_else(|| panic!("candle's {name} has no image"));
+                assert!(is_fatbin(image), "candle's {name} image is not a fatbin");
+            }
+        }
     }
 }

@@ -347,7 +347,13 @@ impl CudaDevice {
         }
         drop(ms);
         let mut ms = self.modules.write().unwrap();
-        let cuda_module = self.context.load_module(mdl.ptx().into()).w()?;
+        // persona-geometry: the machine-code image where the vendored candle-kernels built one
+        // (no JIT compilation of the PTX; vendor/README.md).
+        let code = match mdl.image() {
+            Some(image) => cudarc::nvrtc::Ptx::from_binary(image.to_vec()),
+            None => mdl.ptx().into(),
+        };
+        let cuda_module = self.context.load_module(code).w()?;
         ms.mdls[mdl.index()] = Some(cuda_module.clone());
         let func = cuda_module.load_function(fn_name).w()?;
         Ok(CudaFunc {
