@@ -166,7 +166,9 @@ for what in "$@"; do
            "$PG" bench-workload --full-study /tmp/fs --tokenizer-from "$FX/hf-tiny-qwen2/model" \
              --layers "${FS_LAYERS:-4,10,16,22,27}" > "$OUT/fullstudy.log" 2> "$OUT/fullstudy.err"
            echo "rc $?"; cat "$OUT/fullstudy.log"; grep -A12 "time per phase" "$OUT/fullstudy.err"
-           # Again with the model files cold if the cache could be dropped, else warm (a rerun).
+           # Again with the model files cold if the cache could be dropped, else warm (a rerun);
+           # FS_RERUN=0 skips it.
+           [ "${FS_RERUN:-1}" = 0 ] && continue
            sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
            rm -f /tmp/fs/full-study.pgb; /usr/bin/time -v "$PG" extract /tmp/fs/study.toml > "$OUT/fullstudy2.log" 2>&1
            echo "rerun rc $?"; grep -A12 "time per phase" "$OUT/fullstudy2.log"; grep -E "Elapsed|Maximum resident" "$OUT/fullstudy2.log" ;;
