@@ -1,5 +1,5 @@
 //! With the `cuda` feature, compiles src/kernels/decode.cu and train.cu to fatbins (SASS +
-//! PTX, loaded by src/kernel_modules.rs) and to PTX (read by the tests) (nvcc from
+//! PTX, loaded by src/kernel_modules.rs; nvcc from
 //! $CUDA_HOME/bin or PATH; target CUDA_COMPUTE_CAP, default 90). Without it, nothing to do.
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,38 +24,24 @@ fn main() {
     for name in ["decode", "train"] {
         let src = format!("src/kernels/{name}.cu");
         let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-        // The fatbin is what the runtime loads (src/kernel_modules.rs): machine code for this
-        // compute capability, so a fresh machine has nothing to JIT-compile, plus the PTX for
-        // newer GPUs. The plain PTX is kept for the tests that check the kernels' names.
-        let targets = [
-            (
-                out_dir.join(format!("{name}.fatbin")),
-                vec![
-                    "--fatbin".to_string(),
-                    format!("-gencode=arch=compute_{cap},code=sm_{cap}"),
-                    format!("-gencode=arch=compute_{cap},code=compute_{cap}"),
-                ],
-            ),
-            (
-                out_dir.join(format!("{name}.ptx")),
-                vec!["--ptx".to_string(), format!("-arch=sm_{cap}")],
-            ),
-        ];
-        for (out, mode) in targets {
-            let status = Command::new(&nvcc)
-                .args(&mode)
-                .args(["-O3", "-std=c++17"])
-                .arg(&src)
-                .arg("-o")
-                .arg(&out)
-                .status()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "running {} (the `cuda` feature needs nvcc): {e}",
-                        nvcc.display()
-                    )
-                });
-            assert!(status.success(), "nvcc failed on {src} ({mode:?})");
-        }
+        // What the runtime loads (src/kernel_modules.rs): machine code for this compute
+        // capability, so a fresh machine has nothing to JIT-compile, plus the PTX for newer GPUs.
+        let out = out_dir.join(format!("{name}.fatbin"));
+        let status = Command::new(&nvcc)
+            .arg("--fatbin")
+            .arg(format!("-gencode=arch=compute_{cap},code=sm_{cap}"))
+            .arg(format!("-gencode=arch=compute_{cap},code=compute_{cap}"))
+            .args(["-O3", "-std=c++17"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running {} (the `cuda` feature needs nvcc): {e}",
+                    nvcc.display()
+                )
+            });
+        assert!(status.success(), "nvcc failed on {src}");
     }
 }

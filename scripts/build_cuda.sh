@@ -40,7 +40,7 @@ export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I$CU/include"
 export RUSTFLAGS="-C target-cpu=x86-64-v3 -L $STUB -L $CU/lib"
 # Extra arguments go to cargo (e.g. `--example merge_speed`).
 cargo build --release --locked -p extractor --features cuda "$@"
-# The CUDA-only unit tests that need no GPU (every kernel name the launches use is in the PTX;
+# The CUDA-only unit tests that need no GPU (every kernel name the launches use is in the loaded fatbin;
 # our kernels and the candle modules we launch are fatbins); the stub stands in for the driver
 # library at load time.
 LD_LIBRARY_PATH="$STUB:$LD_LIBRARY_PATH" cargo test --release --locked -p runtime --features cuda --lib -- cuda_ops train_kernels kernel_modules

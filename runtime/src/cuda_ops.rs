@@ -1,4 +1,4 @@
-//! Fused CUDA kernels for decoding (src/kernels/decode.cu, built to PTX by build.rs with the
+//! Fused CUDA kernels for decoding (src/kernels/decode.cu, built to a fatbin by build.rs with the
 //! `cuda` feature). Each entry point returns `None` where the kernel does not apply (CPU tensors,
 //! a build without `cuda`, unsupported shapes, or `PG_FUSED=0` to compare against candle's
 //! unfused path); callers then run the candle ops they replace. The kernels compute the same
@@ -201,10 +201,6 @@ pub(crate) mod imp {
         Storage,
     };
 
-    /// The kernels as PTX text: only the tests read it (launches load the fatbin, see
-    /// crate::kernel_modules).
-    #[cfg(test)]
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
     const THREADS: u32 = 128;
 
     /// Kernel `name` of decode.cu (loaded from its fatbin once per device).
@@ -855,7 +851,7 @@ pub(crate) mod imp {
         use super::*;
 
         #[test]
-        fn every_kernel_the_launches_name_is_in_the_ptx() {
+        fn every_kernel_the_launches_name_is_in_the_fatbin() {
             for sfx in ["f32", "bf16", "f16"] {
                 let mut names: Vec<String> = [12, 64, 128]
                     .iter()
@@ -872,8 +868,8 @@ pub(crate) mod imp {
                 }
                 for n in names {
                     assert!(
-                        PTX.contains(&format!(".entry {n}(")),
-                        "{n} is not in decode.ptx"
+                        crate::kernel_modules::defines(&crate::kernel_modules::DECODE, &n),
+                        "{n} is not in the decode fatbin"
                     );
                 }
             }

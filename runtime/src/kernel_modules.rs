@@ -15,6 +15,8 @@
 //!
 //! Only with the `cuda` feature.
 
+#[cfg(all(feature = "cuda", test))]
+pub(crate) use imp::defines;
 #[cfg(feature = "cuda")]
 pub(crate) use imp::{function, Kernel, DECODE, TRAIN};
 
@@ -89,6 +91,16 @@ mod imp {
         Ok(md)
     }
 
+    /// Whether module `m`'s image defines kernel `name`: its machine code names every kernel as
+    /// a NUL-terminated symbol (what `load_function` will look up), so no GPU is needed.
+    #[cfg(test)]
+    pub(crate) fn defines(m: &OurModule, name: &str) -> bool {
+        let symbol = [&[0u8][..], name.as_bytes(), &[0u8]].concat();
+        m.image
+            .windows(symbol.len())
+            .any(|w| w == symbol.as_slice())
+    }
+
     /// Kernel `name` of module `m` on `dev` (the module is loaded once per device).
     pub(crate) fn function(
         dev: &CudaDevice,
@@ -123,6 +135,14 @@ mod imp {
             for m in [&DECODE, &TRAIN] {
                 assert!(is_fatbin(m.image), "{} is not a fatbin", m.name);
             }
+        }
+
+        #[test]
+        fn a_kernel_is_found_by_its_whole_name_only() {
+            assert!(defines(&DECODE, "argmax_rows_bf16"));
+            // A prefix of a real name, and a name that does not exist.
+            assert!(!defines(&DECODE, "argmax_rows"));
+            assert!(!defines(&DECODE, "argmax_rows_f64"));
         }
 
         #[test]

@@ -1,4 +1,4 @@
-//! CUDA kernels of the training pass (src/kernels/train.cu, built to PTX by build.rs with the
+//! CUDA kernels of the training pass (src/kernels/train.cu, built to a fatbin by build.rs with the
 //! `cuda` feature): hashed dropout, causal softmax and its backward, and the backward of
 //! silu(g)·u. Each entry point returns `None` where it does not apply (CPU tensors, a build
 //! without `cuda`, other dtypes); the training pass then runs the candle ops it replaces, which
@@ -104,11 +104,6 @@ mod imp {
     use candle_core::{
         CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape,
     };
-
-    /// The kernels as PTX text: only the tests read it (launches load the fatbin, see
-    /// crate::kernel_modules).
-    #[cfg(test)]
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
 
     /// Kernel `name` of train.cu (loaded from its fatbin once per device).
     fn train_kernel(
@@ -426,12 +421,15 @@ mod imp {
         use super::*;
 
         #[test]
-        fn adamw_kernel_is_in_the_ptx() {
-            assert!(PTX.contains(".entry adamw_f32("));
+        fn adamw_kernel_is_in_the_fatbin() {
+            assert!(crate::kernel_modules::defines(
+                &crate::kernel_modules::TRAIN,
+                "adamw_f32"
+            ));
         }
 
         #[test]
-        fn every_training_kernel_the_launches_name_is_in_the_ptx() {
+        fn every_training_kernel_the_launches_name_is_in_the_fatbin() {
             for sfx in ["f32", "bf16", "f16"] {
                 for op in [
                     "dropout",
@@ -441,8 +439,8 @@ mod imp {
                 ] {
                     let n = kernel_name(op, sfx);
                     assert!(
-                        PTX.contains(&format!(".entry {n}(")),
-                        "{n} is not in train.ptx"
+                        crate::kernel_modules::defines(&crate::kernel_modules::TRAIN, &n),
+                        "{n} is not in the train fatbin"
                     );
                 }
             }
