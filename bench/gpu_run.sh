@@ -5,6 +5,9 @@
 #   verify      parity with the HF fixture on the GPU (f32 within 1e-4, the fused kernels in use)
 #   bench       Method A + B (auto batch) with the fused kernels, and B again with them off
 #   benchab     Method A + B (auto batch) alone (bench without the unfused comparison)
+#   tclong      Method B for 16 prompts x 1,000 new tokens: CUDA-core, then tensor-core attention
+#   tcab        benchab with the CUDA-core attention kernel (PG_TC_ATTENTION=0), then with the
+#               tensor-core one (the default), same build, same card
 #   bench256    Method B at batch 256 (the reference's batch)
 #   check       the kernel checks and a quarter of the workload (a quick look after a change)
 #   merge       LoRA merge time on the GPU for a 7B-shaped r = 32 adapter (.gpu/merge.xz, built by
@@ -12,8 +15,10 @@
 #   profile     per-section profile of one 720-row batch (device synchronised per section)
 #   hf          the HF transformers reference (bench/hf_reference_workload.py), same card
 #   big         Method B at batch $BIG_BATCH (default 1440), to see whether larger batches pay
-#   ncu         Nsight Compute counters of one decoding-attention launch
-#   kernels     every kernel's duration over ~3 decoding steps of a 720-row batch (ncu, CSV)
+#   ncu         Nsight Compute counters of one decoding-attention launch ($NCU_KERNEL: a regex of
+#               the kernel's name, default attention_decode: the tensor-core kernel)
+#   kernels     every kernel's duration over ~3 decoding steps of a 720-row batch (ncu, CSV;
+#               bench/ncu_summary.py sums it per kernel)
 #   kernelsA    the same over ~3 prefill batches of Method A (batch 64)
 #   clocks      `bench` (A + B, auto batch) with the SM clock and power sampled every 200 ms
 #   batchA      Method A at batch 64, 128 and 256, then the HF reference's A at 64 and 256
@@ -85,18 +90,29 @@ for what in "$@"; do
     verify) "$PG" verify-fixture "$FIXTURE" --device cuda 2>&1 | tee "$OUT/verify.log" | tail -25 ;;
     bench) "$PG" bench-workload --batch-b 0 --compare-unfused 2>&1 | tee "$OUT/bench.log" ;;
     benchab) "$PG" bench-workload --batch-b 0 2>&1 | tee "$OUT/benchab.log" ;;
+    tclong) # small batch, long generations (the tensor-core kernel's flash-decoding splits):
+           # CUDA-core attention, then tensor cores
+           for v in "PG_TC_ATTENTION=0 cuda-cores" "PG_TC_ATTENTION=1 tensor-cores"; do
+             set -- $v; echo "--- $2"
+             env "$1" "$PG" bench-workload --prompts 16 --batch-b 16 --methods b --new-tokens 1000 2>&1 \
+               | grep -v "^fused" | tee "$OUT/long-$2.log"; done ;;
+    tcab) # Method A + B (auto batch), same build: the CUDA-core attention kernel, then the
+           # tensor-core one (the default)
+           for v in "PG_TC_ATTENTION=0 cuda-cores" "PG_TC_ATTENTION=1 tensor-cores"; do
+             set -- $v; echo "--- $2"
+             env "$1" "$PG" bench-workload --batch-b 0 2>&1 | tee "$OUT/benchab-$2.log" | grep -v "^fused"; done ;;
     merge) xz -dc .gpu/merge.xz > /tmp/merge_speed && chmod +x /tmp/merge_speed \
            && /tmp/merge_speed 32 cuda 2>&1 | tee "$OUT/merge.log" ;;
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
     profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;
     big) timeout 240 "$PG" bench-workload --methods b --batch-b "${BIG_BATCH:-1440}" 2>&1 | tee "$OUT/big-${BIG_BATCH:-1440}.log" ;;
-    ncu) ncu --clock-control none -k regex:cached_attention --launch-skip 300 --launch-count 1 \
+    ncu) ncu --clock-control none -k regex:"${NCU_KERNEL:-attention_decode}" --launch-skip 300 --launch-count 1 \
            --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
            --section Occupancy --section LaunchStats --section SchedulerStats \
            "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 40 2>&1 \
          | tee "$OUT/ncu.log" | grep -v "^==PROF==" | tail -120 ;;
-    kernels) ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 3500 \
+    kernels) ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 6000 \
                --launch-count 1500 --csv --print-units base \
                "$PG" bench-workload --prompts 720 --batch-b 720 --methods b --new-tokens 12 \
                > "$OUT/kernels.csv" 2> "$OUT/kernels.err"; tail -3 "$OUT/kernels.err" ;;

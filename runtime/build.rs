@@ -8,6 +8,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/kernels/decode.cu");
     println!("cargo:rerun-if-changed=src/kernels/train.cu");
     println!("cargo:rerun-if-changed=src/kernels/common.cuh");
+    println!("cargo:rerun-if-changed=src/kernels/attention_tc.cuh");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

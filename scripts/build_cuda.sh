@@ -43,5 +43,5 @@ cargo build --release --locked -p extractor --features cuda "$@"
 # The CUDA-only unit tests that need no GPU (every kernel name the launches use is in the loaded fatbin;
 # our kernels and the candle modules we launch are fatbins); the stub stands in for the driver
 # library at load time.
-LD_LIBRARY_PATH="$STUB:$LD_LIBRARY_PATH" cargo test --release --locked -p runtime --features cuda --lib -- cuda_ops train_kernels kernel_modules
+LD_LIBRARY_PATH="$STUB:$LD_LIBRARY_PATH" cargo test --release --locked -p runtime --features cuda --lib -- cuda_ops train_kernels kernel_modules tc_attention
 echo "built $CARGO_TARGET_DIR/release/persona-geometry"

@@ -67,17 +67,24 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
     let cfg = &model.cfg;
     let (device, dtype) = (&model.device, model.dtype);
     let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-    let (b, cap) = (48usize, 320usize);
     let scale = 1.0 / (hd as f64).sqrt();
     let rounded = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?) };
-    let k = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
-    let v = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
-    let first: Vec<u32> = (0..b).map(|i| ((i * 37) % 61) as u32).collect();
-    let first_key = Tensor::from_vec(first.clone(), (b,), device)?;
     let tolerance = if dtype == DType::F32 { 1e-5 } else { 4e-3 };
-    // A decoding step (one query at position 290) and a prefill-like chunk (6 queries from
-    // position 61, causal), each against an f32 reference on the same rounded inputs.
-    for (t, offset) in [(1usize, 290usize), (6, 61)] {
+    // Each against an f32 reference on the same rounded inputs: a decoding step (one query at
+    // position 290), a short prefill-like chunk (6 queries from position 61) and a whole
+    // prompt's prefill (100 queries from 0: several M blocks and key tiles of the tensor-core
+    // kernel), 48 rows with uneven left padding; and a decoding step of 2 rows over a cache of
+    // 2,000 keys (the tensor-core kernel's flash-decoding splits and their merge).
+    for (b, cap, t, offset) in [
+        (48usize, 320usize, 1usize, 290usize),
+        (48, 320, 6, 61),
+        (48, 320, 100, 0),
+        (2, 2048, 1, 1999),
+    ] {
+        let k = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
+        let v = rounded(Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), device)?)?;
+        let first: Vec<u32> = (0..b).map(|i| ((i * 37) % 61) as u32).collect();
+        let first_key = Tensor::from_vec(first.clone(), (b,), device)?;
         let q = rounded(Tensor::randn(0f32, 1.0, (b, nh, t, hd), device)?)?;
         let mut mask = vec![0f32; b * t * cap];
         for (i, &f) in first.iter().enumerate() {
@@ -110,16 +117,34 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
+        // A query inside its row's left padding has no key: the kernels give zeros, a softmax
+        // over nothing NaNs.
+        let has_key: Vec<u8> = first
+            .iter()
+            .flat_map(|&f| (0..t).map(move |qi| u8::from(offset + qi >= f as usize)))
+            .collect();
+        let has_key =
+            Tensor::from_vec(has_key, (b, t, 1), device)?.broadcast_as((b, t, nh * hd))?;
+        let keyless_zero = |x: &Tensor| -> Result<Tensor> {
+            Ok(has_key.where_cond(&f(x)?, &Tensor::zeros((b, t, nh * hd), DType::F32, device)?)?)
+        };
+        let reference = keyless_zero(&reference)?;
         let err = relative_error(&fused, &reference)?;
-        let candle_err = relative_error(&model.masked_attention(&q, &k, &v, &mask)?, &reference)?;
-        println!("fused attention ({t} quer{} per row from position {offset}) vs f32 reference: relative error {err:.2e} (candle ops: {candle_err:.2e}; bound {tolerance:.0e})", if t == 1 { "y" } else { "ies" });
+        let candle = keyless_zero(&model.masked_attention(&q, &k, &v, &mask)?)?;
+        let candle_err = relative_error(&candle, &reference)?;
+        let kernel = if runtime::tc_attention::serves(dtype, hd) {
+            "tensor cores"
+        } else {
+            "CUDA cores"
+        };
+        println!("fused attention, {kernel} ({b} rows, {t} quer{} per row from position {offset}, cache {cap}) vs f32 reference: relative error {err:.2e} (candle ops: {candle_err:.2e}; bound {tolerance:.0e})", if t == 1 { "y" } else { "ies" });
         anyhow::ensure!(
             err.is_finite() && err <= tolerance,
             "fused attention disagrees with the reference: {err:.3e} > {tolerance:.0e}"
         );
     }
     // Bias + RoPE + scatter into the cache, at an offset, for a short prefill-like chunk.
-    let (t, offset) = (5usize, 7usize);
+    let (b, cap, t, offset) = (48usize, 320usize, 5usize, 7usize);
     let w = (nh + 2 * nkv) * hd;
     let qkv = rounded(Tensor::randn(0f32, 1.0, (b, t, w), device)?)?;
     let bias = rounded(Tensor::randn(0f32, 0.5, (w,), device)?)?;

@@ -365,7 +365,24 @@ pub(crate) mod imp {
                     view::<T>(sk, lk, "k")?,
                     view::<T>(sv, lv, "v")?,
                 );
-                let out = output::<T>(dev, self.b * self.t * self.nh * self.hd)?;
+                let mut out = output::<T>(dev, self.b * self.t * self.nh * self.hd)?;
+                if crate::tc_attention::applies(sq.dtype(), self.hd) {
+                    let dims = crate::tc_attention::Dims {
+                        b: self.b,
+                        t: self.t,
+                        nh: self.nh,
+                        nkv: self.nkv,
+                        cap: self.cap,
+                        hd: self.hd,
+                        offset: self.offset,
+                    };
+                    let scale = self.scale;
+                    crate::tc_attention::launch(dev, sfx, &q, &k, &v, &fk, &mut out, &dims, scale)?;
+                    return Ok((
+                        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+                        Shape::from((self.b, self.t, self.nh * self.hd)),
+                    ));
+                }
                 let f = decode_kernel(dev, &attention_kernel(sfx, self.hd))?;
                 let mut builder = f.builder();
                 builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
@@ -404,12 +421,15 @@ pub(crate) mod imp {
             && v.dims() == k.dims()
             && nkv > 0
             && nh % nkv == 0
-            && rep <= MAX_REP
-            && hd % 4 == 0
-            && hd / 4 <= THREADS as usize
             && (hd * q.dtype().size_in_bytes()) % 16 == 0
             && offset + t <= cap
-            && attention_shared_bytes(rep, hd, offset + t) <= SHARED_LIMIT
+            // The tensor-core kernel has no limit on rep or the cache's length; the CUDA-core
+            // one holds rep heads in registers and all scores in shared memory.
+            && (crate::tc_attention::applies(q.dtype(), hd)
+                || (rep <= MAX_REP
+                    && hd % 4 == 0
+                    && hd / 4 <= THREADS as usize
+                    && attention_shared_bytes(rep, hd, offset + t) <= SHARED_LIMIT))
             && first_key.dims() == [b]
             && first_key.dtype() == DType::U32
             && k.dtype() == q.dtype()

@@ -5,8 +5,10 @@
 //   (decoding: t = 1; prefill: the chunk), one (position, KV head, row) per block: scores of the
 //   KV head's `rep` query heads, softmax and P·V in f32, one rounding to the output type; each
 //   K/V row is read once for all of the KV head's query heads.
+// tc_attention_*: the same on the tensor cores for bf16/f16 (attention_tc.cuh).
 // qkv_rope_*, silu_mul_*, add_residual_*, rms_norm_to_*, argmax_rows_*: see each kernel.
 #include "common.cuh"
+#include "attention_tc.cuh"
 
 // 16 bytes of T as floats (4 f32 or 8 bf16/f16). `p` is 16-byte aligned (checked on the host:
 // head_dim · sizeof(T) is a multiple of 16 and the buffers come from cudaMalloc).
@@ -388,3 +390,34 @@ __device__ void argmax_rows(const T* __restrict__ logits, uint32_t* __restrict__
 DEFINE(f32, float)
 DEFINE(bf16, __nv_bfloat16)
 DEFINE(f16, __half)
+
+// Tensor-core attention (attention_tc.cuh): `prefill` (WK = 1), `decode` (WK = 4, optionally
+// split over the cache) and the splits' merge. The minimum blocks per SM cap the registers
+// (ptxas -v, sm_90, hd 128: prefill 216 → 168, decode 154 → 128, no spills): 3 and 4 resident
+// blocks instead of 2 and 3, for more loads in flight.
+#define DEFINE_TC(NAME, T, HD)                                                                 \
+  extern "C" __global__ void __launch_bounds__(TC_THREADS, 3)                                 \
+      tc_attention_prefill_##NAME##_hd##HD(const T* q, const T* k, const T* v,                \
+                                           const uint32_t* first_key, T* out, float* part_o,  \
+                                           float* part_ml, int nh, int nkv, int cap, int t,   \
+                                           int offset, float scale, int splits) {             \
+    tc_attention<T, HD, 1>(q, k, v, first_key, out, part_o, part_ml, nh, nkv, cap, t, offset, \
+                           scale, splits);                                                     \
+  }                                                                                            \
+  extern "C" __global__ void __launch_bounds__(TC_THREADS, 4)                                 \
+      tc_attention_decode_##NAME##_hd##HD(const T* q, const T* k, const T* v,                 \
+                                          const uint32_t* first_key, T* out, float* part_o,   \
+                                          float* part_ml, int nh, int nkv, int cap, int t,    \
+                                          int offset, float scale, int splits) {              \
+    tc_attention<T, HD, 4>(q, k, v, first_key, out, part_o, part_ml, nh, nkv, cap, t, offset, \
+                           scale, splits);                                                     \
+  }                                                                                            \
+  extern "C" __global__ void __launch_bounds__(TC_THREADS)                                    \
+      tc_attention_combine_##NAME##_hd##HD(const float* part_o, const float* part_ml, T* out, \
+                                           int nh, int nkv, int t, int splits) {              \
+    tc_attention_combine<T, HD>(part_o, part_ml, out, nh, nkv, t, splits);                    \
+  }
+DEFINE_TC(bf16, __nv_bfloat16, 64)
+DEFINE_TC(bf16, __nv_bfloat16, 128)
+DEFINE_TC(f16, __half, 64)
+DEFINE_TC(f16, __half, 128)
