@@ -8,6 +8,8 @@
 #   tclong      Method B for 16 prompts x 1,000 new tokens: CUDA-core, then tensor-core attention
 #   tcab        benchab with the CUDA-core attention kernel (PG_TC_ATTENTION=0), then with the
 #               tensor-core one (the default), same build, same card
+#   tcvariants  the tensor-core attention's f16 and head-dimension-64 variants checked against the
+#               f32 reference (bf16 at 128 is what `check` covers), with short workloads
 #   bench256    Method B at batch 256 (the reference's batch)
 #   check       the kernel checks and a quarter of the workload (a quick look after a change)
 #   merge       LoRA merge time on the GPU for a 7B-shaped r = 32 adapter (.gpu/merge.xz, built by
@@ -101,6 +103,13 @@ for what in "$@"; do
            for v in "PG_TC_ATTENTION=0 cuda-cores" "PG_TC_ATTENTION=1 tensor-cores"; do
              set -- $v; echo "--- $2"
              env "$1" "$PG" bench-workload --batch-b 0 2>&1 | tee "$OUT/benchab-$2.log" | grep -v "^fused"; done ;;
+    tcvariants) # the tensor-core attention's other variants against the f32 reference (the
+           # checks bench-workload runs first), with a short workload: f16 at head dimension 128
+           # (Qwen2.5-7B's shape), bf16 and f16 at 64 (Qwen2.5-0.5B's: 14 query / 2 KV heads)
+           for v in "--dtype f16" "--config bench/configs/qwen2.5-0.5b.json --layers 5,11,17,23" \
+                    "--dtype f16 --config bench/configs/qwen2.5-0.5b.json --layers 5,11,17,23"; do
+             echo "--- $v"; "$PG" bench-workload $v --prompts 256 --batch-b 0 --new-tokens 50 2>&1 \
+               | tee -a "$OUT/tcvariants.log" | grep -E "attention|method|Error|error"; done ;;
     merge) xz -dc .gpu/merge.xz > /tmp/merge_speed && chmod +x /tmp/merge_speed \
            && /tmp/merge_speed 32 cuda 2>&1 | tee "$OUT/merge.log" ;;
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;

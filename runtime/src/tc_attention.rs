@@ -6,7 +6,7 @@
 //! `bench-workload` checks this one against an f32 reference before timing anything.
 //! `PG_TC_ATTENTION=0` turns it off (to time the CUDA-core kernel on the same build).
 //!
-//! Only with the `cuda` feature.
+//! The kernels and launches only with the `cuda` feature; without it [`serves`] is false.
 
 #[cfg(feature = "cuda")]
 pub(crate) use imp::{applies, launch, Dims};

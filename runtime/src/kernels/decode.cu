@@ -395,23 +395,18 @@ DEFINE(f16, __half)
 // split over the cache) and the splits' merge. The minimum blocks per SM cap the registers
 // (ptxas -v, sm_90, hd 128: prefill 216 → 168, decode 154 → 128, no spills): 3 and 4 resident
 // blocks instead of 2 and 3, for more loads in flight.
+#define DEFINE_TC_SHAPE(KIND, WK, MIN_BLOCKS, NAME, T, HD)                                      \
+  extern "C" __global__ void __launch_bounds__(TC_THREADS, MIN_BLOCKS)                        \
+      tc_attention_##KIND##_##NAME##_hd##HD(const T* q, const T* k, const T* v,                \
+                                            const uint32_t* first_key, T* out, float* part_o, \
+                                            float* part_ml, int nh, int nkv, int cap, int t,  \
+                                            int offset, float scale, int splits) {            \
+    tc_attention<T, HD, WK>(q, k, v, first_key, out, part_o, part_ml, nh, nkv, cap, t, offset, \
+                            scale, splits);                                                    \
+  }
 #define DEFINE_TC(NAME, T, HD)                                                                 \
-  extern "C" __global__ void __launch_bounds__(TC_THREADS, 3)                                 \
-      tc_attention_prefill_##NAME##_hd##HD(const T* q, const T* k, const T* v,                \
-                                           const uint32_t* first_key, T* out, float* part_o,  \
-                                           float* part_ml, int nh, int nkv, int cap, int t,   \
-                                           int offset, float scale, int splits) {             \
-    tc_attention<T, HD, 1>(q, k, v, first_key, out, part_o, part_ml, nh, nkv, cap, t, offset, \
-                           scale, splits);                                                     \
-  }                                                                                            \
-  extern "C" __global__ void __launch_bounds__(TC_THREADS, 4)                                 \
-      tc_attention_decode_##NAME##_hd##HD(const T* q, const T* k, const T* v,                 \
-                                          const uint32_t* first_key, T* out, float* part_o,   \
-                                          float* part_ml, int nh, int nkv, int cap, int t,    \
-                                          int offset, float scale, int splits) {              \
-    tc_attention<T, HD, 4>(q, k, v, first_key, out, part_o, part_ml, nh, nkv, cap, t, offset, \
-                           scale, splits);                                                     \
-  }                                                                                            \
+  DEFINE_TC_SHAPE(prefill, 1, 3, NAME, T, HD)                                                  \
+  DEFINE_TC_SHAPE(decode, 4, 4, NAME, T, HD)                                                   \
   extern "C" __global__ void __launch_bounds__(TC_THREADS)                                    \
       tc_attention_combine_##NAME##_hd##HD(const float* part_o, const float* part_ml, T* out, \
                                            int nh, int nkv, int t, int splits) {              \
