@@ -73,7 +73,9 @@ __device__ __forceinline__ void tc_cp_async16(void* dst, const void* src, bool v
   const int n = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n));
 }
-__device__ __forceinline__ void tc_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void tc_cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
 template <int N> __device__ __forceinline__ void tc_cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
@@ -253,7 +255,8 @@ __device__ void tc_attention(const T* __restrict__ q, const T* __restrict__ k,
       const float inv = lrow[r] > 0.f ? 1.f / lrow[r] : 0.f;
       T* orow = out + (((size_t)row * t + ti) * nh + g * rep + h) * HD + 2 * c;
 #pragma unroll
-      for (int i = 0; i < DT; ++i) TcMma<T>::store2(orow + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+      for (int i = 0; i < DT; ++i)
+        TcMma<T>::store2(orow + i * 8, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
     }
     return;
   }
