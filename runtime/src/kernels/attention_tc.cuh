@@ -30,42 +30,29 @@
 #define TC_THREADS 128
 #define LOG2E_F 1.4426950408889634f
 
+// The MMA, packing and paired stores for a 16-bit type T (PTX type name PTX, pair type T2,
+// rounding conversion CVT from two floats; lower half = the first).
 template <typename T> struct TcMma;
-template <> struct TcMma<__nv_bfloat16> {
-  __device__ __forceinline__ static void mma(float* c, const uint32_t* a, uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  // Two floats as one 32-bit register of the MMA's A fragment (lower half: the first).
-  __device__ __forceinline__ static uint32_t pack(float x, float y) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  __device__ __forceinline__ static void store2(__nv_bfloat16* p, float x, float y) {
-    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
-  }
-};
-template <> struct TcMma<__half> {
-  __device__ __forceinline__ static void mma(float* c, const uint32_t* a, uint32_t b0,
-                                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ __forceinline__ static uint32_t pack(float x, float y) {
-    __half2 h = __floats2half2_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  __device__ __forceinline__ static void store2(__half* p, float x, float y) {
-    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(x, y);
-  }
-};
+#define DEFINE_TC_MMA(T, PTX, T2, CVT)                                                          \
+  template <> struct TcMma<T> {                                                                \
+    __device__ __forceinline__ static void mma(float* c, const uint32_t* a, uint32_t b0,       \
+                                               uint32_t b1) {                                  \
+      asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX "." PTX                        \
+                   ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"              \
+                   : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                            \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));            \
+    }                                                                                          \
+    /* Two floats as one 32-bit register of the MMA's A fragment. */                           \
+    __device__ __forceinline__ static uint32_t pack(float x, float y) {                        \
+      T2 h = CVT(x, y);                                                                        \
+      return *reinterpret_cast<uint32_t*>(&h);                                                 \
+    }                                                                                          \
+    __device__ __forceinline__ static void store2(T* p, float x, float y) {                    \
+      *reinterpret_cast<T2*>(p) = CVT(x, y);                                                   \
+    }                                                                                          \
+  };
+DEFINE_TC_MMA(__nv_bfloat16, "bf16", __nv_bfloat162, __floats2bfloat162_rn)
+DEFINE_TC_MMA(__half, "f16", __half2, __floats2half2_rn)
 
 // 16 bytes global → shared without registers; `valid` false zero-fills (nothing is read).
 __device__ __forceinline__ void tc_cp_async16(void* dst, const void* src, bool valid) {
