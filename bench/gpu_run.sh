@@ -85,6 +85,16 @@ train_toml() { # $1 = output dir, $2 = dtype
     "shuffle = false" > "$1.toml"
   echo "$1.toml"
 }
+# bench-workload with the CUDA-core attention kernel, then the tensor-core one (the default), same
+# build: $1 names the logs, the rest are bench-workload's arguments.
+both_attention_kernels() {
+  local log=$1; shift
+  for kind in cuda-cores tensor-cores; do
+    echo "--- $kind"
+    PG_TC_ATTENTION=$([ $kind = cuda-cores ] && echo 0 || echo 1) "$PG" bench-workload "$@" 2>&1 \
+      | tee "$OUT/$log-$kind.log" | grep -v "^fused"
+  done
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 for what in "$@"; do
   echo "=== $what"
@@ -92,17 +102,10 @@ for what in "$@"; do
     verify) "$PG" verify-fixture "$FIXTURE" --device cuda 2>&1 | tee "$OUT/verify.log" | tail -25 ;;
     bench) "$PG" bench-workload --batch-b 0 --compare-unfused 2>&1 | tee "$OUT/bench.log" ;;
     benchab) "$PG" bench-workload --batch-b 0 2>&1 | tee "$OUT/benchab.log" ;;
-    tclong) # small batch, long generations (the tensor-core kernel's flash-decoding splits):
-           # CUDA-core attention, then tensor cores
-           for v in "PG_TC_ATTENTION=0 cuda-cores" "PG_TC_ATTENTION=1 tensor-cores"; do
-             set -- $v; echo "--- $2"
-             env "$1" "$PG" bench-workload --prompts 16 --batch-b 16 --methods b --new-tokens 1000 2>&1 \
-               | grep -v "^fused" | tee "$OUT/long-$2.log"; done ;;
-    tcab) # Method A + B (auto batch), same build: the CUDA-core attention kernel, then the
-           # tensor-core one (the default)
-           for v in "PG_TC_ATTENTION=0 cuda-cores" "PG_TC_ATTENTION=1 tensor-cores"; do
-             set -- $v; echo "--- $2"
-             env "$1" "$PG" bench-workload --batch-b 0 2>&1 | tee "$OUT/benchab-$2.log" | grep -v "^fused"; done ;;
+    tclong) # small batch, long generations (the tensor-core kernel's flash-decoding splits)
+           both_attention_kernels long --prompts 16 --batch-b 16 --methods b --new-tokens 1000 ;;
+    tcab) # Method A + B (auto batch), same build
+           both_attention_kernels benchab --batch-b 0 ;;
     tcvariants) # the tensor-core attention's other variants against the f32 reference (the
            # checks bench-workload runs first), with a short workload: f16 at head dimension 128
            # (Qwen2.5-7B's shape), bf16 and f16 at 64 (Qwen2.5-0.5B's: 14 query / 2 KV heads)

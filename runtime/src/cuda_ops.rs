@@ -327,14 +327,8 @@ pub(crate) mod imp {
 
     struct CachedAttention {
         first_key: Tensor,
-        t: usize,
-        offset: usize,
         scale: f32,
-        nh: usize,
-        nkv: usize,
-        cap: usize,
-        hd: usize,
-        b: usize,
+        d: crate::tc_attention::Dims,
     }
 
     impl CustomOp3 for CachedAttention {
@@ -351,39 +345,38 @@ pub(crate) mod imp {
             let dev = sq.device();
             let (fk_storage, fk_layout) = self.first_key.storage_and_layout();
             let fk = held_view::<u32>(&fk_storage, fk_layout, "first_key")?;
-            let rep = self.nh / self.nkv;
+            let rep = self.d.nh / self.d.nkv;
             let cfg = LaunchConfig {
-                grid_dim: (self.t as u32, self.nkv as u32, self.b as u32),
+                grid_dim: (self.d.t as u32, self.d.nkv as u32, self.d.b as u32),
                 block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: attention_shared_bytes(rep, self.hd, self.offset + self.t) as u32,
+                shared_mem_bytes: attention_shared_bytes(rep, self.d.hd, self.d.offset + self.d.t)
+                    as u32,
             };
-            let ints =
-                [self.nh, self.nkv, self.cap, self.hd, self.t, self.offset].map(|x| x as i32);
+            let ints = [
+                self.d.nh,
+                self.d.nkv,
+                self.d.cap,
+                self.d.hd,
+                self.d.t,
+                self.d.offset,
+            ]
+            .map(|x| x as i32);
             let out = with_dtype!(sq.dtype(), |T, sfx| {
                 let (q, k, v) = (
                     view::<T>(sq, lq, "q")?,
                     view::<T>(sk, lk, "k")?,
                     view::<T>(sv, lv, "v")?,
                 );
-                let mut out = output::<T>(dev, self.b * self.t * self.nh * self.hd)?;
-                if crate::tc_attention::applies(sq.dtype(), self.hd) {
-                    let dims = crate::tc_attention::Dims {
-                        b: self.b,
-                        t: self.t,
-                        nh: self.nh,
-                        nkv: self.nkv,
-                        cap: self.cap,
-                        hd: self.hd,
-                        offset: self.offset,
-                    };
-                    let scale = self.scale;
-                    crate::tc_attention::launch(dev, sfx, &q, &k, &v, &fk, &mut out, &dims, scale)?;
+                let mut out = output::<T>(dev, self.d.b * self.d.t * self.d.nh * self.d.hd)?;
+                if crate::tc_attention::applies(sq.dtype(), self.d.hd) {
+                    let (d, scale) = (&self.d, self.scale);
+                    crate::tc_attention::launch(dev, sfx, &q, &k, &v, &fk, &mut out, d, scale)?;
                     return Ok((
                         CudaStorage::wrap_cuda_slice(out, dev.clone()),
-                        Shape::from((self.b, self.t, self.nh * self.hd)),
+                        Shape::from((self.d.b, self.d.t, self.d.nh * self.d.hd)),
                     ));
                 }
-                let f = decode_kernel(dev, &attention_kernel(sfx, self.hd))?;
+                let f = decode_kernel(dev, &attention_kernel(sfx, self.d.hd))?;
                 let mut builder = f.builder();
                 builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
                 for x in &ints {
@@ -395,7 +388,10 @@ pub(crate) mod imp {
                 unsafe { builder.launch(cfg) }.w()?;
                 CudaStorage::wrap_cuda_slice(out, dev.clone())
             });
-            Ok((out, Shape::from((self.b, self.t, self.nh * self.hd))))
+            Ok((
+                out,
+                Shape::from((self.d.b, self.d.t, self.d.nh * self.d.hd)),
+            ))
         }
     }
 
@@ -439,14 +435,16 @@ pub(crate) mod imp {
         }
         let op = CachedAttention {
             first_key: first_key.contiguous()?,
-            t,
-            offset,
             scale,
-            nh,
-            nkv,
-            cap,
-            hd,
-            b,
+            d: crate::tc_attention::Dims {
+                b,
+                t,
+                nh,
+                nkv,
+                cap,
+                hd,
+                offset,
+            },
         };
         Ok(Some(q.contiguous()?.apply_op3_no_bwd(
             &k.contiguous()?,

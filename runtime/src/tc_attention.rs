@@ -23,6 +23,49 @@ pub fn serves(dtype: candle_core::DType, hd: usize) -> bool {
     }
 }
 
+/// Keys per shared-memory tile (TC_KEYS in the kernel).
+const TILE_KEYS: usize = 64;
+/// Blocks below which a decoding call is split over its cache (flash-decoding): about two waves
+/// on a 132-SM H100/H200; a card with fewer SMs only gets longer splits.
+const SPLIT_BELOW_BLOCKS: usize = 264;
+/// A split covers at least this many tiles, so that merging never costs more than it saves.
+const MIN_TILES_PER_SPLIT: usize = 2;
+
+/// Flash-decoding splits for a call of the decoding shape with `blocks` (row, KV head) blocks
+/// over `keys` cached keys: enough blocks to fill the card when the batch is small and the cache
+/// long, never splits shorter than MIN_TILES_PER_SPLIT tiles. Outside `imp` so that the CPU
+/// test suite checks it.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn decode_splits(blocks: usize, keys: usize) -> usize {
+    let tiles = keys.div_ceil(TILE_KEYS);
+    if blocks >= SPLIT_BELOW_BLOCKS || tiles < 2 * MIN_TILES_PER_SPLIT {
+        return 1;
+    }
+    SPLIT_BELOW_BLOCKS
+        .div_ceil(blocks)
+        .min(tiles / MIN_TILES_PER_SPLIT)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_splits;
+
+    #[test]
+    fn splits_only_small_batches_with_long_caches() {
+        // The 7B study's decoding (720 rows x 4 KV heads): never split.
+        assert_eq!(decode_splits(2880, 300), 1);
+        // One row, 4 KV heads, 2,000 cached keys: 32 tiles, 66 splits wanted, 16 allowed.
+        assert_eq!(decode_splits(4, 2000), 16);
+        // Short caches are not split (fewer than 4 tiles).
+        assert_eq!(decode_splits(4, 190), 1);
+        // 16 rows x 4 heads = 64 blocks, 640 keys: 10 tiles, 5 wanted, 5 allowed.
+        assert_eq!(decode_splits(64, 640), 5);
+        // 260 blocks, just under the threshold, 2,000 keys: 2 wanted, 16 allowed.
+        assert_eq!(decode_splits(260, 2000), 2);
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod imp {
     use crate::kernel_modules::{function, DECODE};
@@ -33,16 +76,12 @@ mod imp {
     use candle_core::DType;
     use std::sync::OnceLock;
 
-    /// Keys per shared-memory tile and threads per block (TC_KEYS, TC_THREADS in the kernel).
-    const TILE_KEYS: usize = 64;
+    use super::{decode_splits, TILE_KEYS};
+
+    /// Threads per block (TC_THREADS in the kernel).
     const THREADS: u32 = 128;
     /// M rows of one MMA tile: a decoding call whose t·rep fits takes the WK = 4 shape.
     const MMA_ROWS: usize = 16;
-    /// Blocks below which a decoding call is split over its cache (flash-decoding): about two
-    /// waves on a 132-SM H100/H200; a card with fewer SMs only gets longer splits.
-    const SPLIT_BELOW_BLOCKS: usize = 264;
-    /// A split covers at least this many tiles, so that merging never costs more than it saves.
-    const MIN_TILES_PER_SPLIT: usize = 2;
 
     fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
@@ -58,7 +97,8 @@ mod imp {
         enabled() && matches!(dtype, DType::BF16 | DType::F16) && matches!(hd, 64 | 128)
     }
 
-    /// The call's shape (the caller checked it against the tensors).
+    /// The shape of a `cached_attention` call, for either kernel (the caller checked it
+    /// against the tensors).
     pub(crate) struct Dims {
         pub b: usize,
         pub t: usize,
@@ -67,20 +107,6 @@ mod imp {
         pub cap: usize,
         pub hd: usize,
         pub offset: usize,
-    }
-
-    /// Flash-decoding splits for a call of the decoding shape: enough blocks to fill the card
-    /// when the batch is small and the cache long, never splits shorter than
-    /// MIN_TILES_PER_SPLIT tiles.
-    pub(crate) fn decode_splits(blocks: usize, keys: usize) -> usize {
-        let tiles = keys.div_ceil(TILE_KEYS);
-        if blocks >= SPLIT_BELOW_BLOCKS || tiles < 2 * MIN_TILES_PER_SPLIT {
-            return 1;
-        }
-        SPLIT_BELOW_BLOCKS
-            .div_ceil(blocks)
-            .min(tiles / MIN_TILES_PER_SPLIT)
-            .max(1)
     }
 
     /// The fatbin entry of one of the kernels ("prefill", "decode" or "combine").
@@ -115,39 +141,48 @@ mod imp {
         } else {
             ("prefill", m_rows.div_ceil(4 * MMA_ROWS), 1)
         };
-        // Only read by the kernel when splits > 1: [b, nkv, splits, 16] states (o: hd floats;
-        // m, l: 2 floats).
-        let slots = if splits > 1 {
-            d.b * d.nkv * splits * MMA_ROWS
+        let (nh, nkv, cap, t, offset, splits_i) = (
+            d.nh as i32,
+            d.nkv as i32,
+            d.cap as i32,
+            d.t as i32,
+            d.offset as i32,
+            splits as i32,
+        );
+        // The splits' states, [b, nkv, splits, 16] (o: hd floats; m, l: 2 floats), exist only
+        // when there are splits: with one the kernel never touches them and gets null pointers.
+        let states = if splits > 1 {
+            let slots = d.b * d.nkv * splits * MMA_ROWS;
+            // SAFETY: the attention kernel writes every slot the merge reads.
+            Some(unsafe {
+                (
+                    dev.alloc::<f32>(slots * d.hd)?,
+                    dev.alloc::<f32>(slots * 2)?,
+                )
+            })
         } else {
-            1
+            None
         };
-        // SAFETY: written by the attention kernel for every slot the merge reads.
-        let part_o = unsafe { dev.alloc::<f32>(slots * d.hd) }?;
-        let part_ml = unsafe { dev.alloc::<f32>(slots * 2) }?;
-        let ints = [d.nh, d.nkv, d.cap, d.t, d.offset, splits].map(|x| x as i32);
-        let (nh, nkv, t, splits_i) = (ints[0], ints[1], ints[3], ints[5]);
+        let null: u64 = 0;
         let f = function(dev, &DECODE, &kernel_name(shape, sfx, d.hd))?;
         let cfg = LaunchConfig {
             grid_dim: (x_blocks as u32, d.nkv as u32, d.b as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: shared_bytes(d.hd),
         };
-        // The kernel takes (.., nh, nkv, cap, t, offset, scale, splits).
         let mut builder = f.builder();
         builder.arg(q).arg(k).arg(v).arg(first_key).arg(&mut *out);
-        builder.arg(&part_o).arg(&part_ml);
-        builder
-            .arg(&ints[0])
-            .arg(&ints[1])
-            .arg(&ints[2])
-            .arg(&ints[3])
-            .arg(&ints[4]);
+        match &states {
+            Some((part_o, part_ml)) => builder.arg(part_o).arg(part_ml),
+            None => builder.arg(&null).arg(&null),
+        };
+        builder.arg(&nh).arg(&nkv).arg(&cap).arg(&t).arg(&offset);
         builder.arg(&scale).arg(&splits_i);
-        // SAFETY: argument types and order match tc_attention_{prefill,decode}; the caller
-        // checked the shapes and the cache's room; the shared memory is below the default limit.
+        // SAFETY: argument types and order match tc_attention_{prefill,decode} (a null u64 for
+        // a pointer it does not dereference with one split); the caller checked the shapes and
+        // the cache's room; the shared memory is below the default limit.
         unsafe { builder.launch(cfg) }.w()?;
-        if splits > 1 {
+        if let Some((part_o, part_ml)) = &states {
             let merge = function(dev, &DECODE, &kernel_name("combine", sfx, d.hd))?;
             let cfg = LaunchConfig {
                 grid_dim: (d.nkv as u32, d.b as u32, 1),
@@ -155,7 +190,7 @@ mod imp {
                 shared_mem_bytes: 0,
             };
             let mut builder = merge.builder();
-            builder.arg(&part_o).arg(&part_ml).arg(&mut *out);
+            builder.arg(part_o).arg(part_ml).arg(&mut *out);
             builder.arg(&nh).arg(&nkv).arg(&t).arg(&splits_i);
             // SAFETY: matches tc_attention_combine; the states were written by the launch above
             // on the same stream.
@@ -166,7 +201,7 @@ mod imp {
 
     #[cfg(test)]
     mod tests {
-        use super::{decode_splits, kernel_name};
+        use super::kernel_name;
 
         #[test]
         fn every_kernel_the_launches_name_is_in_the_fatbin() {
@@ -185,18 +220,6 @@ mod imp {
                 &crate::kernel_modules::DECODE,
                 &kernel_name("decode", "f32", 128)
             ));
-        }
-
-        #[test]
-        fn splits_only_small_batches_with_long_caches() {
-            // The 7B study's decoding (720 rows x 4 KV heads): never split.
-            assert_eq!(decode_splits(2880, 300), 1);
-            // One row, 4 KV heads, 2,000 cached keys: 32 tiles, 66 splits wanted, 16 allowed.
-            assert_eq!(decode_splits(4, 2000), 16);
-            // Short caches are not split (fewer than 4 tiles).
-            assert_eq!(decode_splits(4, 190), 1);
-            // 16 rows x 4 heads = 64 blocks, 640 keys: 10 tiles, 5 wanted, 5 allowed.
-            assert_eq!(decode_splits(64, 640), 5);
         }
     }
 }

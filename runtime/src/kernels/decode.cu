@@ -1,5 +1,6 @@
-// Fused CUDA kernels for the forward passes (built to PTX by extractor/build.rs with the `cuda`
-// feature; loaded by src/cuda_ops.rs, which says what each replaces).
+// Fused CUDA kernels for the forward passes (built to a fatbin by runtime/build.rs with the
+// `cuda` feature; launched from src/cuda_ops.rs, which says what each replaces, and
+// src/tc_attention.rs).
 //
 // cached_attention_*: grouped-query attention of t new positions over the K/V cache buffers
 //   (decoding: t = 1; prefill: the chunk), one (position, KV head, row) per block: scores of the
