@@ -30,6 +30,8 @@ p.add_argument("--layers", default="7,14,20,21,27")
 p.add_argument("--skip-b", action="store_true")
 p.add_argument("--arch", default="qwen2.5-7b", choices=["qwen2.5-7b", "qwen3-8b", "gemma2-9b"],
                help="a shape of bench/configs/ (the same files bench-workload --arch reads)")
+p.add_argument("--prompts-file", default=None,
+               help="token ids (JSON list of lists, e.g. bench-workload --dump-prompts of the default study's prompts) instead of random prompts")
 p.add_argument("--attn", default="sdpa", help="attn_implementation (sdpa; eager for exact Gemma 2 soft-capping)")
 a = p.parse_args()
 layers = [int(x) for x in a.layers.split(",")]
@@ -55,6 +57,11 @@ print(f"HF reference: random weights ({n_params / 1e9:.2f} B matmul params excl.
 g = torch.Generator().manual_seed(0)
 lens = torch.randint(a.min_len, a.max_len + 1, (a.prompts,), generator=g).tolist()
 prompts = [torch.randint(0, min(150000, cfg.vocab_size), (n,), generator=g).tolist() for n in lens]
+if a.prompts_file:
+    prompts = json.load(open(a.prompts_file))
+    lens = [len(x) for x in prompts]
+    a.prompts = len(prompts)
+    print(f"HF reference: {len(prompts)} prompts from {a.prompts_file} ({sum(lens)} tokens)")
 prompts.sort(key=len)
 prompt_tokens = sum(lens)
 flop = 2.0 * n_params

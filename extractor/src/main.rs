@@ -231,6 +231,16 @@ enum Cmd {
         /// With --full-study: questions per persona (the default study: 240).
         #[arg(long, default_value_t = 240)]
         questions: usize,
+        /// Time the default study's own prompts instead of random ones: 12 personas x 240
+        /// questions rendered with the chat template and tokenizer in DIR (tokenizer.json,
+        /// tokenizer_config.json; e.g. the hf-tiny-qwen2 fixture's model/), sorted by persona
+        /// then length. --prompts, --min-len and --max-len do not apply.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["full_study", "prompts", "min_len", "max_len"])]
+        study_prompts: Option<PathBuf>,
+        /// Write the prompts' token ids as JSON (for bench/hf_reference_workload.py
+        /// --prompts-file, so that both sides run the same prompts).
+        #[arg(long, value_name = "FILE", conflicts_with = "full_study")]
+        dump_prompts: Option<PathBuf>,
     },
     /// Check this build against the Hugging Face fixture (hf-tiny-qwen2) on a device: prompts,
     /// ids and greedy generations exact, activations within 1e-4 (f32), bf16 agreement.
@@ -432,6 +442,8 @@ fn main() -> Result<()> {
             full_study,
             tokenizer_from,
             questions,
+            study_prompts,
+            dump_prompts,
         } => {
             if let Some(dir) = full_study {
                 let device_name = device.clone();
@@ -483,6 +495,8 @@ fn main() -> Result<()> {
                 method_a: methods.iter().any(|m| m == "a"),
                 method_b: methods.iter().any(|m| m == "b"),
                 compare_unfused,
+                study_prompts,
+                dump_prompts,
             })
         }
         Cmd::Import {

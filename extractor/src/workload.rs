@@ -48,6 +48,49 @@ pub struct WorkloadArgs {
     pub method_b: bool,
     /// Also time Method B with the fused CUDA kernels off (candle ops), in the same process.
     pub compare_unfused: bool,
+    /// Instead of random prompts: the default study's 12 personas x 240 questions rendered with
+    /// the chat template and tokenizer of this directory (tokenizer.json,
+    /// tokenizer_config.json), sorted by persona, then length.
+    pub study_prompts: Option<std::path::PathBuf>,
+    /// Write the prompts' token ids (JSON, a list of lists, in the order run) for the HF
+    /// reference (`bench/hf_reference_workload.py --prompts-file`).
+    pub dump_prompts: Option<std::path::PathBuf>,
+}
+
+/// The default study's prompts (12 personas x 240 questions, the embedded data) rendered with
+/// the chat template of the tokenizer directory `dir`, with the generation prompt: what a study
+/// prefills. Sorted by persona, then by length (as the study batches them: a persona's rows
+/// share its system prompt, computed once per prefill chunk).
+pub fn default_study_prompts(dir: &std::path::Path) -> Result<Vec<Vec<u32>>> {
+    let files = runtime::weights::tokenizer_files(dir)?;
+    let source = files.chat_template.as_deref().with_context(|| {
+        format!(
+            "{}: no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)",
+            dir.display()
+        )
+    })?;
+    let template = crate::template::ChatTemplate::new(source, files.bos_token, files.eos_token)?;
+    let personas = crate::study::parse_personas(
+        crate::study::DEFAULT_PERSONAS,
+        "embedded data/eval_personas.json",
+    )?;
+    let questions = crate::study::parse_questions(
+        crate::study::DEFAULT_QUESTIONS,
+        "embedded data/extraction_questions.jsonl",
+    )?;
+    let mut prompts = Vec::with_capacity(personas.len() * questions.len());
+    for p in &personas {
+        let mut rows = questions
+            .iter()
+            .map(|q| {
+                let text = template.render(&p.system_prompt, &q.text, None, true)?;
+                crate::tokenize::encode(&files.tokenizer, &text)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rows.sort_by_key(|r| r.len());
+        prompts.extend(rows);
+    }
+    Ok(prompts)
 }
 
 /// Relative error ‖x − reference‖ / ‖reference‖ in f32.
@@ -319,16 +362,34 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
         a.dtype,
     )?;
     println!("random weights ({} blocks, hidden {}, {:.2} B matmul params excl. embeddings) on {:?} {:?} in {:.1} s", cfg.num_layers, cfg.hidden_size, n_params as f64 / 1e9, a.device, a.dtype, t.elapsed().as_secs_f64());
-    let mut rng = shared::rng::Rng::new(a.seed);
-    let mut prompts: Vec<Vec<u32>> = (0..a.prompts)
-        .map(|_| {
-            let len = a.min_len + rng.below(a.max_len - a.min_len + 1);
-            (0..len)
-                .map(|_| rng.below(cfg.vocab_size.min(150_000)) as u32)
-                .collect()
-        })
-        .collect();
-    prompts.sort_by_key(|p| p.len());
+    let prompts: Vec<Vec<u32>> = match &a.study_prompts {
+        Some(dir) => default_study_prompts(dir)?,
+        None => {
+            let mut rng = shared::rng::Rng::new(a.seed);
+            let mut prompts: Vec<Vec<u32>> = (0..a.prompts)
+                .map(|_| {
+                    let len = a.min_len + rng.below(a.max_len - a.min_len + 1);
+                    (0..len)
+                        .map(|_| rng.below(cfg.vocab_size.min(150_000)) as u32)
+                        .collect()
+                })
+                .collect();
+            prompts.sort_by_key(|p| p.len());
+            prompts
+        }
+    };
+    let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+    if let Some(out) = &a.dump_prompts {
+        crate::io_util::write_atomic(out, serde_json::to_string(&prompts)?.as_bytes())?;
+    }
+    if a.study_prompts.is_some() {
+        let tokens: usize = prompts.iter().map(|p| p.len()).sum();
+        println!(
+            "prompts: the default study's {} (12 personas x 240 questions, chat template), {tokens} tokens, {}..{max_len} each",
+            prompts.len(),
+            prompts.iter().map(|p| p.len()).min().unwrap_or(0)
+        );
+    }
     let layers = a.layers.clone();
     let flop_per_token = 2.0 * n_params as f64;
     check_fused_kernels(&model)?;
@@ -345,11 +406,11 @@ pub fn run(a: &WorkloadArgs) -> Result<()> {
     println!("warm-up (kernel JIT) {:.1} s", t.elapsed().as_secs_f64());
     // Batch 0 = chosen from the device's free memory (what `batch_size = "auto"` does).
     let batch_a = match a.batch_a {
-        0 => crate::extract::auto_batch_size(&model, a.max_len, 0)?,
+        0 => crate::extract::auto_batch_size(&model, max_len, 0)?,
         n => n,
     };
     let batch_b = match a.batch_b {
-        0 => crate::extract::auto_batch_size(&model, a.max_len, a.new_tokens)?,
+        0 => crate::extract::auto_batch_size(&model, max_len, a.new_tokens)?,
         n => n,
     };
     let mut checksum = 0f64;

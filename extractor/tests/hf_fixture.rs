@@ -43,6 +43,38 @@ fn base_matches_transformers() {
     check("base", None);
 }
 
+/// The fixture's batch (20 prompts in expected.json's order) computes the confab persona's
+/// 383-token prefix once for its 4 rows: the comparisons with transformers above (and
+/// `verify-fixture` on the GPU, every family) check that path against HF's activations.
+#[test]
+fn the_fixture_batch_computes_the_confab_prompt_once() {
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json")).unwrap())
+            .unwrap();
+    let prompts: Vec<Vec<u32>> = exp["variants"]["base"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
+    let (tokens, valid) = extractor::extract::left_pad(&prompts, maxlen);
+    let plan = runtime::model::prefill_chunks::plan_prefill_chunks(
+        &tokens,
+        &valid,
+        extractor::extract::PREFILL_ROWS,
+    );
+    let shared: Vec<_> = plan.iter().map(|c| (c.r0, c.n, c.shared)).collect();
+    assert_eq!(shared, vec![(0, 8, 0), (8, 4, 383), (12, 8, 0)]);
+}
+
 #[test]
 fn lora_r4_matches_peft() {
     check("lora_r4", Some("lora_r4"));
@@ -87,9 +119,41 @@ fn batched_equals_one_at_a_time() {
 
 /// A batch larger than `PREFILL_ROWS` is prefilled in chunks of rows, each only as long as its
 /// longest prompt, then decoded together: every row as if run alone (greedy tokens exactly,
-/// Method A and B within 1e-4), the chunk boundary included.
+/// Method A and B within 1e-4), the chunk boundary included. Sorted by length, only the
+/// confab persona's 6 rows (its ~400-token system prompt) share a prefix worth computing once.
 #[test]
 fn a_batch_of_several_prefill_chunks_equals_one_at_a_time() {
+    several_prefill_chunks_equal_one_at_a_time(&QUESTIONS[..6], false);
+}
+
+/// The same with 16 questions and the prompts sorted by persona (as a study runs them): the
+/// chunks whose rows share a persona's prompt compute it once and copy it into each row's
+/// cache columns (at a different column per row: they are right-aligned).
+#[test]
+fn a_persona_prompt_computed_once_equals_each_prompt_alone() {
+    several_prefill_chunks_equal_one_at_a_time(&QUESTIONS, true);
+}
+
+const QUESTIONS: [&str; 16] = [
+    "Why?",
+    "Why do people travel?",
+    "What would you do with a free afternoon in a city you have never visited before?",
+    "Name a colour.",
+    "How should a small team decide what to build next, and who should decide it?",
+    "Is it ever right to lie?",
+    "What is a good breakfast?",
+    "Tell me about the sea.",
+    "Should I learn the piano or the violin, and why would you pick one over the other?",
+    "What makes a friendship last?",
+    "Explain rain to a child.",
+    "Which is heavier, a kilogram of feathers or a kilogram of iron?",
+    "How do you say thank you in three languages?",
+    "What is the best way to apologise?",
+    "Describe your ideal weekend.",
+    "Is mathematics invented or discovered?",
+];
+
+fn several_prefill_chunks_equal_one_at_a_time(questions: &[&str], by_persona: bool) {
     let loaded = load_hf_dir(&fixture().join("model")).unwrap();
     let model = loaded.model(&device(), DType::F32).unwrap();
     let template = loaded.chat_template().unwrap();
@@ -97,24 +161,33 @@ fn a_batch_of_several_prefill_chunks_equals_one_at_a_time() {
     let ex = Extractor::of(&model, &loaded, &template, &layers);
     let personas =
         extractor::study::parse_personas(extractor::study::DEFAULT_PERSONAS, "personas").unwrap();
-    let questions = [
-        "Why?",
-        "Why do people travel?",
-        "What would you do with a free afternoon in a city you have never visited before?",
-        "Name a colour.",
-        "How should a small team decide what to build next, and who should decide it?",
-        "Is it ever right to lie?",
-    ];
-    let mut prompts: Vec<Vec<u32>> = personas
-        .iter()
-        .flat_map(|p| {
-            questions
-                .iter()
-                .map(|q| ex.prompt_ids(&p.system_prompt, q).unwrap())
-        })
-        .collect();
-    prompts.sort_by_key(|p| p.len());
+    let mut prompts: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (pi, p) in personas.iter().enumerate() {
+        for q in questions.iter().copied() {
+            prompts.push((pi, ex.prompt_ids(&p.system_prompt, q).unwrap()));
+        }
+    }
+    prompts.sort_by_key(|(pi, p)| (if by_persona { *pi } else { 0 }, p.len()));
+    let prompts: Vec<Vec<u32>> = prompts.into_iter().map(|(_, p)| p).collect();
     let n = prompts.len();
+    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
+    let (tokens, valid) = extractor::extract::left_pad(&prompts, maxlen);
+    let plan = runtime::model::prefill_chunks::plan_prefill_chunks(
+        &tokens,
+        &valid,
+        extractor::extract::PREFILL_ROWS,
+    );
+    let shared: Vec<_> = plan.iter().filter(|c| c.shared > 0).collect();
+    if by_persona {
+        // 12 personas x 16 rows: all but the shortest persona prompts are shared (15 rows x
+        // 16+ tokens), confab's ~400 tokens among them.
+        assert!(shared.len() >= 9, "{plan:?}");
+        assert_eq!(plan.len(), 12, "one chunk per persona: {plan:?}");
+    } else {
+        assert_eq!(shared.len(), 1, "{plan:?}");
+    }
+    assert!(shared.iter().any(|c| c.shared > 300), "{shared:?}");
+    eprintln!("prefill chunks: {plan:?}");
     assert!(
         n > extractor::extract::PREFILL_ROWS,
         "{n} prompts fit in one chunk"
@@ -127,7 +200,15 @@ fn a_batch_of_several_prefill_chunks_equals_one_at_a_time() {
     let batched = ex.run_batch(&prompts, 6, true).unwrap();
     let rows = extractor::extract::PREFILL_ROWS;
     let mut checked = 0;
-    for i in (0..n).filter(|i| i % 9 == 0 || *i == rows - 1 || *i == rows || *i == n - 1) {
+    // In each shared chunk its first and last rows (the shortest and longest questions: the
+    // copy's extreme columns) and one in the middle.
+    let shared_rows: Vec<usize> = shared
+        .iter()
+        .flat_map(|c| [c.r0, c.r0 + c.n / 2, c.r0 + c.n - 1])
+        .collect();
+    for i in (0..n).filter(|i| {
+        i % 9 == 0 || *i == rows - 1 || *i == rows || *i == n - 1 || shared_rows.contains(i)
+    }) {
         let single = ex
             .run_batch(std::slice::from_ref(&prompts[i]), 6, true)
             .unwrap()

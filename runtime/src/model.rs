@@ -825,7 +825,7 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 mod load;
 
 #[path = "prefill_chunks.rs"]
-mod prefill_chunks;
+pub mod prefill_chunks;
 
 #[cfg(test)]
 #[path = "model_tests.rs"]

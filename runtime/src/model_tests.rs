@@ -1,5 +1,6 @@
 //! Tests of `model`: the KV cache, padding, passes at offsets.
 
+use super::prefill_chunks::{plan_prefill_chunks, PrefillChunk};
 use super::*;
 
 fn tiny_model() -> Model {
@@ -121,6 +122,85 @@ fn the_cache_holds_each_pass_at_its_offset() {
     assert!(apart > 100.0 * diff.max(1e-7), "{apart} vs {diff}");
 }
 
+/// What a prefill leaves, and three decoding steps after it: the outputs, each row's key flags
+/// and next position, the cache length, and per step the captured states and next tokens.
+type PrefillAndDecode = (
+    StepOutput,
+    Vec<Vec<bool>>,
+    Vec<usize>,
+    usize,
+    Vec<Vec<Vec<f32>>>,
+);
+
+/// Left-pads `prompts`, prefills them with `prefill` (one pass, or in chunks) into a cache with
+/// room for three more positions and decodes three steps capturing block 1.
+fn prefill_then_decode(
+    m: &Model,
+    prompts: &[Vec<u32>],
+    prefill: impl Fn(&[Vec<u32>], &[Vec<bool>], &mut KvCache) -> StepOutput,
+) -> (PrefillAndDecode, KvCache) {
+    let b = prompts.len();
+    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
+    let tokens: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| [vec![0u32; maxlen - p.len()], p.clone()].concat())
+        .collect();
+    let valid: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|p| [vec![false; maxlen - p.len()], vec![true; p.len()]].concat())
+        .collect();
+    let mut cache = m.new_cache(b, maxlen + 3).unwrap();
+    let out = prefill(&tokens, &valid, &mut cache);
+    let tables = m.decode_tables(&cache, 3).unwrap();
+    let mut ids = Tensor::from_vec(out.next_tokens.clone().unwrap(), (b,), &Device::Cpu).unwrap();
+    let mut decoded = Vec::new();
+    for step in 0..3 {
+        let (next, captured) = m
+            .decode_step(&ids, step, &tables, &mut cache, &[1], true)
+            .unwrap();
+        decoded.push(captured[0].to_vec2::<f32>().unwrap());
+        ids = next.unwrap();
+        decoded.push(vec![ids
+            .to_vec1::<u32>()
+            .unwrap()
+            .iter()
+            .map(|&x| x as f32)
+            .collect()]);
+    }
+    let state = (
+        out,
+        cache.key_valid.clone(),
+        cache.next_pos.clone(),
+        cache.len,
+        decoded,
+    );
+    (state, cache)
+}
+
+/// Two prefills agree: key flags, positions and length exactly, next tokens exactly, captured
+/// and decoded states within 1e-5 of their scale.
+fn assert_same_prefill(one: &PrefillAndDecode, other: &PrefillAndDecode) {
+    assert_eq!((&one.1, &one.2, one.3), (&other.1, &other.2, other.3));
+    assert_eq!(one.0.next_tokens, other.0.next_tokens);
+    let close = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-5 * scale, "differ by {diff} (scale {scale})");
+    };
+    for (a, b) in one.0.last_hidden.iter().zip(&other.0.last_hidden) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            close(x, y);
+        }
+    }
+    assert_eq!(one.4.len(), other.4.len());
+    for (a, b) in one.4.iter().zip(&other.4) {
+        for (x, y) in a.iter().zip(b) {
+            close(x, y);
+        }
+    }
+}
+
 #[test]
 fn a_prefill_in_row_chunks_equals_one_pass_and_decodes_the_same() {
     // Five prompts of 2..7 tokens, left-padded to 7, prefilled in chunks of 2 rows (each chunk
@@ -138,20 +218,11 @@ fn a_prefill_in_row_chunks_equals_one_pass_and_decodes_the_same() {
                 .collect()
         })
         .collect();
-    let maxlen = 7;
-    let tokens: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| [vec![0u32; maxlen - p.len()], p.clone()].concat())
-        .collect();
-    let valid: Vec<Vec<bool>> = prompts
-        .iter()
-        .map(|p| [vec![false; maxlen - p.len()], vec![true; p.len()]].concat())
-        .collect();
     let run = |chunk: usize| {
-        let mut cache = m.new_cache(5, maxlen + 3).unwrap();
-        let out = m
-            .prefill_in_row_chunks(&tokens, &valid, &mut cache, &[0, 1], true, chunk)
-            .unwrap();
+        let (state, cache) = prefill_then_decode(&m, &prompts, |t, v, c| {
+            m.prefill_in_row_chunks(t, v, c, &[0, 1], true, chunk)
+                .unwrap()
+        });
         // The columns left of a chunk's longest prompt were not computed: rows 0 and 1 (2 and
         // 3 tokens) hold nothing in columns 0..4 when chunked; one pass wrote padding there.
         let skipped = cache.k[0]
@@ -166,49 +237,131 @@ fn a_prefill_in_row_chunks_equals_one_pass_and_decodes_the_same() {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(skipped == 0.0, chunk == 2, "{skipped}");
-        let tables = m.decode_tables(&cache, 3).unwrap();
-        let mut ids =
-            Tensor::from_vec(out.next_tokens.clone().unwrap(), (5,), &Device::Cpu).unwrap();
-        let mut decoded = Vec::new();
-        for step in 0..3 {
-            let (next, captured) = m
-                .decode_step(&ids, step, &tables, &mut cache, &[1], true)
-                .unwrap();
-            decoded.push(captured[0].to_vec2::<f32>().unwrap());
-            ids = next.unwrap();
-            decoded.push(vec![ids
-                .to_vec1::<u32>()
-                .unwrap()
-                .iter()
-                .map(|&x| x as f32)
-                .collect()]);
-        }
-        (
-            out,
-            cache.key_valid.clone(),
-            cache.next_pos.clone(),
-            cache.len,
-            decoded,
-        )
+        state
     };
-    let (one, kv1, pos1, len1, dec1) = run(5);
-    let (chunked, kv2, pos2, len2, dec2) = run(2);
-    assert_eq!((kv1, pos1, len1), (kv2, pos2, len2));
-    assert_eq!(one.next_tokens, chunked.next_tokens);
-    let close = |a: &[f32], b: &[f32]| {
-        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= 1e-5 * scale, "differ by {diff} (scale {scale})");
+    let one = run(5);
+    assert_eq!(one.0.last_hidden[0].len(), 5);
+    assert_same_prefill(&one, &run(2));
+}
+
+/// Prompts of 16 rows that share a 20-token prefix (a persona's system prompt) and then differ
+/// (questions of 1 to 16 tokens), and one of a row that shares nothing.
+fn prompts_sharing_a_prefix() -> Vec<Vec<u32>> {
+    let prefix: Vec<u32> = (0..20).map(|j| (5 + 11 * j) % 60 + 1).collect();
+    let mut prompts: Vec<Vec<u32>> = (0..16)
+        .map(|i| {
+            let question = (0..1 + i).map(|j| ((3 * i + 7 * j) % 60 + 1) as u32);
+            prefix.iter().copied().chain(question).collect()
+        })
+        .collect();
+    prompts.push((0..9).map(|j| (2 + 5 * j) % 60 + 1).collect());
+    prompts
+}
+
+#[test]
+fn chunks_are_cut_where_a_shared_prefix_starts_or_ends() {
+    let plan = |prompts: &[Vec<u32>], rows: usize| {
+        let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
+        let (t, v): (Vec<_>, Vec<_>) = prompts
+            .iter()
+            .map(|p| {
+                (
+                    [vec![0u32; maxlen - p.len()], p.clone()].concat(),
+                    [vec![false; maxlen - p.len()], vec![true; p.len()]].concat(),
+                )
+            })
+            .unzip();
+        plan_prefill_chunks(&t, &v, rows)
     };
-    for (a, b) in one.last_hidden.iter().zip(&chunked.last_hidden) {
-        assert_eq!(a.len(), 5);
-        for (x, y) in a.iter().zip(b) {
-            close(x, y);
-        }
-    }
-    for (a, b) in dec1.iter().zip(&dec2) {
-        for (x, y) in a.iter().zip(b) {
-            close(x, y);
-        }
-    }
+    let chunk = |r0, n, shared| PrefillChunk { r0, n, shared };
+    let sharing = prompts_sharing_a_prefix();
+    // 16 rows share 20 tokens (15 x 20 = 300 positions skipped); the last row shares nothing.
+    assert_eq!(plan(&sharing, 64), vec![chunk(0, 16, 20), chunk(16, 1, 0)]);
+    // Cut at 8 rows: 7 x 20 = 140 positions are not worth a one-row pass.
+    assert_eq!(
+        plan(&sharing, 8),
+        vec![chunk(0, 8, 0), chunk(8, 8, 0), chunk(16, 1, 0)]
+    );
+    // The prefix stops short of the shortest row's last token: row 0 (prefix + 1 token) and a
+    // copy of the prefix alone (20 tokens: shares 19 with everyone, its last token is its own).
+    let mut with_bare = sharing[..16].to_vec();
+    with_bare.insert(0, sharing[0][..20].to_vec());
+    assert_eq!(plan(&with_bare, 64), vec![chunk(0, 17, 19)]);
+    // Rows that share nothing stay together, up to the chunk size; a run between them is its
+    // own group.
+    let loners: Vec<Vec<u32>> = (0..5)
+        .map(|i| (0..30).map(|j| (i * 13 + j * 3) % 60 + 1).collect())
+        .collect();
+    let mixed: Vec<Vec<u32>> = loners[..3]
+        .iter()
+        .chain(&sharing[..16])
+        .chain(&loners[3..])
+        .cloned()
+        .collect();
+    assert_eq!(
+        plan(&mixed, 2),
+        vec![
+            chunk(0, 2, 0),
+            chunk(2, 1, 0),
+            chunk(3, 2, 0),
+            chunk(5, 2, 0),
+            chunk(7, 2, 0),
+            chunk(9, 2, 0),
+            chunk(11, 2, 0),
+            chunk(13, 2, 0),
+            chunk(15, 2, 0),
+            chunk(17, 2, 0),
+            chunk(19, 2, 0),
+        ]
+    );
+    assert_eq!(
+        plan(&mixed, 64),
+        vec![chunk(0, 3, 0), chunk(3, 16, 20), chunk(19, 2, 0)]
+    );
+}
+
+#[test]
+fn a_shared_prefix_computed_once_equals_one_pass_and_decodes_the_same() {
+    // 16 prompts sharing 20 tokens then 1..16 tokens of their own, and one sharing nothing:
+    // the prefix runs once and is copied into each row's columns (right-aligned: a different
+    // column per row; rows whose question is short get some of the prefix's last tokens
+    // recomputed with their own), then only the columns after it are computed. The same states,
+    // tokens, key flags and positions as one pass over whole prompts, and the same decoding.
+    let m = tiny_model();
+    let prompts = prompts_sharing_a_prefix();
+    let (one, _) = prefill_then_decode(&m, &prompts, |t, v, c| {
+        m.step(t, v, c, &[0, 1], true).unwrap()
+    });
+    let (shared, cache) = prefill_then_decode(&m, &prompts, |t, v, c| {
+        m.prefill_in_row_chunks(t, v, c, &[0, 1], true, 64).unwrap()
+    });
+    assert_eq!(one.0.last_hidden[0].len(), 17);
+    assert_same_prefill(&one, &shared);
+    // The copy is what a pass writes: row 15 (the longest question) holds the prefix's keys in
+    // the 20 columns before its question, block 1 included.
+    let k = |c: &KvCache, row: usize| {
+        c.k[1]
+            .narrow(0, row, 1)
+            .unwrap()
+            .narrow(2, 0, 20)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut alone = m.new_cache(1, 20).unwrap();
+    m.step(
+        &[prompts[15][..20].to_vec()],
+        &[vec![true; 20]],
+        &mut alone,
+        &[],
+        false,
+    )
+    .unwrap();
+    let diff = k(&cache, 15)
+        .iter()
+        .zip(k(&alone, 0))
+        .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
+    assert!(diff < 1e-6, "{diff}");
 }

@@ -172,39 +172,14 @@ pub fn load_hf_dir(dir: &Path) -> Result<LoadedModel> {
             hash,
         ));
     }
-    let tok_path = dir.join("tokenizer.json");
-    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-    files.push(("tokenizer.json".into(), sha256_file(&tok_path)?));
-    let tc_path = dir.join("tokenizer_config.json");
-    let (chat_template, bos_token, eos_token) = if tc_path.exists() {
-        let tc = read_json(&tc_path)?;
-        files.push(("tokenizer_config.json".into(), sha256_file(&tc_path)?));
-        let tpl = match tc.get("chat_template") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| {
-                    t.get("template")
-                        .and_then(|x| x.as_str())
-                        .map(|s| s.to_string())
-                }),
-            _ => None,
-        };
-        let tpl = tpl.or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-        (
-            tpl,
-            token_string(tc.get("bos_token")),
-            token_string(tc.get("eos_token")),
-        )
-    } else {
-        (
-            std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
-            None,
-            None,
-        )
-    };
+    let TokenizerFiles {
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+        files: tokenizer_files,
+    } = tokenizer_files(dir)?;
+    files.extend(tokenizer_files);
     // Stop ids: generation_config.json eos_token_id (int or list), else config's, else eos_token.
     let mut stop_ids: Vec<u32> = Vec::new();
     let mut add_ids = |v: Option<&serde_json::Value>| match v {
@@ -236,6 +211,60 @@ pub fn load_hf_dir(dir: &Path) -> Result<LoadedModel> {
         eos_token,
         files,
         source: dir.display().to_string(),
+    })
+}
+
+/// A model directory's tokenizer (tokenizer.json) and chat template (tokenizer_config.json's
+/// `chat_template`, else chat_template.jinja) with its special tokens, and the (file, sha256)
+/// of what was read. Needs no weights (`bench-workload --study-prompts` reads just these).
+pub struct TokenizerFiles {
+    pub tokenizer: tokenizers::Tokenizer,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub files: Vec<(String, String)>,
+}
+
+pub fn tokenizer_files(dir: &Path) -> Result<TokenizerFiles> {
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+    let mut files = vec![("tokenizer.json".to_string(), sha256_file(&tok_path)?)];
+    let tc_path = dir.join("tokenizer_config.json");
+    let (chat_template, bos_token, eos_token) = if tc_path.exists() {
+        let tc = read_json(&tc_path)?;
+        files.push(("tokenizer_config.json".into(), sha256_file(&tc_path)?));
+        let tpl = match tc.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| {
+                    t.get("template")
+                        .and_then(|x| x.as_str())
+                        .map(|s| s.to_string())
+                }),
+            _ => None,
+        };
+        let tpl = tpl.or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+        (
+            tpl,
+            token_string(tc.get("bos_token")),
+            token_string(tc.get("eos_token")),
+        )
+    } else {
+        (
+            std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+            None,
+            None,
+        )
+    };
+    Ok(TokenizerFiles {
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+        files,
     })
 }
 
