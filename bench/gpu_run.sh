@@ -11,6 +11,10 @@
 #   tcvariants  the tensor-core attention's f16 and head-dimension-64 variants checked against the
 #               f32 reference (bf16 at 128 is what `check` covers), with short workloads
 #   bench256    Method B at batch 256 (the reference's batch)
+#   studyab     Method A + B on the default study's own prompts (12 personas x 240 questions through
+#               the chat template: each persona's prompt computed once per prefill chunk), then the
+#               HF reference on the same token ids: A at batch 64 and 256, B at 256 (STUDY_HF_B=0
+#               skips B); needs .gpu/fixtures.tar.xz (the tokenizer: hf-tiny-qwen2/model)
 #   check       the kernel checks and a quarter of the workload (a quick look after a change)
 #   merge       LoRA merge time on the GPU for a 7B-shaped r = 32 adapter (.gpu/merge.xz, built by
 #               scripts/build_cuda.sh --example merge_speed)
@@ -117,6 +121,13 @@ for what in "$@"; do
            && /tmp/merge_speed 32 cuda 2>&1 | tee "$OUT/merge.log" ;;
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
+    studyab) "$PG" bench-workload --study-prompts "$FX/hf-tiny-qwen2/model" --dump-prompts /tmp/study-prompts.json \
+               --batch-b 0 2>&1 | tee "$OUT/studyab.log" | grep -v "^fused"
+           for n in 64 256; do PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py --skip-b --batch-a $n \
+               --prompts-file /tmp/study-prompts.json 2>&1 | grep "method A"; done | tee "$OUT/studyab-hf-a.log"
+           [ "${STUDY_HF_B:-1}" = 0 ] && continue
+           PYTHONUNBUFFERED=1 timeout 400 python3 bench/hf_reference_workload.py --prompts-file /tmp/study-prompts.json \
+               2>&1 | tee "$OUT/studyab-hf.log" | tail -3 ;;
     profile) PG_PROFILE=1 "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/profile.log" ;;
     big) timeout 240 "$PG" bench-workload --methods b --batch-b "${BIG_BATCH:-1440}" 2>&1 | tee "$OUT/big-${BIG_BATCH:-1440}.log" ;;
     ncu) ncu --clock-control none -k regex:"${NCU_KERNEL:-attention_decode}" --launch-skip 300 --launch-count 1 \
