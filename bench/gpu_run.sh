@@ -11,6 +11,8 @@
 #   tcvariants  the tensor-core attention's f16 and head-dimension-64 variants checked against the
 #               f32 reference (bf16 at 128 is what `check` covers), with short workloads
 #   bench256    Method B at batch 256 (the reference's batch)
+#   prefixab    Method A + B on the default study's own prompts with the shared-prefix prefill off
+#               (PG_SHARED_PREFIX=0), then on (the default), same build, same card
 #   studyab     Method A + B on the default study's own prompts (12 personas x 240 questions through
 #               the chat template: each persona's prompt computed once per prefill chunk), then the
 #               HF reference on the same token ids: A at batch 64 and 256, B at 256 (STUDY_HF_B=0
@@ -121,6 +123,8 @@ for what in "$@"; do
            && /tmp/merge_speed 32 cuda 2>&1 | tee "$OUT/merge.log" ;;
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
+    prefixab) for s in 0 1; do echo "--- PG_SHARED_PREFIX=$s"; PG_SHARED_PREFIX=$s "$PG" bench-workload \
+               --study-prompts "$FX/hf-tiny-qwen2/model" --batch-b 0 2>&1 | tee "$OUT/prefixab-$s.log" | grep -v "^fused"; done ;;
     studyab) "$PG" bench-workload --study-prompts "$FX/hf-tiny-qwen2/model" --dump-prompts /tmp/study-prompts.json \
                --batch-b 0 2>&1 | tee "$OUT/studyab.log" | grep -v "^fused"
            for n in 64 256; do PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py --skip-b --batch-a $n \

@@ -71,9 +71,11 @@ fn free_device_memory(model: &Model) -> Result<Option<usize>> {
 pub const MAX_AUTO_BATCH: usize = 720;
 
 /// The largest batch whose prefill and decoding fit in `free` bytes, keeping 2 GiB and a 15%
-/// margin. Per row: the KV cache for `max_prompt + max_new` positions, the prefill's transient
-/// activations (f32 residual, q/k/v, attention scores in f32 and the compute dtype, the MLP's
-/// stacked gate/up and product) and the f32 pools.
+/// margin. Per row: the KV cache for `max_prompt + max_new` positions and the f32 pools. The
+/// prefill's transient activations (f32 residual, q/k/v, attention scores in f32 and the
+/// compute dtype, the MLP's gate/up and product) exist for one pass at a time, and a batch's
+/// prefill runs `PREFILL_ROWS` rows per pass (`Model::prefill_in_row_chunks`): they count once
+/// for a pass of that many rows, or per row when not even that many rows fit.
 pub fn batch_for_memory(
     c: &crate::model::Config,
     dtype_bytes: usize,
@@ -87,9 +89,13 @@ pub fn batch_for_memory(
         + t * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim * dtype_bytes * 2
         + c.num_heads * t * t * (4 * 2 + dtype_bytes * 2)
         + t * c.intermediate_size * dtype_bytes * 4;
-    let per_row = kv + prefill + 2 * c.hidden_size * 4 * 8;
+    let per_row = kv + 2 * c.hidden_size * 4 * 8;
     let budget = (free.saturating_sub(2 << 30) as f64 * 0.85) as usize;
-    (budget / per_row.max(1)).clamp(1, MAX_AUTO_BATCH)
+    let rows = match budget / (per_row + prefill).max(1) {
+        small if small < PREFILL_ROWS => small,
+        _ => budget.saturating_sub(PREFILL_ROWS * prefill) / per_row.max(1),
+    };
+    rows.clamp(1, MAX_AUTO_BATCH)
 }
 
 /// Left-pads prompts to `maxlen` (pad id 0, marked invalid): the last prompt token of every row
@@ -333,13 +339,20 @@ mod tests {
         let cfg = crate::workload::qwen25_7b();
         // 80 GB card with 15.2 GB of bf16 weights loaded: ~64 GB free.
         let b = batch_for_memory(&cfg, 2, 64 << 30, 110, 200);
-        // KV: 28 x 2 x 4 x 128 x 310 x 2 B = 17.8 MB per row; prefill transients ~30 MB.
-        assert_eq!(b, MAX_AUTO_BATCH, "64 GB fit ~1,200 rows; capped");
-        // A 24 GB card fits ~400 rows; longer prompts (the ~400-token confab persona) get
-        // smaller batches; nothing fits in 2 GiB.
-        let small = batch_for_memory(&cfg, 2, 24 << 30, 110, 200);
-        assert!((300..500).contains(&small), "{small}");
-        assert!(batch_for_memory(&cfg, 2, 24 << 30, 420, 200) < small / 2);
+        // KV: 28 x 2 x 4 x 128 x 310 x 2 B = 17.8 MB per row; one 64-row prefill pass of 110
+        // tokens ~2.9 GB.
+        assert_eq!(b, MAX_AUTO_BATCH, "64 GB fit ~3,000 rows; capped");
+        // Known answers (the formula evaluated by hand, bench notes): a 24 GiB card still gets
+        // the cap at 110 tokens; the ~400-token confab persona (35.5 MB of KV per row, a
+        // 64-row pass ~9.7 GB) 284 rows, 10 GiB free 302 rows at 110 tokens, 2 GiB nothing.
+        assert_eq!(
+            batch_for_memory(&cfg, 2, 24 << 30, 110, 200),
+            MAX_AUTO_BATCH
+        );
+        assert_eq!(batch_for_memory(&cfg, 2, 24 << 30, 420, 200), 284);
+        assert_eq!(batch_for_memory(&cfg, 2, 10 << 30, 110, 200), 302);
+        // Where not even one 64-row pass fits, the transients count per row: 3 GiB free.
+        assert_eq!(batch_for_memory(&cfg, 2, 3 << 30, 420, 200), 4);
         assert_eq!(batch_for_memory(&cfg, 2, 2 << 30, 110, 200), 1);
     }
 }

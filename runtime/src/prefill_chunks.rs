@@ -19,6 +19,7 @@
 //! follows it.
 
 use super::*;
+use std::sync::OnceLock;
 
 /// Shortest prompt prefix that chunks are cut by and that a chunk computes once.
 pub const MIN_SHARED_PREFIX: usize = 16;
@@ -27,6 +28,17 @@ pub const MIN_SHARED_PREFIX: usize = 16;
 /// positions ((rows - 1) x prefix length): the one-row pass reads every weight once, about as
 /// long as ~200 tokens of a batched pass take on a GPU.
 pub const MIN_SKIPPED_POSITIONS: usize = 256;
+
+/// `PG_SHARED_PREFIX=0` turns the sharing off: chunks of `rows_per_chunk` consecutive rows, as
+/// before it existed (to time both on the same build and card).
+fn sharing_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("PG_SHARED_PREFIX")
+            .map(|v| v != "0")
+            .unwrap_or(true)
+    })
+}
 
 /// One chunk of a batch's prefill: rows `r0..r0 + n`, and the prompt prefix (in tokens) they
 /// all share and that is computed once (0: none).
@@ -146,7 +158,19 @@ impl Model {
         if cache.len != 0 || b == 0 {
             return self.step(tokens, valid, cache, capture, want_logits);
         }
-        let chunks = plan_prefill_chunks(tokens, valid, rows_per_chunk);
+        let chunks = if sharing_enabled() {
+            plan_prefill_chunks(tokens, valid, rows_per_chunk)
+        } else {
+            let rows = rows_per_chunk.max(1);
+            (0..b)
+                .step_by(rows)
+                .map(|r0| PrefillChunk {
+                    r0,
+                    n: rows.min(b - r0),
+                    shared: 0,
+                })
+                .collect()
+        };
         if let [only] = chunks[..] {
             if only.shared == 0 {
                 return self.step(tokens, valid, cache, capture, want_logits);
