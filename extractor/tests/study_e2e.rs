@@ -29,12 +29,15 @@ fn extract_analyze_and_resume_give_identical_bytes() {
         .provenance
         .iter()
         .any(|(k, v)| k == "adapter.base_check" && v.starts_with("ok")));
-    // Crash after 5 units, then resume: identical bytes.
+    // Crash after 6 units (the base checkpoint's personas 0-1 and 2, villain, assistant and
+    // confab: the group of confab and librarian is half done), then resume: identical bytes,
+    // so the resumed group was decoded whole again, not librarian alone (its rows padded to
+    // its own prompts' length rather than confab's ~400 tokens).
     std::fs::remove_file(d.join("out.pgb")).unwrap();
     let out = bin()
         .arg("extract")
         .arg(&s)
-        .env("PG_TEST_ABORT_AFTER_UNITS", "5")
+        .env("PG_TEST_ABORT_AFTER_UNITS", "6")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(130));

@@ -77,9 +77,36 @@ pub(super) fn checkpoint_model(run: &RunInputs, ck: usize) -> Result<(Model, Che
     Ok((model, checkpoint))
 }
 
+/// How many personas' questions are batched together (decoded as one batch): as many as fit
+/// in the study's batch size (`"auto"`: `MAX_AUTO_BATCH` rows), at least one. A function of the
+/// study alone, never of the device or of what is done already, so that every run of a study
+/// (whole, sharded, resumed) batches the same rows together and writes the same bytes: groups
+/// are personas `g·k .. (g+1)·k`, and shards are cut at group boundaries (`shard::assign_groups`).
+/// The default study (240 questions) decodes 3 personas (720 rows) at a time instead of one
+/// (240 rows); a study of 40 questions all 12 at once.
+pub(super) fn persona_group_size(st: &Study, questions: usize) -> usize {
+    let rows = match st.batch_size {
+        BatchSize::Fixed(n) => n,
+        BatchSize::Named(_) => crate::extract::MAX_AUTO_BATCH,
+    };
+    (rows / questions.max(1)).max(1)
+}
+
+/// One persona's results in a checkpoint: Method A and B per question and layer, which B
+/// vectors exist (an empty answer has none), the answers and their token counts.
+struct PersonaOut {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    b_valid: Vec<bool>,
+    texts: Vec<String>,
+    counts: Vec<u32>,
+}
+
 /// Extracts the units of checkpoint `ck` for the personas `personas` (all of them, or a shard's
-/// share) that are not on disk yet. `units_written` counts units across checkpoints (the resume
-/// test's abort hook).
+/// share) that are not on disk yet, a group of personas (`persona_group_size`) at a time: a
+/// group with any unit missing is computed whole (the same batches as a run that did it in one
+/// go) and its missing units are written. `units_written` counts units across checkpoints (the
+/// resume test's abort hook).
 pub(super) fn extract_checkpoint(
     run: &RunInputs,
     ck: usize,
@@ -93,16 +120,20 @@ pub(super) fn extract_checkpoint(
     let config_hash = run.config_hash.to_string();
     let (q, nl) = (rs.questions.len(), st.layers.len());
     let h = loaded.cfg.hidden_size;
-    let todo: Vec<usize> = personas
-        .iter()
-        .copied()
-        .filter(|&pi| {
-            rs.methods
-                .iter()
-                .any(|&m| !unit_path(parts, ck, m, pi).exists())
-        })
-        .collect();
-    if todo.is_empty() {
+    let missing = |pi: usize, m: Method| !unit_path(parts, ck, m, pi).exists();
+    let k = persona_group_size(st, q);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &pi in personas {
+        match groups.last_mut() {
+            Some(g) if g[0] / k == pi / k => g.push(pi),
+            _ => groups.push(vec![pi]),
+        }
+    }
+    groups.retain(|g| {
+        g.iter()
+            .any(|&pi| rs.methods.iter().any(|&m| missing(pi, m)))
+    });
+    if groups.is_empty() {
         eprintln!("checkpoint {}: all units already done", cspec.name);
         return Ok(());
     }
@@ -113,7 +144,8 @@ pub(super) fn extract_checkpoint(
         stop_ids: &loaded.stop_ids,
         layers: &st.layers,
     };
-    let bar = indicatif::ProgressBar::new((todo.len() * q) as u64);
+    let n_personas: usize = groups.iter().map(|g| g.len()).sum();
+    let bar = indicatif::ProgressBar::new((n_personas * q) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix} [{bar:30}] {pos}/{len} prompts {msg} ETA {eta}",
@@ -131,22 +163,36 @@ pub(super) fn extract_checkpoint(
     ));
     let t0 = std::time::Instant::now();
     let mut tokens_done = 0usize;
-    for &pi in &todo {
-        let persona = &rs.personas[pi];
-        let prompts: Vec<Vec<u32>> = rs
-            .questions
+    let want_b = rs.methods.contains(&Method::B);
+    for group in &groups {
+        // Every (persona, question) of the group: persona by persona (a persona's rows share
+        // its system prompt, computed once per prefill chunk), each persona's questions by
+        // length (short prefill chunks).
+        let mut prompts: Vec<Vec<Vec<u32>>> = Vec::with_capacity(group.len());
+        let mut order: Vec<(usize, usize)> = Vec::with_capacity(group.len() * q);
+        for (gi, &pi) in group.iter().enumerate() {
+            let persona = &rs.personas[pi];
+            let ids: Vec<Vec<u32>> = rs
+                .questions
+                .iter()
+                .map(|qq| ex.prompt_ids(&persona.system_prompt, &qq.text))
+                .collect::<Result<_>>()?;
+            let mut mine: Vec<usize> = (0..q).collect();
+            mine.sort_by_key(|&i| (ids[i].len(), i));
+            order.extend(mine.into_iter().map(|qi| (gi, qi)));
+            prompts.push(ids);
+        }
+        let mut outs: Vec<PersonaOut> = group
             .iter()
-            .map(|qq| ex.prompt_ids(&persona.system_prompt, &qq.text))
-            .collect::<Result<_>>()?;
-        let mut order: Vec<usize> = (0..q).collect();
-        order.sort_by_key(|&i| (prompts[i].len(), i));
-        let want_b = rs.methods.contains(&Method::B);
-        let mut a_out = vec![0f32; q * nl * h];
-        let mut b_out = vec![0f32; q * nl * h];
-        let mut b_valid = vec![false; q];
-        let mut texts = vec![String::new(); q];
-        let mut counts = vec![0u32; q];
-        let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+            .map(|_| PersonaOut {
+                a: vec![0f32; q * nl * h],
+                b: vec![0f32; q * nl * h],
+                b_valid: vec![false; q],
+                texts: vec![String::new(); q],
+                counts: vec![0u32; q],
+            })
+            .collect();
+        let max_prompt = prompts.iter().flatten().map(|p| p.len()).max().unwrap_or(1);
         let batch = st.batch_size.resolve(
             model,
             max_prompt,
@@ -155,22 +201,26 @@ pub(super) fn extract_checkpoint(
             } else {
                 0
             },
-            q,
+            order.len(),
         )?;
         for chunk in order.chunks(batch) {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+            let batch: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|&(gi, qi)| prompts[gi][qi].clone())
+                .collect();
             let res = ex.run_batch(&batch, st.generation.max_new_tokens, want_b)?;
-            for (&qi, r) in chunk.iter().zip(res) {
-                tokens_done += prompts[qi].len() + r.generated.len();
+            for (&(gi, qi), r) in chunk.iter().zip(res) {
+                let (persona, out) = (&rs.personas[group[gi]], &mut outs[gi]);
+                tokens_done += prompts[gi][qi].len() + r.generated.len();
                 for l in 0..nl {
-                    a_out[(qi * nl + l) * h..(qi * nl + l + 1) * h].copy_from_slice(&r.method_a[l]);
+                    out.a[(qi * nl + l) * h..(qi * nl + l + 1) * h].copy_from_slice(&r.method_a[l]);
                 }
                 if want_b {
                     let pooled = if st.generation.span == "templated" {
                         ex.method_b_templated(
                             &persona.system_prompt,
                             &rs.questions[qi].text,
-                            prompts[qi].len(),
+                            prompts[gi][qi].len(),
                             &r.response,
                         )?
                         .1
@@ -179,13 +229,13 @@ pub(super) fn extract_checkpoint(
                         r.method_b.clone()
                     };
                     if let Some(b) = pooled {
-                        b_valid[qi] = true;
+                        out.b_valid[qi] = true;
                         for l in 0..nl {
-                            b_out[(qi * nl + l) * h..(qi * nl + l + 1) * h].copy_from_slice(&b[l]);
+                            out.b[(qi * nl + l) * h..(qi * nl + l + 1) * h].copy_from_slice(&b[l]);
                         }
                     }
-                    texts[qi] = crate::tokenize::decode(&loaded.tokenizer, &r.response)?;
-                    counts[qi] = r.response.len() as u32;
+                    out.texts[qi] = crate::tokenize::decode(&loaded.tokenizer, &r.response)?;
+                    out.counts[qi] = r.response.len() as u32;
                 }
                 bar.inc(1);
             }
@@ -194,55 +244,60 @@ pub(super) fn extract_checkpoint(
                 tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
             ));
         }
-        if bar.is_hidden() {
-            // Not a terminal (CI, nohup): one line per persona instead of a bar.
-            eprintln!(
-                "[{:>6.0}s] checkpoint {}: persona {} done ({}/{} prompts, {:.0} tok/s)",
-                t0.elapsed().as_secs_f64(),
-                cspec.name,
-                persona.name,
-                bar.position(),
-                bar.length().unwrap_or(0),
-                tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
-            );
-        }
-        for (m, data, valid) in [
-            (Method::A, &a_out, vec![true; q]),
-            (Method::B, &b_out, b_valid.clone()),
-        ] {
-            if !rs.methods.contains(&m) {
-                continue;
-            }
-            if let Some(bad) = data.iter().position(|x| !x.is_finite()) {
-                let qi = bad / (nl * h);
-                let l = st.layers[(bad / h) % nl];
-                bail!(
-                    "unit (checkpoint `{}`, method {}, persona `{}`) produced NaN/Inf at question {} layer {l}; nothing of this unit was written (try dtype = \"f32\")",
+        for (&pi, out) in group.iter().zip(outs) {
+            let persona = &rs.personas[pi];
+            if bar.is_hidden() {
+                // Not a terminal (CI, nohup): one line per persona instead of a bar.
+                eprintln!(
+                    "[{:>6.0}s] checkpoint {}: persona {} done ({}/{} prompts, {:.0} tok/s)",
+                    t0.elapsed().as_secs_f64(),
                     cspec.name,
-                    m.name(),
                     persona.name,
-                    rs.questions[qi].id
+                    bar.position(),
+                    bar.length().unwrap_or(0),
+                    tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
                 );
             }
-            let unit = Unit {
-                config_hash: config_hash.clone(),
-                per_question: data.clone(),
-                valid,
-                texts: texts.clone(),
-                token_counts: counts.clone(),
-            };
-            runtime::phases::time("write units", || {
-                write_atomic(&unit_path(parts, ck, m, pi), &postcard::to_allocvec(&unit)?)
-            })?;
-            *units_written += 1;
-            // Test hook: simulate a crash after N units (the resume test uses it).
-            if std::env::var("PG_TEST_ABORT_AFTER_UNITS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                == Some(*units_written)
-            {
-                eprintln!("aborting after {units_written} units (PG_TEST_ABORT_AFTER_UNITS)");
-                std::process::exit(130);
+            for (m, data, valid) in [
+                (Method::A, &out.a, vec![true; q]),
+                (Method::B, &out.b, out.b_valid.clone()),
+            ] {
+                // Units on disk are finished work (a resumed group recomputes them: not
+                // rewritten).
+                if !rs.methods.contains(&m) || !missing(pi, m) {
+                    continue;
+                }
+                if let Some(bad) = data.iter().position(|x| !x.is_finite()) {
+                    let qi = bad / (nl * h);
+                    let l = st.layers[(bad / h) % nl];
+                    bail!(
+                        "unit (checkpoint `{}`, method {}, persona `{}`) produced NaN/Inf at question {} layer {l}; nothing of this unit was written (try dtype = \"f32\")",
+                        cspec.name,
+                        m.name(),
+                        persona.name,
+                        rs.questions[qi].id
+                    );
+                }
+                let unit = Unit {
+                    config_hash: config_hash.clone(),
+                    per_question: data.clone(),
+                    valid,
+                    texts: out.texts.clone(),
+                    token_counts: out.counts.clone(),
+                };
+                runtime::phases::time("write units", || {
+                    write_atomic(&unit_path(parts, ck, m, pi), &postcard::to_allocvec(&unit)?)
+                })?;
+                *units_written += 1;
+                // Test hook: simulate a crash after N units (the resume test uses it).
+                if std::env::var("PG_TEST_ABORT_AFTER_UNITS")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    == Some(*units_written)
+                {
+                    eprintln!("aborting after {units_written} units (PG_TEST_ABORT_AFTER_UNITS)");
+                    std::process::exit(130);
+                }
             }
         }
     }
@@ -251,7 +306,7 @@ pub(super) fn extract_checkpoint(
         eprintln!(
             "checkpoint {}: {} personas done, {:.0} tok/s",
             cspec.name,
-            todo.len(),
+            n_personas,
             tokens_done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
         );
     }

@@ -10,7 +10,7 @@
 //! batches, and with them the last bits of bf16 arithmetic.)
 
 use super::assemble::{assemble_bundle, bundle_header, BundleHeader};
-use super::checkpoint::{checkpoint_model, extract_checkpoint};
+use super::checkpoint::{checkpoint_model, extract_checkpoint, persona_group_size};
 use super::run::{ExtractOptions, Prepared};
 use super::units::{open_parts, unit_path};
 use super::*;
@@ -120,6 +120,25 @@ pub fn assign(costs: &[u64], count: usize) -> Vec<usize> {
         .collect()
 }
 
+/// `assign` over groups of units rather than units: the units of a checkpoint's personas
+/// `g·k .. (g+1)·k` (`personas` per checkpoint, units in checkpoint-major order) go to one
+/// shard together, since they are batched together (`persona_group_size`): a shard then runs
+/// the same batches as the whole study and writes the same bytes.
+pub fn assign_groups(costs: &[u64], personas: usize, k: usize, count: usize) -> Vec<usize> {
+    let group_of = |u: usize| (u / personas.max(1), (u % personas.max(1)) / k.max(1));
+    let mut group_costs: Vec<u64> = Vec::new();
+    let mut group_index = Vec::with_capacity(costs.len());
+    for (u, &c) in costs.iter().enumerate() {
+        if u == 0 || group_of(u) != group_of(u - 1) {
+            group_costs.push(0);
+        }
+        *group_costs.last_mut().expect("pushed above") += c;
+        group_index.push(group_costs.len() - 1);
+    }
+    let owner = assign(&group_costs, count);
+    group_index.into_iter().map(|g| owner[g]).collect()
+}
+
 /// What a finished shard leaves in `part.json` beside its unit files: enough for `merge` to
 /// check it and assemble the bundle without the model.
 #[derive(Serialize, Deserialize)]
@@ -194,7 +213,12 @@ pub(super) fn run_shard(pr: &Prepared, shard: ShardSpec, resume: bool) -> Result
     let created = open_parts(&dir, &pr.config_hash, Some(shard), resume)?;
     let p = rs.personas.len();
     let costs = unit_costs(pr)?;
-    let owner = assign(&costs, shard.count);
+    let owner = assign_groups(
+        &costs,
+        p,
+        persona_group_size(st, rs.questions.len()),
+        shard.count,
+    );
     let mine: Vec<usize> = (0..owner.len())
         .filter(|&u| owner[u] == shard.index)
         .collect();
@@ -621,6 +645,20 @@ mod tests {
         assert_eq!(assign(&[5; 6], 1), vec![0; 6]);
         // More shards than units: each unit its own shard, some shards empty.
         assert_eq!(assign(&[1, 1], 4), vec![1, 3]);
+        // Groups of personas stay in one shard: 2 checkpoints x 4 personas in pairs, 3
+        // shards; equal costs give 4 groups of 2 units to 3 shards, cut between groups only.
+        assert_eq!(
+            assign_groups(&[5; 8], 4, 2, 3),
+            vec![0, 0, 1, 1, 1, 1, 2, 2]
+        );
+        // Group size 1 is `assign`; a last group may be short (5 personas in pairs).
+        assert_eq!(assign_groups(&[5; 6], 3, 1, 3), assign(&[5; 6], 3));
+        // Group costs [2, 2, 1, 18, 18, 9] (total 50): midpoints 1, 3, 4.5, 14 fall in the
+        // first half, 32 and 45.5 in the second; checkpoint 1's first pair stays together.
+        assert_eq!(
+            assign_groups(&[1, 1, 1, 1, 1, 9, 9, 9, 9, 9], 5, 2, 2),
+            vec![0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
+        );
     }
 
     #[test]

@@ -69,14 +69,16 @@ pub fn pg() -> Command {
 
 /// A small study of the fixture (base + two LoRA checkpoints, 4 personas x 6 questions, layers
 /// 1 and 3) written to `dir/study.toml`, bundle `out.pgb`; `extra` lines go before `[model]`.
+/// Batches of 12 rows: two personas' questions decode together (`persona_group_size`), so
+/// the resume, shard and device tests check that grouping against the single run's bytes.
 pub fn tiny_study(dir: &Path, extra: &str, em_adapter: &str) -> PathBuf {
     let f = fixture();
     let text = format!(
         r#"output = "out.pgb"
-personas = ["assistant", "villain", "librarian", "confab"]
+personas = ["villain", "assistant", "confab", "librarian"]
 question_limit = 6
 layers = [1, 3]
-batch_size = 4
+batch_size = 12
 {extra}
 [model]
 id = "persona-fixture/tiny-qwen2"
