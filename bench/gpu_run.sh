@@ -11,6 +11,9 @@
 #   tcvariants  the tensor-core attention's f16 and head-dimension-64 variants checked against the
 #               f32 reference (bf16 at 128 is what `check` covers), with short workloads
 #   bench256    Method B at batch 256 (the reference's batch)
+#   groupbytes  the HF fixture study (bf16, batch "auto", 240 questions: persona groups of 3) on one
+#               GPU whole, as 3 shards merged, and aborted after 5 units then resumed: the three
+#               bundles must be byte-identical (.gpu/fixture.tar.xz)
 #   prefixab    Method A + B on the default study's own prompts with the shared-prefix prefill off
 #               (PG_SHARED_PREFIX=0), then on (the default), same build, same card
 #   studyab     Method A + B on the default study's own prompts (12 personas x 240 questions through
@@ -123,6 +126,18 @@ for what in "$@"; do
            && /tmp/merge_speed 32 cuda 2>&1 | tee "$OUT/merge.log" ;;
     check) "$PG" bench-workload --prompts 720 --batch-b 0 2>&1 | tee "$OUT/check.log" ;;
     bench256) "$PG" bench-workload --methods b --batch-b 256 2>&1 | tee "$OUT/bench256.log" ;;
+    groupbytes) S=/tmp/pg-groups; rm -rf $S; mkdir -p $S
+           printf '%s\n' 'output = "whole.pgb"' 'layers = [0, 1, 3]' 'batch_size = "auto"' \
+             '[model]' 'id = "persona-fixture/tiny-qwen2"' "path = \"$FIXTURE/model\"" 'device = "cuda"' 'dtype = "bf16"' \
+             '[generation]' 'max_new_tokens = 16' '[[checkpoints]]' 'name = "base"' 'role = "base"' \
+             '[[checkpoints]]' 'name = "em"' 'role = "em"' "adapter = \"$FIXTURE/adapters/lora_r4\"" > $S/study.toml
+           "$PG" extract $S/study.toml 2>&1 | tail -1
+           for i in 0 1 2; do "$PG" extract $S/study.toml --shard $i/3 -o $S/sharded.pgb 2>&1 | tail -1; done
+           "$PG" merge $S/sharded.pgb.shard-0-of-3 $S/sharded.pgb.shard-1-of-3 $S/sharded.pgb.shard-2-of-3 -o $S/sharded.pgb 2>&1 | tail -1
+           PG_TEST_ABORT_AFTER_UNITS=5 "$PG" extract $S/study.toml -o $S/resumed.pgb > /dev/null 2>&1; echo "aborted: rc $?"
+           "$PG" extract $S/study.toml -o $S/resumed.pgb --resume 2>&1 | tail -1
+           sha256sum $S/whole.pgb $S/sharded.pgb $S/resumed.pgb | tee "$OUT/group_bytes.txt"
+           cmp $S/whole.pgb $S/sharded.pgb && cmp $S/whole.pgb $S/resumed.pgb && echo "bundles identical" | tee -a "$OUT/group_bytes.txt" ;;
     prefixab) for s in 0 1; do echo "--- PG_SHARED_PREFIX=$s"; PG_SHARED_PREFIX=$s "$PG" bench-workload \
                --study-prompts "$FX/hf-tiny-qwen2/model" --batch-b 0 2>&1 | tee "$OUT/prefixab-$s.log" | grep -v "^fused"; done ;;
     studyab) "$PG" bench-workload --study-prompts "$FX/hf-tiny-qwen2/model" --dump-prompts /tmp/study-prompts.json \
