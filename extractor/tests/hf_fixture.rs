@@ -43,6 +43,17 @@ fn base_matches_transformers() {
     check("base", None);
 }
 
+/// How `run_batch` cuts these prompts' prefill (left-padded as it pads them).
+fn prefill_plan(prompts: &[Vec<u32>]) -> Vec<runtime::model::prefill_chunks::PrefillChunk> {
+    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
+    let (tokens, valid) = extractor::extract::left_pad(prompts, maxlen);
+    runtime::model::prefill_chunks::plan_prefill_chunks(
+        &tokens,
+        &valid,
+        extractor::extract::PREFILL_ROWS,
+    )
+}
+
 /// The fixture's batch (20 prompts in expected.json's order) computes the confab persona's
 /// 383-token prefix once for its 4 rows: the comparisons with transformers above (and
 /// `verify-fixture` on the GPU, every family) check that path against HF's activations.
@@ -64,14 +75,10 @@ fn the_fixture_batch_computes_the_confab_prompt_once() {
                 .collect()
         })
         .collect();
-    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
-    let (tokens, valid) = extractor::extract::left_pad(&prompts, maxlen);
-    let plan = runtime::model::prefill_chunks::plan_prefill_chunks(
-        &tokens,
-        &valid,
-        extractor::extract::PREFILL_ROWS,
-    );
-    let shared: Vec<_> = plan.iter().map(|c| (c.r0, c.n, c.shared)).collect();
+    let shared: Vec<_> = prefill_plan(&prompts)
+        .iter()
+        .map(|c| (c.r0, c.n, c.shared))
+        .collect();
     assert_eq!(shared, vec![(0, 8, 0), (8, 4, 383), (12, 8, 0)]);
 }
 
@@ -170,13 +177,7 @@ fn several_prefill_chunks_equal_one_at_a_time(questions: &[&str], by_persona: bo
     prompts.sort_by_key(|(pi, p)| (if by_persona { *pi } else { 0 }, p.len()));
     let prompts: Vec<Vec<u32>> = prompts.into_iter().map(|(_, p)| p).collect();
     let n = prompts.len();
-    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
-    let (tokens, valid) = extractor::extract::left_pad(&prompts, maxlen);
-    let plan = runtime::model::prefill_chunks::plan_prefill_chunks(
-        &tokens,
-        &valid,
-        extractor::extract::PREFILL_ROWS,
-    );
+    let plan = prefill_plan(&prompts);
     let shared: Vec<_> = plan.iter().filter(|c| c.shared > 0).collect();
     if by_persona {
         // 12 personas x 16 rows: all but the shortest persona prompts are shared (15 rows x
