@@ -13,6 +13,18 @@ use crate::template::ChatTemplate;
 use crate::tokenize::{decode, encode};
 use anyhow::Result;
 
+/// The token ids of a persona prompt: (system, question) through the chat template with the
+/// generation prompt, tokenised. What every batch prefills, the shard costs count and
+/// `bench-workload --study-prompts` times.
+pub fn prompt_ids(
+    tokenizer: &tokenizers::Tokenizer,
+    template: &ChatTemplate,
+    system: &str,
+    question: &str,
+) -> Result<Vec<u32>> {
+    encode(tokenizer, &template.render(system, question, None, true)?)
+}
+
 pub struct Extractor<'a> {
     pub model: &'a Model,
     pub tokenizer: &'a tokenizers::Tokenizer,
@@ -138,7 +150,7 @@ impl<'a> Extractor<'a> {
     }
 
     pub fn prompt_ids(&self, system: &str, question: &str) -> Result<Vec<u32>> {
-        encode(self.tokenizer, &self.prompt_text(system, question)?)
+        prompt_ids(self.tokenizer, self.template, system, question)
     }
 
     /// Runs one left-padded batch: Method A always, Method B (greedy, `max_new` tokens) if asked.

@@ -63,28 +63,15 @@ pub struct WorkloadArgs {
 /// share its system prompt, computed once per prefill chunk).
 pub fn default_study_prompts(dir: &std::path::Path) -> Result<Vec<Vec<u32>>> {
     let files = runtime::weights::tokenizer_files(dir)?;
-    let source = files.chat_template.as_deref().with_context(|| {
-        format!(
-            "{}: no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)",
-            dir.display()
-        )
-    })?;
-    let template = crate::template::ChatTemplate::new(source, files.bos_token, files.eos_token)?;
-    let personas = crate::study::parse_personas(
-        crate::study::DEFAULT_PERSONAS,
-        "embedded data/eval_personas.json",
-    )?;
-    let questions = crate::study::parse_questions(
-        crate::study::DEFAULT_QUESTIONS,
-        "embedded data/extraction_questions.jsonl",
-    )?;
+    let template = files.chat_template(dir)?;
+    let personas = crate::study::default_personas()?;
+    let questions = crate::study::default_questions()?;
     let mut prompts = Vec::with_capacity(personas.len() * questions.len());
     for p in &personas {
         let mut rows = questions
             .iter()
             .map(|q| {
-                let text = template.render(&p.system_prompt, &q.text, None, true)?;
-                crate::tokenize::encode(&files.tokenizer, &text)
+                crate::extract::prompt_ids(&files.tokenizer, &template, &p.system_prompt, &q.text)
             })
             .collect::<Result<Vec<_>>>()?;
         rows.sort_by_key(|r| r.len());

@@ -345,53 +345,40 @@ pub(crate) mod imp {
             let dev = sq.device();
             let (fk_storage, fk_layout) = self.first_key.storage_and_layout();
             let fk = held_view::<u32>(&fk_storage, fk_layout, "first_key")?;
-            let rep = self.d.nh / self.d.nkv;
-            let cfg = LaunchConfig {
-                grid_dim: (self.d.t as u32, self.d.nkv as u32, self.d.b as u32),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: attention_shared_bytes(rep, self.d.hd, self.d.offset + self.d.t)
-                    as u32,
-            };
-            let ints = [
-                self.d.nh,
-                self.d.nkv,
-                self.d.cap,
-                self.d.hd,
-                self.d.t,
-                self.d.offset,
-            ]
-            .map(|x| x as i32);
+            let d = &self.d;
             let out = with_dtype!(sq.dtype(), |T, sfx| {
                 let (q, k, v) = (
                     view::<T>(sq, lq, "q")?,
                     view::<T>(sk, lk, "k")?,
                     view::<T>(sv, lv, "v")?,
                 );
-                let mut out = output::<T>(dev, self.d.b * self.d.t * self.d.nh * self.d.hd)?;
-                if crate::tc_attention::applies(sq.dtype(), self.d.hd) {
-                    let (d, scale) = (&self.d, self.scale);
-                    crate::tc_attention::launch(dev, sfx, &q, &k, &v, &fk, &mut out, d, scale)?;
-                    return Ok((
-                        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-                        Shape::from((self.d.b, self.d.t, self.d.nh * self.d.hd)),
-                    ));
+                let mut out = output::<T>(dev, d.b * d.t * d.nh * d.hd)?;
+                if crate::tc_attention::applies(sq.dtype(), d.hd) {
+                    crate::tc_attention::launch(
+                        dev, sfx, &q, &k, &v, &fk, &mut out, d, self.scale,
+                    )?;
+                } else {
+                    let cfg = LaunchConfig {
+                        grid_dim: (d.t as u32, d.nkv as u32, d.b as u32),
+                        block_dim: (THREADS, 1, 1),
+                        shared_mem_bytes: attention_shared_bytes(d.nh / d.nkv, d.hd, d.offset + d.t)
+                            as u32,
+                    };
+                    let ints = [d.nh, d.nkv, d.cap, d.hd, d.t, d.offset].map(|x| x as i32);
+                    let f = decode_kernel(dev, &attention_kernel(sfx, d.hd))?;
+                    let mut builder = f.builder();
+                    builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
+                    for x in &ints {
+                        builder.arg(x);
+                    }
+                    builder.arg(&self.scale);
+                    // SAFETY: argument types and order match the kernel's signature; shapes, the
+                    // cache's room and the shared memory were checked by `cached_attention`.
+                    unsafe { builder.launch(cfg) }.w()?;
                 }
-                let f = decode_kernel(dev, &attention_kernel(sfx, self.d.hd))?;
-                let mut builder = f.builder();
-                builder.arg(&q).arg(&k).arg(&v).arg(&fk).arg(&out);
-                for x in &ints {
-                    builder.arg(x);
-                }
-                builder.arg(&self.scale);
-                // SAFETY: argument types and order match the kernel's signature; shapes, the
-                // cache's room and the shared memory were checked by `cached_attention`.
-                unsafe { builder.launch(cfg) }.w()?;
                 CudaStorage::wrap_cuda_slice(out, dev.clone())
             });
-            Ok((
-                out,
-                Shape::from((self.d.b, self.d.t, self.d.nh * self.d.hd)),
-            ))
+            Ok((out, Shape::from((d.b, d.t, d.nh * d.hd))))
         }
     }
 

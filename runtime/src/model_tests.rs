@@ -330,6 +330,15 @@ fn a_shared_prefix_computed_once_equals_one_pass_and_decodes_the_same() {
     let m = tiny_model();
     let prompts = prompts_sharing_a_prefix();
     let (one, _) = prefill_then_decode(&m, &prompts, |t, v, c| {
+        // The shared path is what the chunked prefill below takes for these rows.
+        assert_eq!(
+            plan_prefill_chunks(t, v, 64)[0],
+            PrefillChunk {
+                r0: 0,
+                n: 16,
+                shared: 20
+            }
+        );
         m.step(t, v, c, &[0, 1], true).unwrap()
     });
     let (shared, cache) = prefill_then_decode(&m, &prompts, |t, v, c| {

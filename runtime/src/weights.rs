@@ -33,13 +33,40 @@ impl LoadedModel {
     /// The model's own chat template, ready to render; a clear error when the model has none
     /// (persona prompts need one).
     pub fn chat_template(&self) -> Result<ChatTemplate> {
-        let src = self.chat_template.as_deref().with_context(|| {
-            format!(
-                "{}: the model has no chat template (tokenizer_config.json `chat_template`, chat_template.jinja or GGUF tokenizer.chat_template); persona prompts need one",
-                self.source
-            )
-        })?;
-        ChatTemplate::new(src, self.bos_token.clone(), self.eos_token.clone())
+        ready_template(
+            self.chat_template.as_deref(),
+            &self.bos_token,
+            &self.eos_token,
+            &self.source,
+        )
+    }
+}
+
+/// A chat template's source ready to render, or the error that names `source` and where a
+/// template is looked for (persona prompts need one).
+fn ready_template(
+    template: Option<&str>,
+    bos: &Option<String>,
+    eos: &Option<String>,
+    source: &str,
+) -> Result<ChatTemplate> {
+    let src = template.with_context(|| {
+        format!(
+            "{source}: the model has no chat template (tokenizer_config.json `chat_template`, chat_template.jinja or GGUF tokenizer.chat_template); persona prompts need one"
+        )
+    })?;
+    ChatTemplate::new(src, bos.clone(), eos.clone())
+}
+
+impl TokenizerFiles {
+    /// The directory's chat template, ready to render (`dir` names it in the error).
+    pub fn chat_template(&self, dir: &Path) -> Result<ChatTemplate> {
+        ready_template(
+            self.chat_template.as_deref(),
+            &self.bos_token,
+            &self.eos_token,
+            &dir.display().to_string(),
+        )
     }
 }
 

@@ -181,6 +181,19 @@ pub struct Study {
     pub seed: u64,
 }
 
+/// The embedded default personas (data/eval_personas.json).
+pub fn default_personas() -> Result<Vec<Persona>> {
+    parse_personas(DEFAULT_PERSONAS, "embedded data/eval_personas.json")
+}
+
+/// The embedded default questions (data/extraction_questions.jsonl).
+pub fn default_questions() -> Result<Vec<Question>> {
+    parse_questions(
+        DEFAULT_QUESTIONS,
+        "embedded data/extraction_questions.jsonl",
+    )
+}
+
 pub fn parse_personas(json: &str, what: &str) -> Result<Vec<Persona>> {
     let v: serde_json::Value =
         serde_json::from_str(json).with_context(|| format!("parsing {what}"))?;
@@ -273,7 +286,7 @@ pub fn read_study(path: &Path, output_override: Option<&Path>) -> Result<Resolve
                 &p.display().to_string(),
             )?
         }
-        None => parse_personas(DEFAULT_PERSONAS, "embedded data/eval_personas.json")?,
+        None => default_personas()?,
     };
     if let Some(keep) = &study.personas {
         personas = keep
@@ -300,10 +313,7 @@ pub fn read_study(path: &Path, output_override: Option<&Path>) -> Result<Resolve
                 &p.display().to_string(),
             )?
         }
-        None => parse_questions(
-            DEFAULT_QUESTIONS,
-            "embedded data/extraction_questions.jsonl",
-        )?,
+        None => default_questions()?,
     };
     if let Some(n) = study.question_limit {
         questions.truncate(n);

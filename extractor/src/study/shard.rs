@@ -175,10 +175,13 @@ fn unit_costs(pr: &Prepared) -> Result<Vec<u64>> {
     for persona in &rs.personas {
         let mut c = 0u64;
         for q in &rs.questions {
-            let text = pr
-                .template
-                .render(&persona.system_prompt, &q.text, None, true)?;
-            c += crate::tokenize::encode(&pr.loaded.tokenizer, &text)?.len() as u64 + new_tokens;
+            let ids = crate::extract::prompt_ids(
+                &pr.loaded.tokenizer,
+                &pr.template,
+                &persona.system_prompt,
+                &q.text,
+            )?;
+            c += ids.len() as u64 + new_tokens;
         }
         per_persona.push(c);
     }
