@@ -16,6 +16,9 @@
 #               bundles must be byte-identical (.gpu/fixture.tar.xz)
 #   prefixab    Method A + B on the default study's own prompts with the shared-prefix prefill off
 #               (PG_SHARED_PREFIX=0), then on (the default), same build, same card
+#   normab      Method A + B on the default study's own prompts with the fused residual update +
+#               RMSNorm off (PG_FUSED_NORM=0: the two kernels it replaces), then on (the default),
+#               same build, same card; then on at a 1,440-row decoding batch (.gpu/fixtures.tar.xz)
 #   studyab     Method A + B on the default study's own prompts (12 personas x 240 questions through
 #               the chat template: each persona's prompt computed once per prefill chunk), then the
 #               HF reference on the same token ids: A at batch 64 and 256, B at 256 (STUDY_HF_B=0
@@ -140,6 +143,10 @@ for what in "$@"; do
            cmp $S/whole.pgb $S/sharded.pgb && cmp $S/whole.pgb $S/resumed.pgb && echo "bundles identical" | tee -a "$OUT/group_bytes.txt" ;;
     prefixab) for s in 0 1; do echo "--- PG_SHARED_PREFIX=$s"; PG_SHARED_PREFIX=$s "$PG" bench-workload \
                --study-prompts "$FX/hf-tiny-qwen2/model" --batch-b 0 2>&1 | tee "$OUT/prefixab-$s.log" | grep -v "^fused"; done ;;
+    normab) for s in 0 1; do echo "--- PG_FUSED_NORM=$s"; PG_FUSED_NORM=$s "$PG" bench-workload \
+               --study-prompts "$FX/hf-tiny-qwen2/model" --batch-b 0 2>&1 | tee "$OUT/normab-$s.log" | grep -v "^fused"; done
+           echo "--- batch 1440"; "$PG" bench-workload --study-prompts "$FX/hf-tiny-qwen2/model" --methods b --batch-b 1440 2>&1 \
+             | tee "$OUT/normab-1440.log" | grep -v "^fused" ;;
     studyab) "$PG" bench-workload --study-prompts "$FX/hf-tiny-qwen2/model" --dump-prompts /tmp/study-prompts.json \
                --batch-b 0 2>&1 | tee "$OUT/studyab.log" | grep -v "^fused"
            for n in 64 256; do PYTHONUNBUFFERED=1 python3 bench/hf_reference_workload.py --skip-b --batch-a $n \

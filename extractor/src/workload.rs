@@ -255,6 +255,30 @@ pub fn check_fused_kernels(model: &Model) -> Result<()> {
             "fused residual update disagrees with candle: {err:.3e}"
         );
     }
+    // The residual update fused with the next norm: the same values as the two kernels above,
+    // bit for bit (same sums in the same order), and close to candle's ops.
+    if let Some((h, y)) = runtime::residual_norm::add_residual_rms_norm(&x, &delta, &w, eps, dtype)?
+    {
+        let h_pair = crate::cuda_ops::add_residual(&x, &delta)?
+            .context("the fused residual update ran above, so it runs here")?;
+        let y_pair = crate::cuda_ops::rms_norm_to(&h_pair, &w, eps, dtype)?
+            .context("the fused RMSNorm ran above, so it runs here")?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?)
+        };
+        let (dh, dy) = (max_diff(&h, &h_pair)?, max_diff(&y, &y_pair)?);
+        let h_ref = (&x + delta.to_dtype(DType::F32)?)?;
+        let y_ref = candle_nn::ops::rms_norm(&h_ref, &w, eps)?.to_dtype(dtype)?;
+        let err = relative_error(&y, &y_ref)?;
+        println!("fused residual update + RMSNorm → {dtype:?}: max |Δ| to the two kernels it replaces {dh:.1e} (h), {dy:.1e} (normed), bound 0; vs candle ops: relative error {err:.2e} (bound {tolerance:.0e})");
+        anyhow::ensure!(
+            dh == 0.0 && dy == 0.0 && err.is_finite() && err <= tolerance,
+            "fused residual update + RMSNorm disagrees: {dh:.3e} / {dy:.3e} from the pair, {err:.3e} from candle"
+        );
+    }
     let logits = rounded(Tensor::randn(0f32, 1.0, (b, cfg.vocab_size), device)?)?;
     if let Some(next) = crate::cuda_ops::argmax_rows(&logits)? {
         let next = next.to_vec1::<u32>()?;

@@ -867,6 +867,7 @@ pub(crate) mod imp {
                     "silu_mul",
                     "add_residual",
                     "rms_norm_to",
+                    "add_residual_rms_norm",
                     "argmax_rows",
                 ] {
                     names.push(kernel_name(op, sfx));

@@ -14,6 +14,7 @@ pub mod model;
 pub mod phases;
 pub mod profile;
 pub mod random;
+pub mod residual_norm;
 pub mod tc_attention;
 pub mod template;
 pub mod tokenize;

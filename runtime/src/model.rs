@@ -66,6 +66,10 @@ pub struct Model {
     /// multiplies by it in the embeddings' dtype); built once, not per pass.
     embed_scale: Option<Tensor>,
     steering: Option<(usize, Tensor)>,
+    /// Whether a block's last residual update also computes the next block's input norm (one
+    /// fused kernel on the GPU). Off: each block normalises its own input; the results are the
+    /// same bits (a test compares both, steering included).
+    pub(crate) norm_into_next_block: bool,
 }
 
 /// RoPE cos/sin tables, one per distinct base (`Model::rope_sets`).
@@ -180,6 +184,26 @@ impl Model {
         }
         let y = candle_nn::ops::rms_norm(&x, w, self.cfg.rms_eps as f32)?;
         Ok(y.to_dtype(self.dtype)?)
+    }
+
+    /// The residual update `h + delta` and the RMSNorm of its result with `w`: one fused kernel
+    /// on the GPU (bit-identical to the two it replaces), else [`residual`] then
+    /// [`Self::rms_norm`].
+    fn residual_then_norm(
+        &self,
+        h: &Tensor,
+        delta: &Tensor,
+        w: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let eps = self.cfg.rms_eps as f32;
+        if let Some(pair) =
+            crate::residual_norm::add_residual_rms_norm(h, delta, w, eps, self.dtype)?
+        {
+            return Ok(pair);
+        }
+        let h = residual(h, delta)?;
+        let x = self.rms_norm(&h, w)?;
+        Ok((h, x))
     }
 
     fn rope_tables(&self, positions: &[Vec<usize>]) -> Result<RopeTables> {
@@ -330,8 +354,14 @@ impl Model {
             );
         }
         lap("embed")?;
+        // The next block's normed input when the previous block's last residual update
+        // computed it in the same pass (`residual_then_norm`).
+        let mut normed_next: Option<Tensor> = None;
         for (l, layer) in self.layers.iter().enumerate() {
-            let x = self.rms_norm(&h, &layer.ln1)?;
+            let x = match normed_next.take() {
+                Some(x) => x,
+                None => self.rms_norm(&h, &layer.ln1)?,
+            };
             lap("norm")?;
             let qkv = linear(&x, &layer.qkv)?;
             let (cos, sin) = &rope[self.layer_rope[l]];
@@ -440,9 +470,9 @@ impl Model {
             if let Some(pn) = &layer.post_attn_norm {
                 a = self.rms_norm(&a, pn)?;
             }
-            h = residual(&h, &a)?;
+            let x2;
+            (h, x2) = self.residual_then_norm(&h, &a, &layer.ln2)?;
             lap("o proj")?;
-            let x2 = self.rms_norm(&h, &layer.ln2)?;
             let g = linear(&x2, &layer.gate)?;
             let u = linear(&x2, &layer.up)?;
             let gu = match fam.activation {
@@ -456,12 +486,21 @@ impl Model {
             if let Some(pn) = &layer.post_mlp_norm {
                 m = self.rms_norm(&m, pn)?;
             }
-            h = residual(&h, &m)?;
-            lap("mlp")?;
-            if let Some((sl, vec)) = &self.steering {
-                if *sl == l {
-                    h = h.broadcast_add(vec)?;
+            let steered = self.steering.as_ref().filter(|(sl, _)| *sl == l);
+            // The next block's norm reads this update, unless a steering vector comes between.
+            match (self.layers.get(l + 1))
+                .filter(|_| self.norm_into_next_block && steered.is_none())
+            {
+                Some(next) => {
+                    let x_next;
+                    (h, x_next) = self.residual_then_norm(&h, &m, &next.ln1)?;
+                    normed_next = Some(x_next);
                 }
+                None => h = residual(&h, &m)?,
+            }
+            lap("mlp")?;
+            if let Some((_, vec)) = steered {
+                h = h.broadcast_add(vec)?;
             }
             for (ci, &cl) in capture.iter().enumerate() {
                 if cl == l {

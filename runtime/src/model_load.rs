@@ -134,6 +134,7 @@ impl Model {
             dtype,
             cfg,
             steering: None,
+            norm_into_next_block: true,
         })
     }
 }

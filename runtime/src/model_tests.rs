@@ -4,11 +4,15 @@ use super::prefill_chunks::{plan_prefill_chunks, PrefillChunk};
 use super::*;
 
 fn tiny_model() -> Model {
+    tiny_model_of_depth(2)
+}
+
+fn tiny_model_of_depth(layers: usize) -> Model {
     let cfg = Config {
         arch: Arch::Qwen2,
         hidden_size: 16,
         intermediate_size: 32,
-        num_layers: 2,
+        num_layers: layers,
         num_heads: 4,
         num_kv_heads: 2,
         head_dim: 4,
@@ -18,7 +22,7 @@ fn tiny_model() -> Model {
         rope_llama3: None,
         tie_embeddings: false,
         attention_bias: true,
-        family: crate::config::Family::plain(2, 1e4, 4),
+        family: crate::config::Family::plain(layers, 1e4, 4),
     };
     let w = crate::random::random_weights(&cfg, &Device::Cpu, DType::F32).unwrap();
     Model::new(cfg, w, &Device::Cpu, DType::F32).unwrap()
@@ -373,4 +377,28 @@ fn a_shared_prefix_computed_once_equals_one_pass_and_decodes_the_same() {
         .zip(k(&alone, 0))
         .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
     assert!(diff < 1e-6, "{diff}");
+}
+
+#[test]
+fn the_next_blocks_norm_computed_with_the_residual_update_reads_the_steered_stream() {
+    // A block's last residual update also computes the next block's input norm (one kernel on
+    // the GPU); a steering vector is added between the two, so at the steered block the norm
+    // must wait for it. Carried or not, every block's output is the same bits; a norm taken
+    // before the vector would change blocks 1 and 2.
+    let mut m = tiny_model_of_depth(3);
+    let tokens: Vec<u32> = (0..7).map(|i| (i * 5 + 3) % 64).collect();
+    let vector: Vec<f32> = (0..16).map(|i| (i as f32 - 7.5) * 0.3).collect();
+    let layers = [0, 1, 2];
+    let plain = m.all_positions(&tokens, &layers).unwrap();
+    m.set_steering(Some(Steering { layer: 0, vector })).unwrap();
+    let carried = m.all_positions(&tokens, &layers).unwrap();
+    m.norm_into_next_block = false;
+    let per_block = m.all_positions(&tokens, &layers).unwrap();
+    assert_eq!(carried, per_block);
+    // The steering moves every later block, so the comparison above is not vacuous.
+    for l in layers {
+        assert_ne!(plain[l], per_block[l], "block {l}");
+    }
+    m.set_steering(None).unwrap();
+    assert_eq!(m.all_positions(&tokens, &layers).unwrap(), plain);
 }

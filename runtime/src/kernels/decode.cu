@@ -7,7 +7,8 @@
 //   KV head's `rep` query heads, softmax and P·V in f32, one rounding to the output type; each
 //   K/V row is read once for all of the KV head's query heads.
 // tc_attention_*: the same on the tensor cores for bf16/f16 (attention_tc.cuh).
-// qkv_rope_*, silu_mul_*, add_residual_*, rms_norm_to_*, argmax_rows_*: see each kernel.
+// qkv_rope_*, silu_mul_*, add_residual_*, rms_norm_to_*, add_residual_rms_norm_*, argmax_rows_*:
+// see each kernel.
 #include "common.cuh"
 #include "attention_tc.cuh"
 
@@ -297,28 +298,59 @@ __device__ void add_residual(const float* __restrict__ h, const T* __restrict__ 
     out[i] = h[i] + to_f(delta[i]);
 }
 
+// The sum of every thread's `v` over the block, returned to all threads: warp sums, then the
+// first warp sums those. The two norms below share it, so the same row gives the same bits.
+// Called once per kernel (its shared scratch is static).
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  v = warp_sum(v);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < nwarps ? partial[lane] : 0.f;
+    w = warp_sum(w);
+    if (lane == 0) partial[0] = w;
+  }
+  __syncthreads();
+  return partial[0];
+}
+
 // RMSNorm of f32 rows with f32 weights, written in T: x · rsqrt(mean(x²) + eps) · w computed in
 // f32 (candle's rmsnorm formula) and rounded once. One block per row.
 template <typename T>
 __device__ void rms_norm_to(const float* __restrict__ x, const float* __restrict__ w,
                             T* __restrict__ out, int cols, float eps) {
-  __shared__ float partial[32];
   const float* xr = x + (size_t)blockIdx.x * cols;
   T* orow = out + (size_t)blockIdx.x * cols;
   float ss = 0.f;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) ss = fmaf(xr[c], xr[c], ss);
-  ss = warp_sum(ss);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    float v = lane < nwarps ? partial[lane] : 0.f;
-    v = warp_sum(v);
-    if (lane == 0) partial[0] = v;
-  }
-  __syncthreads();
-  const float scale = rsqrtf(partial[0] / cols + eps);
+  const float scale = rsqrtf(block_sum(ss) / cols + eps);
   for (int c = threadIdx.x; c < cols; c += blockDim.x) orow[c] = from_f<T>(scale * xr[c] * w[c]);
+}
+
+// The residual update and the norm that follows it, in one pass per row: out_h = h + f32(delta)
+// (add_residual's values) and out_x = RMSNorm(out_h) · w in T with the same per-thread sums,
+// warp/block reduction and block size (256) as rms_norm_to, so that the pair of outputs is
+// bit-identical to add_residual followed by rms_norm_to while h is read once and one launch is
+// saved. Each thread re-reads only the out_h elements it wrote itself. One block per row.
+template <typename T>
+__device__ void add_residual_rms_norm(const float* __restrict__ h, const T* __restrict__ delta,
+                                      const float* __restrict__ w, float* __restrict__ out_h,
+                                      T* __restrict__ out_x, int cols, float eps) {
+  const size_t base = (size_t)blockIdx.x * cols;
+  const float* hr = h + base;
+  const T* dr = delta + base;
+  float* ohr = out_h + base;
+  T* oxr = out_x + base;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = hr[c] + to_f(dr[c]);
+    ohr[c] = v;
+    ss = fmaf(v, v, ss);
+  }
+  const float scale = rsqrtf(block_sum(ss) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) oxr[c] = from_f<T>(scale * ohr[c] * w[c]);
 }
 
 // Greedy decoding's argmax over each row of logits (first index of the largest value, as
@@ -378,6 +410,11 @@ __device__ void argmax_rows(const T* __restrict__ logits, uint32_t* __restrict__
   extern "C" __global__ void rms_norm_to_##NAME(const float* x, const float* w, T* out,       \
                                                 int cols, float eps) {                        \
     rms_norm_to<T>(x, w, out, cols, eps);                                                     \
+  }                                                                                            \
+  extern "C" __global__ void add_residual_rms_norm_##NAME(const float* h, const T* delta,      \
+                                                          const float* w, float* out_h,       \
+                                                          T* out_x, int cols, float eps) {    \
+    add_residual_rms_norm<T>(h, delta, w, out_h, out_x, cols, eps);                           \
   }                                                                                            \
   extern "C" __global__ void argmax_rows_##NAME(const T* logits, uint32_t* out, int cols) {    \
     argmax_rows<T>(logits, out, cols);                                                        \
