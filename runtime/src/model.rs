@@ -488,9 +488,8 @@ impl Model {
             }
             let steered = self.steering.as_ref().filter(|(sl, _)| *sl == l);
             // The next block's norm reads this update, unless a steering vector comes between.
-            match (self.layers.get(l + 1))
-                .filter(|_| self.norm_into_next_block && steered.is_none())
-            {
+            let fuse_next = self.norm_into_next_block && steered.is_none();
+            match self.layers.get(l + 1).filter(|_| fuse_next) {
                 Some(next) => {
                     let x_next;
                     (h, x_next) = self.residual_then_norm(&h, &m, &next.ln1)?;
