@@ -51,6 +51,7 @@ fn prefill_plan(prompts: &[Vec<u32>]) -> Vec<runtime::model::prefill_chunks::Pre
         &tokens,
         &valid,
         extractor::extract::PREFILL_ROWS,
+        true,
     )
 }
 

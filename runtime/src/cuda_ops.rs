@@ -19,7 +19,7 @@ pub fn fused_enabled() -> bool {
         1 => true,
         2 => false,
         _ => {
-            let on = std::env::var("PG_FUSED").map(|v| v != "0").unwrap_or(true);
+            let on = crate::env_switch_on("PG_FUSED");
             set_fused(on);
             on
         }

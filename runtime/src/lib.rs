@@ -20,3 +20,9 @@ pub mod template;
 pub mod tokenize;
 pub mod train_kernels;
 pub mod weights;
+
+/// A switch that is on unless the environment sets `var` to `0`: the `PG_*` switches that turn
+/// one optimisation off to time or check it against the path it replaces on the same build.
+pub fn env_switch_on(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v != "0")
+}

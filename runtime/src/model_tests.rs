@@ -136,6 +136,21 @@ type PrefillAndDecode = (
     Vec<Vec<Vec<f32>>>,
 );
 
+/// `prompts` left-padded to the longest (pad id 0, marked invalid), as a batch is prefilled.
+fn left_padded(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
+    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    prompts
+        .iter()
+        .map(|p| {
+            let pad = maxlen - p.len();
+            (
+                [vec![0u32; pad], p.clone()].concat(),
+                [vec![false; pad], vec![true; p.len()]].concat(),
+            )
+        })
+        .unzip()
+}
+
 /// Left-pads `prompts`, prefills them with `prefill` (one pass, or in chunks) into a cache with
 /// room for three more positions and decodes three steps capturing block 1.
 fn prefill_then_decode(
@@ -144,15 +159,8 @@ fn prefill_then_decode(
     prefill: impl Fn(&[Vec<u32>], &[Vec<bool>], &mut KvCache) -> StepOutput,
 ) -> (PrefillAndDecode, KvCache) {
     let b = prompts.len();
-    let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
-    let tokens: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| [vec![0u32; maxlen - p.len()], p.clone()].concat())
-        .collect();
-    let valid: Vec<Vec<bool>> = prompts
-        .iter()
-        .map(|p| [vec![false; maxlen - p.len()], vec![true; p.len()]].concat())
-        .collect();
+    let (tokens, valid) = left_padded(prompts);
+    let maxlen = tokens[0].len();
     let mut cache = m.new_cache(b, maxlen + 3).unwrap();
     let out = prefill(&tokens, &valid, &mut cache);
     let tables = m.decode_tables(&cache, 3).unwrap();
@@ -264,23 +272,21 @@ fn prompts_sharing_a_prefix() -> Vec<Vec<u32>> {
 
 #[test]
 fn chunks_are_cut_where_a_shared_prefix_starts_or_ends() {
-    let plan = |prompts: &[Vec<u32>], rows: usize| {
-        let maxlen = prompts.iter().map(|p| p.len()).max().unwrap();
-        let (t, v): (Vec<_>, Vec<_>) = prompts
-            .iter()
-            .map(|p| {
-                (
-                    [vec![0u32; maxlen - p.len()], p.clone()].concat(),
-                    [vec![false; maxlen - p.len()], vec![true; p.len()]].concat(),
-                )
-            })
-            .unzip();
-        plan_prefill_chunks(&t, &v, rows)
+    let plan_with = |prompts: &[Vec<u32>], rows: usize, share: bool| {
+        let (t, v) = left_padded(prompts);
+        plan_prefill_chunks(&t, &v, rows, share)
     };
+    let plan = |prompts: &[Vec<u32>], rows: usize| plan_with(prompts, rows, true);
     let chunk = |r0, n, shared| PrefillChunk { r0, n, shared };
     let sharing = prompts_sharing_a_prefix();
     // 16 rows share 20 tokens (15 x 20 = 300 positions skipped); the last row shares nothing.
     assert_eq!(plan(&sharing, 64), vec![chunk(0, 16, 20), chunk(16, 1, 0)]);
+    // Sharing off (`PG_SHARED_PREFIX=0`): consecutive chunks of the chunk size, nothing shared.
+    assert_eq!(plan_with(&sharing, 64, false), vec![chunk(0, 17, 0)]);
+    assert_eq!(
+        plan_with(&sharing, 8, false),
+        vec![chunk(0, 8, 0), chunk(8, 8, 0), chunk(16, 1, 0)]
+    );
     // Cut at 8 rows: 7 x 20 = 140 positions are not worth a one-row pass.
     assert_eq!(
         plan(&sharing, 8),
@@ -336,7 +342,7 @@ fn a_shared_prefix_computed_once_equals_one_pass_and_decodes_the_same() {
     let (one, _) = prefill_then_decode(&m, &prompts, |t, v, c| {
         // The shared path is what the chunked prefill below takes for these rows.
         assert_eq!(
-            plan_prefill_chunks(t, v, 64)[0],
+            plan_prefill_chunks(t, v, 64, true)[0],
             PrefillChunk {
                 r0: 0,
                 n: 16,

@@ -33,11 +33,7 @@ pub const MIN_SKIPPED_POSITIONS: usize = 256;
 /// before it existed (to time both on the same build and card).
 fn sharing_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("PG_SHARED_PREFIX")
-            .map(|v| v != "0")
-            .unwrap_or(true)
-    })
+    *ON.get_or_init(|| crate::env_switch_on("PG_SHARED_PREFIX"))
 }
 
 /// One chunk of a batch's prefill: rows `r0..r0 + n`, and the prompt prefix (in tokens) they
@@ -49,10 +45,14 @@ pub struct PrefillChunk {
     pub shared: usize,
 }
 
+/// A left-padded row's first real column (None: all padding).
+fn first_real_column(valid: &[bool]) -> Option<usize> {
+    valid.iter().position(|&v| v)
+}
+
 /// A row's real tokens (after its left padding).
 fn real_tokens<'a>(tokens: &'a [u32], valid: &[bool]) -> &'a [u32] {
-    let first = valid.iter().position(|&v| v).unwrap_or(tokens.len());
-    &tokens[first..]
+    &tokens[first_real_column(valid).unwrap_or(tokens.len())..]
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -63,18 +63,42 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 /// worth computing once (`shared_prefix`) is a group of its own (so a chunk does not mix two
 /// personas), the other rows are grouped with their neighbours, and each group is cut into
 /// chunks of at most `rows_per_chunk` rows. A chunk's `shared` prefix is `shared_prefix` of
-/// its rows (0: none).
+/// its rows (0: none). Without `share` (`PG_SHARED_PREFIX=0`): consecutive chunks of
+/// `rows_per_chunk` rows, none shared, as before sharing existed.
 pub fn plan_prefill_chunks(
     tokens: &[Vec<u32>],
     valid: &[Vec<bool>],
     rows_per_chunk: usize,
+    share: bool,
 ) -> Vec<PrefillChunk> {
     let rows: Vec<&[u32]> = tokens
         .iter()
         .zip(valid)
         .map(|(t, v)| real_tokens(t, v))
         .collect();
-    // Groups of rows: [start, end) and whether its rows share a prefix worth computing once.
+    let groups = if share {
+        sharing_groups(&rows)
+    } else {
+        vec![(0, rows.len())]
+    };
+    let mut chunks = Vec::new();
+    for (gs, ge) in groups {
+        for r0 in (gs..ge).step_by(rows_per_chunk.max(1)) {
+            let n = rows_per_chunk.max(1).min(ge - r0);
+            let shared = match share {
+                true => shared_prefix(&rows[r0..r0 + n]).unwrap_or(0),
+                false => 0,
+            };
+            chunks.push(PrefillChunk { r0, n, shared });
+        }
+    }
+    chunks
+}
+
+/// `plan_prefill_chunks`'s groups of rows, [start, end): each run of rows sharing a prefix
+/// worth computing once on its own, the rows between runs together.
+fn sharing_groups(rows: &[&[u32]]) -> Vec<(usize, usize)> {
+    // With whether the group's rows share a prefix worth computing once.
     let mut groups: Vec<(usize, usize, bool)> = Vec::new();
     let mut s = 0;
     while s < rows.len() {
@@ -92,15 +116,7 @@ pub fn plan_prefill_chunks(
         }
         s = e;
     }
-    let mut chunks = Vec::new();
-    for (gs, ge, _) in groups {
-        for r0 in (gs..ge).step_by(rows_per_chunk.max(1)) {
-            let n = rows_per_chunk.max(1).min(ge - r0);
-            let shared = shared_prefix(&rows[r0..r0 + n]).unwrap_or(0);
-            chunks.push(PrefillChunk { r0, n, shared });
-        }
-    }
-    chunks
+    groups.into_iter().map(|(s, e, _)| (s, e)).collect()
 }
 
 /// The prefix all `rows` share, short of the shortest row's last token (that token's pass gives
@@ -158,19 +174,7 @@ impl Model {
         if cache.len != 0 || b == 0 {
             return self.step(tokens, valid, cache, capture, want_logits);
         }
-        let chunks = if sharing_enabled() {
-            plan_prefill_chunks(tokens, valid, rows_per_chunk)
-        } else {
-            let rows = rows_per_chunk.max(1);
-            (0..b)
-                .step_by(rows)
-                .map(|r0| PrefillChunk {
-                    r0,
-                    n: rows.min(b - r0),
-                    shared: 0,
-                })
-                .collect()
-        };
+        let chunks = plan_prefill_chunks(tokens, valid, rows_per_chunk, sharing_enabled());
         if let [only] = chunks[..] {
             if only.shared == 0 {
                 return self.step(tokens, valid, cache, capture, want_logits);
@@ -180,12 +184,8 @@ impl Model {
         let mut next_tokens: Vec<u32> = Vec::with_capacity(b);
         let mut last_hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(b); capture.len()];
         for PrefillChunk { r0, n, shared } in chunks {
-            let first_real = |i: usize| {
-                valid[i]
-                    .iter()
-                    .position(|&v| v)
-                    .unwrap_or(maxlen.saturating_sub(1))
-            };
+            let first_real =
+                |i: usize| first_real_column(&valid[i]).unwrap_or(maxlen.saturating_sub(1));
             // The chunk's first column with a real token (a row without any keeps one column).
             let first = (r0..r0 + n).map(first_real).min().unwrap_or(0);
             let mut rows = cache.rows_from_column(r0, n, first)?;

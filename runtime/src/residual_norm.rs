@@ -98,7 +98,7 @@ mod imp {
 
     fn enabled() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| std::env::var("PG_FUSED_NORM").map_or(true, |v| v != "0"))
+        *ON.get_or_init(|| crate::env_switch_on("PG_FUSED_NORM"))
     }
 
     pub fn add_residual_rms_norm(

@@ -85,11 +85,7 @@ mod imp {
 
     fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| {
-            std::env::var("PG_TC_ATTENTION")
-                .map(|v| v != "0")
-                .unwrap_or(true)
-        })
+        *ON.get_or_init(|| crate::env_switch_on("PG_TC_ATTENTION"))
     }
 
     /// Whether the tensor-core kernel serves this dtype and head dimension.

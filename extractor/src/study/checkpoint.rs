@@ -12,13 +12,14 @@ pub(super) struct RunInputs<'a> {
     pub device: &'a Device,
     pub dtype: DType,
     pub config_hash: &'a str,
+    /// `Prepared::prompt_ids`: [persona][question] token ids.
+    pub prompt_ids: &'a [Vec<Vec<u32>>],
     pub parts: &'a Path,
 }
 
 /// The model of checkpoint `ck` (adapter merged, steering set) and its bundle entry.
 pub(super) fn checkpoint_model(run: &RunInputs, ck: usize) -> Result<(Model, Checkpoint)> {
-    let (rs, loaded, template, device, dtype) =
-        (run.rs, run.loaded, run.template, run.device, run.dtype);
+    let (rs, loaded, device, dtype) = (run.rs, run.loaded, run.device, run.dtype);
     let st = &rs.study;
     let cspec = &st.checkpoints[ck];
     let mut weights = loaded.weights.clone();
@@ -43,7 +44,7 @@ pub(super) fn checkpoint_model(run: &RunInputs, ck: usize) -> Result<(Model, Che
         Model::new(loaded.cfg.clone(), weights, device, dtype)
     })?;
     if let Some(s) = &cspec.steer {
-        let v = steering_vector(s, loaded, template, rs, device, dtype)
+        let v = steering_vector(s, run)
             .with_context(|| format!("checkpoint `{}`: steering", cspec.name))?;
         prov.push(("steer.layer".into(), s.layer.to_string()));
         prov.push(("steer.alpha".into(), s.alpha.to_string()));
@@ -92,6 +93,12 @@ pub(super) fn persona_group_size(st: &Study, questions: usize) -> usize {
     (rows / questions.max(1)).max(1)
 }
 
+/// Which group persona `pi` is decoded in, for groups of `k` personas (`persona_group_size`):
+/// personas g·k .. (g+1)·k form group g. Checkpoints and shards both cut by it.
+pub(super) fn persona_group(pi: usize, k: usize) -> usize {
+    pi / k.max(1)
+}
+
 /// One persona's results in a checkpoint: Method A and B per question and layer, which B
 /// vectors exist (an empty answer has none), the answers and their token counts.
 struct PersonaOut {
@@ -125,7 +132,7 @@ pub(super) fn extract_checkpoint(
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for &pi in personas {
         match groups.last_mut() {
-            Some(g) if g[0] / k == pi / k => g.push(pi),
+            Some(g) if persona_group(g[0], k) == persona_group(pi, k) => g.push(pi),
             _ => groups.push(vec![pi]),
         }
     }
@@ -168,19 +175,12 @@ pub(super) fn extract_checkpoint(
         // Every (persona, question) of the group: persona by persona (a persona's rows share
         // its system prompt, computed once per prefill chunk), each persona's questions by
         // length (short prefill chunks).
-        let mut prompts: Vec<Vec<Vec<u32>>> = Vec::with_capacity(group.len());
+        let prompts: Vec<&Vec<Vec<u32>>> = group.iter().map(|&pi| &run.prompt_ids[pi]).collect();
         let mut order: Vec<(usize, usize)> = Vec::with_capacity(group.len() * q);
-        for (gi, &pi) in group.iter().enumerate() {
-            let persona = &rs.personas[pi];
-            let ids: Vec<Vec<u32>> = rs
-                .questions
-                .iter()
-                .map(|qq| ex.prompt_ids(&persona.system_prompt, &qq.text))
-                .collect::<Result<_>>()?;
+        for (gi, ids) in prompts.iter().enumerate() {
             let mut mine: Vec<usize> = (0..q).collect();
             mine.sort_by_key(|&i| (ids[i].len(), i));
             order.extend(mine.into_iter().map(|qi| (gi, qi)));
-            prompts.push(ids);
         }
         let mut outs: Vec<PersonaOut> = group
             .iter()
@@ -192,7 +192,11 @@ pub(super) fn extract_checkpoint(
                 counts: vec![0u32; q],
             })
             .collect();
-        let max_prompt = prompts.iter().flatten().map(|p| p.len()).max().unwrap_or(1);
+        let max_prompt = prompts
+            .iter()
+            .flat_map(|ids| ids.iter().map(|p| p.len()))
+            .max()
+            .unwrap_or(1);
         let batch = st.batch_size.resolve(
             model,
             max_prompt,
@@ -314,14 +318,9 @@ pub(super) fn extract_checkpoint(
 }
 
 /// The steering vector: alpha x a unit direction (persona difference on base, or random).
-fn steering_vector(
-    s: &SteerSpec,
-    loaded: &LoadedModel,
-    template: &ChatTemplate,
-    rs: &ResolvedStudy,
-    device: &Device,
-    dtype: DType,
-) -> Result<Vec<f32>> {
+fn steering_vector(s: &SteerSpec, run: &RunInputs) -> Result<Vec<f32>> {
+    let (rs, loaded, template) = (run.rs, run.loaded, run.template);
+    let (device, dtype) = (run.device, run.dtype);
     let h = loaded.cfg.hidden_size;
     let dir: Vec<f64> = match (s.random_seed, &s.towards, &s.away_from) {
         (Some(seed), _, _) => {
@@ -339,19 +338,15 @@ fn steering_vector(
                 layers: &layers,
             };
             let centroid = |name: &str| -> Result<Vec<f64>> {
-                let persona = rs
+                let pi = rs
                     .personas
                     .iter()
-                    .find(|p| p.name == name)
+                    .position(|p| p.name == name)
                     .with_context(|| {
                         format!("steering persona `{name}` is not among the study's personas")
                     })?;
                 let mut acc = vec![0f64; h];
-                let prompts: Vec<Vec<u32>> = rs
-                    .questions
-                    .iter()
-                    .map(|q| ex.prompt_ids(&persona.system_prompt, &q.text))
-                    .collect::<Result<_>>()?;
+                let prompts = &run.prompt_ids[pi];
                 let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
                 let batch = rs
                     .study

@@ -31,6 +31,10 @@ pub(super) struct Prepared {
     pub device: Device,
     pub dtype: DType,
     pub config_hash: String,
+    /// Each persona's prompts, per question: the chat template with the generation prompt,
+    /// tokenised once per run (every checkpoint, the steering centroids and the shard costs
+    /// read them; the checkpoints share the base model's tokenizer and template).
+    pub prompt_ids: Vec<Vec<Vec<u32>>>,
     /// What the hash is of (model files, adapters, personas, questions, ...): stored in each
     /// shard's part so that `merge` can name what differs between parts of different studies.
     pub config: serde_json::Value,
@@ -45,6 +49,7 @@ impl Prepared {
             device: &self.device,
             dtype: self.dtype,
             config_hash: &self.config_hash,
+            prompt_ids: &self.prompt_ids,
             parts,
         }
     }
@@ -127,6 +132,23 @@ fn prepare(path: &Path, opts: &ExtractOptions) -> Result<Prepared> {
         "seed": st.seed,
     });
     let config_hash = sha256_hex(serde_json::to_string(&config)?.as_bytes());
+    let prompt_ids = rs
+        .personas
+        .iter()
+        .map(|p| {
+            rs.questions
+                .iter()
+                .map(|q| {
+                    crate::extract::prompt_ids(
+                        &loaded.tokenizer,
+                        &template,
+                        &p.system_prompt,
+                        &q.text,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Prepared {
         rs,
         loaded,
@@ -134,6 +156,7 @@ fn prepare(path: &Path, opts: &ExtractOptions) -> Result<Prepared> {
         device,
         dtype,
         config_hash,
+        prompt_ids,
         config,
     })
 }

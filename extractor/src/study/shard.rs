@@ -10,7 +10,7 @@
 //! batches, and with them the last bits of bf16 arithmetic.)
 
 use super::assemble::{assemble_bundle, bundle_header, BundleHeader};
-use super::checkpoint::{checkpoint_model, extract_checkpoint, persona_group_size};
+use super::checkpoint::{checkpoint_model, extract_checkpoint, persona_group, persona_group_size};
 use super::run::{ExtractOptions, Prepared};
 use super::units::{open_parts, unit_path};
 use super::*;
@@ -125,7 +125,7 @@ pub fn assign(costs: &[u64], count: usize) -> Vec<usize> {
 /// shard together, since they are batched together (`persona_group_size`): a shard then runs
 /// the same batches as the whole study and writes the same bytes.
 pub fn assign_groups(costs: &[u64], personas: usize, k: usize, count: usize) -> Vec<usize> {
-    let group_of = |u: usize| (u / personas.max(1), (u % personas.max(1)) / k.max(1));
+    let group_of = |u: usize| (u / personas.max(1), persona_group(u % personas.max(1), k));
     let mut group_costs: Vec<u64> = Vec::new();
     let mut group_index = Vec::with_capacity(costs.len());
     for (u, &c) in costs.iter().enumerate() {
@@ -163,7 +163,7 @@ const PART_RECORD: &str = "part.json";
 
 /// The cost of each (checkpoint, persona) unit in tokens: the prompts' lengths plus the new
 /// tokens Method B may generate, summed over questions.
-fn unit_costs(pr: &Prepared) -> Result<Vec<u64>> {
+fn unit_costs(pr: &Prepared) -> Vec<u64> {
     let rs = &pr.rs;
     let st = &rs.study;
     let new_tokens = if rs.methods.contains(&Method::B) {
@@ -171,23 +171,14 @@ fn unit_costs(pr: &Prepared) -> Result<Vec<u64>> {
     } else {
         0
     };
-    let mut per_persona = Vec::new();
-    for persona in &rs.personas {
-        let mut c = 0u64;
-        for q in &rs.questions {
-            let ids = crate::extract::prompt_ids(
-                &pr.loaded.tokenizer,
-                &pr.template,
-                &persona.system_prompt,
-                &q.text,
-            )?;
-            c += ids.len() as u64 + new_tokens;
-        }
-        per_persona.push(c);
-    }
-    Ok((0..st.checkpoints.len())
+    let per_persona: Vec<u64> = pr
+        .prompt_ids
+        .iter()
+        .map(|ids| ids.iter().map(|p| p.len() as u64 + new_tokens).sum())
+        .collect();
+    (0..st.checkpoints.len())
         .flat_map(|_| per_persona.iter().copied())
-        .collect())
+        .collect()
 }
 
 /// Runs shard `shard` of the study into its part directory and records it as finished.
@@ -215,7 +206,7 @@ pub(super) fn run_shard(pr: &Prepared, shard: ShardSpec, resume: bool) -> Result
     }
     let created = open_parts(&dir, &pr.config_hash, Some(shard), resume)?;
     let p = rs.personas.len();
-    let costs = unit_costs(pr)?;
+    let costs = unit_costs(pr);
     let owner = assign_groups(
         &costs,
         p,

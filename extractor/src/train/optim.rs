@@ -38,7 +38,7 @@ pub fn clip_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
 /// `PG_FUSED_ADAM=0` runs AdamW with candle's ops on the GPU too (to compare the two paths).
 fn fused_adam_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("PG_FUSED_ADAM").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| runtime::env_switch_on("PG_FUSED_ADAM"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
